@@ -1,0 +1,53 @@
+# The two commands: `make demo` (local control plane + operator + sample) and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+VENV_STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | sha1sum | cut -c1-12)
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+
+.PHONY: help venv tools cluster-up cluster-down demo demo-down test test-unit crds lock lint
+
+help:
+	@echo "make demo     start the local control plane, the operator and examples/qwen3-0.6b-fp8.yaml"
+	@echo "make test     run every test (unit, then integration against the local control plane)"
+	@echo "make crds     regenerate crds/ (and the chart's CRD template) from the pydantic models"
+	@echo "make lock     re-resolve requirements.lock from pyproject.toml"
+
+$(VENV_STAMP): requirements.lock pyproject.toml
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --disable-pip-version-check --require-hashes -r requirements.lock
+	$(VENV)/bin/pip install -q --disable-pip-version-check --no-deps -e .
+	rm -f $(VENV)/.installed-*; touch $@
+
+venv: $(VENV_STAMP)
+
+tools:
+	hack/build-tools.sh all
+
+cluster-up: venv
+	hack/cluster.sh up
+
+cluster-down:
+	hack/cluster.sh down
+
+demo: venv
+	hack/demo.sh
+
+demo-down:
+	hack/demo.sh down
+
+test: venv tools
+	$(VENV)/bin/python -m pytest tests
+
+test-unit: venv
+	$(VENV)/bin/python -m pytest tests/unit
+
+crds: venv
+	$(VENV)/bin/python hack/gen-crd.py
+
+lint: venv
+	$(VENV)/bin/lint-imports
+
+lock:
+	$(PYTHON) -m venv /tmp/qwen-uv && /tmp/qwen-uv/bin/pip install -q uv==0.13.9
+	/tmp/qwen-uv/bin/uv pip compile pyproject.toml --extra dev --generate-hashes --python-version 3.11 -o requirements.lock

@@ -1,0 +1,143 @@
+#!/usr/bin/env bash
+# Builds the local control plane's binaries from the Go module proxy, at the versions pinned in
+# hack/versions.env, into ~/.cache/qwen-operator/bin/<name>-<version>/. Each binary is built once;
+# later calls find it in the cache and return at once.
+#
+#   hack/build-tools.sh [all|kubernetes|etcd|kwok|helm|prometheus-adapter]...
+#   hack/build-tools.sh path NAME      prints the cached path of one binary
+set -euo pipefail
+
+HACK_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=versions.env
+source "$HACK_DIR/versions.env"
+
+CACHE_DIR=${QWEN_CACHE_DIR:-$HOME/.cache/qwen-operator}
+BIN_DIR=$CACHE_DIR/bin
+BUILD_DIR=$CACHE_DIR/build
+export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-buildvcs=false
+
+log() { echo "[build-tools] $*" >&2; }
+
+bin_path() {
+  case "$1" in
+    kube-apiserver|kube-controller-manager|kube-scheduler) echo "$BIN_DIR/kubernetes-$KUBERNETES_VERSION/$1" ;;
+    etcd) echo "$BIN_DIR/etcd-$ETCD_VERSION/etcd" ;;
+    kwok) echo "$BIN_DIR/kwok-$KWOK_VERSION/kwok" ;;
+    helm) echo "$BIN_DIR/helm-$HELM_VERSION/helm" ;;
+    prometheus-adapter) echo "$BIN_DIR/prometheus-adapter-$PROMETHEUS_ADAPTER_VERSION/adapter" ;;
+    *) echo "unknown binary: $1" >&2; return 1 ;;
+  esac
+}
+
+# Builds into a temporary folder and renames it into place, so that an interrupted build never
+# leaves a half-filled cache entry that later runs would trust.
+install_dir() {
+  local final=$1 tmp=$1.tmp.$$
+  rm -rf "$tmp"; mkdir -p "$tmp"; echo "$tmp"
+}
+commit_dir() { rm -rf "$1"; mv "$2" "$1"; }
+
+build_kubernetes() {
+  local out=$BIN_DIR/kubernetes-$KUBERNETES_VERSION
+  if [[ -x $out/kube-apiserver && -x $out/kube-controller-manager && -x $out/kube-scheduler ]]; then return; fi
+  local staging_version=v0.${KUBERNETES_VERSION#v1.}
+  local mod=$BUILD_DIR/kubernetes-$KUBERNETES_VERSION
+  mkdir -p "$mod"
+  log "kubernetes $KUBERNETES_VERSION: writing wrapper module (staging modules => $staging_version)"
+  local gomod_file
+  gomod_file=$(mktemp)
+  curl -fsSL "$(go env GOPROXY | cut -d, -f1)/k8s.io/kubernetes/@v/$KUBERNETES_VERSION.mod" -o "$gomod_file" \
+    || go mod download -json "k8s.io/kubernetes@$KUBERNETES_VERSION" >/dev/null
+  {
+    echo "module qwen-operator.local/kubernetes-build"
+    echo
+    echo "go $(awk '$1=="go"{print $2; exit}' "$gomod_file")"
+    echo
+    echo "require k8s.io/kubernetes $KUBERNETES_VERSION"
+    echo
+    awk -v v="$staging_version" '$2=="v0.0.0" && $1 ~ /^k8s\.io\//{print "replace " $1 " => " $1 " " v}' "$gomod_file" | sort -u
+  } >"$mod/go.mod"
+  rm -f "$gomod_file"
+  local major=${KUBERNETES_VERSION#v}; major=${major%%.*}
+  local minor=${KUBERNETES_VERSION#v*.}; minor=${minor%%.*}
+  local date ld=""
+  date=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+  for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    ld+=" -X $pkg.gitVersion=$KUBERNETES_VERSION -X $pkg.gitMajor=$major -X $pkg.gitMinor=$minor"
+    ld+=" -X $pkg.gitTreeState=clean -X $pkg.gitCommit=module-proxy-$KUBERNETES_VERSION -X $pkg.buildDate=$date"
+  done
+  local tmp; tmp=$(install_dir "$out")
+  for cmd in kube-apiserver kube-controller-manager kube-scheduler; do
+    log "kubernetes $KUBERNETES_VERSION: building $cmd (the first build takes many minutes)"
+    (cd "$mod" && go build -mod=mod -trimpath -ldflags "-s -w $ld" -o "$tmp/$cmd" "k8s.io/kubernetes/cmd/$cmd")
+  done
+  commit_dir "$out" "$tmp"
+}
+
+build_etcd() {
+  local out=$BIN_DIR/etcd-$ETCD_VERSION
+  [[ -x $out/etcd ]] && return
+  local mod=$BUILD_DIR/etcd-$ETCD_VERSION
+  mkdir -p "$mod"
+  # etcd's server module carries replace directives, so `go install` refuses it; a wrapper module
+  # that requires it (and its sibling modules at the same version) builds it as a dependency.
+  cat >"$mod/go.mod" <<EOF
+module qwen-operator.local/etcd-build
+
+go 1.26.0
+
+require (
+	go.etcd.io/etcd/server/v3 $ETCD_VERSION
+	go.etcd.io/etcd/api/v3 $ETCD_VERSION
+	go.etcd.io/etcd/client/pkg/v3 $ETCD_VERSION
+	go.etcd.io/etcd/client/v3 $ETCD_VERSION
+	go.etcd.io/etcd/pkg/v3 $ETCD_VERSION
+)
+EOF
+  log "etcd $ETCD_VERSION: building"
+  local tmp; tmp=$(install_dir "$out")
+  (cd "$mod" && go build -mod=mod -trimpath \
+    -ldflags "-s -w -X go.etcd.io/etcd/api/v3/version.GitSHA=module-proxy" \
+    -o "$tmp/etcd" go.etcd.io/etcd/server/v3)
+  commit_dir "$out" "$tmp"
+}
+
+go_install() { # name module version binary-name
+  local name=$1 module=$2 version=$3 binary=$4 ldflags=${5:-}
+  local out=$BIN_DIR/$name-$version
+  [[ -x $out/$binary ]] && return
+  log "$name $version: building"
+  local tmp; tmp=$(install_dir "$out")
+  GOBIN=$tmp go install -trimpath -ldflags "-s -w $ldflags" "$module@$version"
+  commit_dir "$out" "$tmp"
+}
+
+build_kwok() { go_install kwok sigs.k8s.io/kwok/cmd/kwok "$KWOK_VERSION" kwok; }
+build_helm() {
+  go_install helm helm.sh/helm/v3/cmd/helm "$HELM_VERSION" helm \
+    "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
+}
+build_prometheus_adapter() {
+  go_install prometheus-adapter sigs.k8s.io/prometheus-adapter/cmd/adapter "$PROMETHEUS_ADAPTER_VERSION" adapter
+}
+
+main() {
+  if [[ ${1:-} == path ]]; then bin_path "$2"; return; fi
+  mkdir -p "$BIN_DIR" "$BUILD_DIR"
+  local targets=("$@")
+  [[ ${#targets[@]} -eq 0 ]] && targets=(cluster)
+  for t in "${targets[@]}"; do
+    case "$t" in
+      cluster) build_etcd; build_kwok; build_kubernetes ;;
+      all) build_etcd; build_kwok; build_kubernetes; build_helm; build_prometheus_adapter ;;
+      kubernetes) build_kubernetes ;;
+      etcd) build_etcd ;;
+      kwok) build_kwok ;;
+      helm) build_helm ;;
+      prometheus-adapter) build_prometheus_adapter ;;
+      *) echo "unknown target: $t" >&2; exit 2 ;;
+    esac
+  done
+}
+
+main "$@"

@@ -1,0 +1,408 @@
+"""The QwenInference API (inference.qwenops.io/v1alpha1), defined once.
+
+These pydantic models are the single source of the CRD schema: hack/gen-crd.py turns them into
+crds/ (descriptions become `kubectl explain` text, defaults become schema defaults, and the
+`x-kubernetes-validations` entries become CEL admission rules). The operator parses every
+QwenInference it sees with them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+GROUP = "inference.qwenops.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "QwenInference"
+PLURAL = "qweninferences"
+SINGULAR = "qweninference"
+SHORT_NAMES = ["qwi", "qwen"]
+
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+# A Hugging Face repository id ("org/name"); a local path inside a volume is given via source.pvc.
+HF_REPO_ID = r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$"
+QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|Ki|Mi|Gi|Ti|Pi)?$"
+DURATION = r"^[0-9]+(ms|s|m|h)$"
+ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+
+# Flags that extraArgs may not carry, because a spec field owns them or vLLM removed them.
+# Kept in one list so the CEL rule, the operator's own check and the README agree.
+DENIED_EXTRA_ARGS: dict[str, str] = {
+    "--model": "spec.model.name",
+    "--served-model-name": "spec.model.servedName",
+    "--host": "the operator (it always binds 0.0.0.0)",
+    "--port": "the operator (port 8000)",
+    "--api-key": "spec.auth.apiKeySecretRef (a key in args would leak)",
+    "--tensor-parallel-size": "spec.engine.tensorParallelSize",
+    "--max-model-len": "spec.model.maxModelLen",
+    "--gpu-memory-utilization": "spec.engine.gpuMemoryUtilization",
+    "--max-num-seqs": "spec.engine.maxNumSeqs",
+    "--quantization": "spec.model.quantization",
+    "--kv-cache-dtype": "spec.engine.kvCacheDtype",
+    "--reasoning-parser": "spec.model.thinking.reasoningParser",
+    "--tool-call-parser": "spec.model.toolCalling.parser",
+    "--download-dir": "the operator (model cache volume)",
+    "--shutdown-timeout": "spec.engine.shutdownTimeoutSeconds",
+    "--enable-reasoning": "nothing: vLLM removed it; set spec.model.thinking.reasoningParser",
+    "--disable-log-requests": "nothing: vLLM removed it (request logging is off by default)",
+}
+
+
+class _Model(BaseModel):
+    """Base for every API object: camelCase on the wire, unknown fields refused."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+
+def _rules(*rules: dict[str, str]) -> dict[str, Any]:
+    """CEL rules for a model's schema (x-kubernetes-validations)."""
+    return {"x-kubernetes-validations": list(rules)}
+
+
+class SecretKeyRef(_Model):
+    """A key in a Secret in the QwenInference's namespace."""
+
+    name: str = Field(description="Name of the Secret.", pattern=DNS_SUBDOMAIN, max_length=253)
+    key: str = Field(description="Key inside the Secret.", pattern=r"^[-._a-zA-Z0-9]+$", max_length=253)
+
+
+class ThinkingSpec(_Model):
+    reasoning_parser: Literal["qwen3", "deepseek_r1"] | None = Field(
+        default=None,
+        description="vLLM --reasoning-parser. Defaults to the catalog's parser for the model "
+        "(qwen3 for Qwen3 models); unset and not in the catalog means no reasoning parser.",
+    )
+    enabled_by_default: bool = Field(
+        default=True,
+        description="Whether requests think unless they say otherwise. false passes "
+        "chat-template kwargs enable_thinking=false as the server default; clients can still "
+        "turn thinking on per request.",
+    )
+
+
+class ToolCallingSpec(_Model):
+    enabled: bool = Field(default=False, description="Enable automatic tool choice (--enable-auto-tool-choice).")
+    parser: Literal["hermes", "qwen3_coder", "qwen3_xml"] = Field(
+        default="hermes", description="vLLM --tool-call-parser; hermes is what Qwen3 documents."
+    )
+
+
+class CacheSpec(_Model):
+    """The Hugging Face cache volume, shared by the replicas so the model downloads once."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_rules(
+            {
+                "rule": "!has(self.existingClaim) || self.enabled",
+                "message": "source.cache.existingClaim needs source.cache.enabled: true",
+            },
+        )
+    )
+
+    enabled: bool = Field(
+        default=True,
+        description="Keep the model in a PersistentVolumeClaim. false downloads into an emptyDir "
+        "on every pod start.",
+    )
+    size: str = Field(default="20Gi", pattern=QUANTITY, description="Size of the PVC the operator creates.")
+    storage_class_name: str | None = Field(
+        default=None,
+        description="StorageClass of the PVC the operator creates; unset uses the cluster default.",
+        json_schema_extra=_rules(
+            {"rule": "self == oldSelf", "message": "source.cache.storageClassName is immutable (a PVC cannot change class)"}
+        ),
+    )
+    access_mode: Literal["ReadWriteOnce", "ReadWriteMany"] = Field(
+        default="ReadWriteMany",
+        description="Access mode of the PVC the operator creates. ReadWriteMany lets replicas on "
+        "different nodes share one cache.",
+        json_schema_extra=_rules(
+            {"rule": "self == oldSelf", "message": "source.cache.accessMode is immutable (a PVC cannot change access mode)"}
+        ),
+    )
+    existing_claim: str | None = Field(
+        default=None,
+        pattern=DNS_SUBDOMAIN,
+        max_length=253,
+        description="Use this existing PVC (e.g. one shared by several QwenInferences) instead of "
+        "creating one.",
+    )
+
+
+class PreloadedModelSpec(_Model):
+    """A model already on a volume: the server loads it from there and never downloads."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_rules({"rule": "!self.path.contains('..')", "message": "source.pvc.path may not contain '..'"})
+    )
+
+    claim_name: str = Field(pattern=DNS_SUBDOMAIN, max_length=253, description="PVC that holds the model files.")
+    path: str = Field(
+        default="",
+        pattern=r"^([A-Za-z0-9_-][A-Za-z0-9._/-]*)?$",
+        max_length=512,
+        description="Path of the model folder inside the PVC (relative, no leading slash).",
+    )
+
+
+class SourceSpec(_Model):
+    token_secret_ref: SecretKeyRef | None = Field(
+        default=None, description="Hugging Face token for gated or private repositories (becomes HF_TOKEN)."
+    )
+    cache: CacheSpec = Field(default_factory=CacheSpec, description="Model cache volume.")
+    pvc: PreloadedModelSpec | None = Field(
+        default=None, description="Load the model from files already on a PVC instead of downloading it."
+    )
+
+
+class ModelSpec(_Model):
+    name: str = Field(
+        default="Qwen/Qwen3-0.6B-FP8",
+        pattern=HF_REPO_ID,
+        max_length=128,
+        description="Hugging Face repository id. Catalog presets (Qwen3 0.6B to 32B) get tuned "
+        "defaults; any other id works when maxModelLen is given.",
+    )
+    revision: str = Field(default="main", pattern=r"^[A-Za-z0-9._/-]+$", max_length=128, description="Model revision (branch, tag or commit).")
+    served_name: str | None = Field(
+        default=None,
+        pattern=r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$",
+        description="Model id clients use in requests; defaults to the lower-cased last part of name.",
+    )
+    quantization: Literal["auto", "fp8", "awq", "gptq", "none"] = Field(
+        default="auto",
+        description="auto reads the quantization from the checkpoint (right for -FP8, -AWQ "
+        "repositories); fp8 quantizes a BF16 checkpoint on the fly.",
+    )
+    max_model_len: int | None = Field(
+        default=None, ge=256, le=1048576, description="Context length; defaults to the catalog's maximum."
+    )
+    thinking: ThinkingSpec = Field(default_factory=ThinkingSpec, description="Reasoning (thinking) mode.")
+    tool_calling: ToolCallingSpec = Field(default_factory=ToolCallingSpec, description="Tool calling.")
+    source: SourceSpec = Field(default_factory=SourceSpec, description="Where the weights come from and are cached.")
+
+
+class EnvVar(_Model):
+    name: str = Field(pattern=ENV_NAME, max_length=128, description="Variable name.")
+    value: str = Field(default="", max_length=4096, description="Variable value.")
+
+
+class EngineSpec(_Model):
+    model_config = ConfigDict(
+        json_schema_extra=_rules(
+            {
+                "rule": "self.tensorParallelSize in [1, 2, 4, 8, 16]",
+                "message": "engine.tensorParallelSize must be a power of two (1, 2, 4, 8 or 16)",
+            },
+            {
+                "rule": "!self.env.exists(e, e.name == 'VLLM_API_KEY' || e.name == 'HF_TOKEN')",
+                "message": "engine.env may not set VLLM_API_KEY or HF_TOKEN: use spec.auth.apiKeySecretRef and spec.model.source.tokenSecretRef",
+            },
+        )
+    )
+
+    image: str | None = Field(
+        default=None, max_length=512, description="vLLM image; defaults to the operator's pinned vllm/vllm-openai tag."
+    )
+    gpu_memory_utilization: float = Field(
+        default=0.9, ge=0.1, le=0.99, description="Fraction of GPU memory vLLM may use (--gpu-memory-utilization)."
+    )
+    max_num_seqs: int = Field(default=256, ge=1, le=4096, description="Maximum concurrent sequences (--max-num-seqs).")
+    max_num_batched_tokens: int | None = Field(
+        default=None, ge=256, le=1048576, description="Tokens per scheduler step (--max-num-batched-tokens)."
+    )
+    tensor_parallel_size: int = Field(default=1, ge=1, le=16, description="GPUs one replica shards the model across.")
+    kv_cache_dtype: Literal["auto", "fp8", "fp8_e4m3", "fp8_e5m2"] = Field(
+        default="auto", description="KV cache data type (--kv-cache-dtype)."
+    )
+    shutdown_timeout_seconds: int = Field(
+        default=30, ge=0, le=3600, description="Seconds vLLM lets in-flight requests finish on SIGTERM (--shutdown-timeout)."
+    )
+    pre_stop_sleep_seconds: int = Field(
+        default=10, ge=0, le=600, description="Seconds the pod keeps serving after removal from endpoints, before SIGTERM."
+    )
+    startup_timeout_seconds: int | None = Field(
+        default=None, ge=30, le=86400, description="How long the model may take to load; defaults to the catalog's budget."
+    )
+    extra_args: list[str] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Extra vllm serve flags. Flags a spec field owns (e.g. --port, --api-key) are refused.",
+        json_schema_extra={
+            "items": {"maxLength": 512},
+            **_rules(
+                {
+                    "rule": "self.all(a, !(" + " || ".join(f"a == '{f}' || a.startsWith('{f}=')" for f in DENIED_EXTRA_ARGS) + "))",
+                    "message": "engine.extraArgs may not set a flag the spec owns or vLLM removed: "
+                    + ", ".join(DENIED_EXTRA_ARGS),
+                }
+            ),
+        },
+    )
+    env: list[EnvVar] = Field(default_factory=list, max_length=64, description="Extra environment variables for vLLM.")
+
+
+class GpuSpec(_Model):
+    count: int = Field(default=1, ge=1, le=16, description="GPUs per replica.")
+    resource_name: str = Field(
+        default="nvidia.com/gpu", pattern=r"^[a-z0-9.-]+/[a-z0-9._-]+$", description="Extended resource the GPUs are requested as."
+    )
+    products: list[str] = Field(
+        default_factory=list,
+        max_length=16,
+        description="Acceptable GPU products (node label nvidia.com/gpu.product, e.g. NVIDIA-L4); "
+        "becomes required node affinity.",
+    )
+
+
+class ResourcesSpec(_Model):
+    gpu: GpuSpec = Field(default_factory=GpuSpec, description="GPUs per replica.")
+    cpu: str = Field(default="4", pattern=QUANTITY, description="CPU request (and limit) per replica.")
+    memory: str = Field(default="16Gi", pattern=QUANTITY, description="Memory request (and limit) per replica.")
+
+
+class AutoscalingSpec(_Model):
+    model_config = ConfigDict(
+        json_schema_extra=_rules(
+            {
+                "rule": "self.minReplicas <= self.maxReplicas",
+                "message": "autoscaling.minReplicas must be less than or equal to autoscaling.maxReplicas",
+            }
+        )
+    )
+
+    enabled: bool = Field(default=False, description="Scale on queue depth with an HPA (needs the custom metrics API).")
+    min_replicas: int = Field(default=1, ge=1, le=100, description="Fewest replicas.")
+    max_replicas: int = Field(default=8, ge=1, le=100, description="Most replicas.")
+    queue_depth_per_replica: int = Field(
+        default=5, ge=1, le=10000, description="Target average of vllm:num_requests_waiting per pod."
+    )
+    scale_down_stabilization_seconds: int = Field(
+        default=300, ge=0, le=3600, description="How long load must stay low before replicas are removed."
+    )
+
+
+class AuthSpec(_Model):
+    api_key_secret_ref: SecretKeyRef | None = Field(
+        default=None, description="Secret key that becomes vLLM's API key (VLLM_API_KEY); protects /v1/*."
+    )
+
+
+class AlertThresholds(_Model):
+    error_ratio: float = Field(default=0.05, gt=0, le=1, description="Alert when failed/total requests over 5m exceeds this.")
+    latency_p95_seconds: float = Field(default=30.0, gt=0, description="Alert when p95 end-to-end latency exceeds this.")
+    time_to_first_token_p95_seconds: float = Field(default=5.0, gt=0, description="Alert when p95 time to first token exceeds this.")
+    queue_depth: int = Field(default=20, ge=1, description="Alert when waiting requests per pod stay above this.")
+    queue_duration: str = Field(default="10m", pattern=DURATION, description="...for this long.")
+    kv_cache_usage: float = Field(default=0.95, gt=0, le=1, description="Alert when KV cache usage stays above this fraction.")
+
+
+class MonitoringSpec(_Model):
+    service_monitor: bool = Field(default=True, description="Create a ServiceMonitor (when the Prometheus Operator CRDs exist).")
+    prometheus_rule: bool = Field(default=True, description="Create a PrometheusRule with the alerts.")
+    dashboard: bool = Field(default=True, description="Create a Grafana dashboard ConfigMap (sidecar label grafana_dashboard=1).")
+    interval: str = Field(default="15s", pattern=DURATION, description="Scrape interval.")
+    alerts: AlertThresholds = Field(default_factory=AlertThresholds, description="Alert thresholds.")
+
+
+class LabelSelectorPeer(_Model):
+    namespace_selector: dict[str, str] | None = Field(default=None, description="Namespaces whose labels match (matchLabels).")
+    pod_selector: dict[str, str] | None = Field(default=None, description="Pods whose labels match (matchLabels).")
+
+
+class NetworkPolicySpec(_Model):
+    enabled: bool = Field(default=False, description="Restrict ingress with a NetworkPolicy.")
+    allow_from: list[LabelSelectorPeer] = Field(
+        default_factory=list, max_length=32, description="Who may reach the API port; empty means only this namespace."
+    )
+    monitoring_namespace: str = Field(
+        default="monitoring", pattern=DNS_LABEL, description="Namespace allowed to scrape the metrics."
+    )
+
+
+class Toleration(_Model):
+    key: str | None = None
+    operator: Literal["Exists", "Equal"] | None = None
+    value: str | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    toleration_seconds: int | None = None
+
+
+class SchedulingSpec(_Model):
+    node_selector: dict[str, str] = Field(default_factory=dict, description="Pod nodeSelector.")
+    tolerations: list[Toleration] = Field(default_factory=list, description="Pod tolerations.")
+    affinity: dict[str, Any] | None = Field(
+        default=None, description="Pod affinity (corev1 Affinity), passed through.", json_schema_extra={"x-kubernetes-preserve-unknown-fields": True}
+    )
+    priority_class_name: str | None = Field(default=None, pattern=DNS_SUBDOMAIN, description="Pod priorityClassName.")
+    topology_spread_constraints: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="Pod topologySpreadConstraints (corev1), passed through.",
+        json_schema_extra={"items": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}},
+    )
+
+
+class QwenInferenceSpec(_Model):
+    model_config = ConfigDict(
+        json_schema_extra=_rules(
+            {
+                "rule": "self.resources.gpu.count >= self.engine.tensorParallelSize",
+                "message": "resources.gpu.count must be at least engine.tensorParallelSize",
+            },
+            {
+                "rule": "!has(self.model.source.pvc) || !has(self.model.source.tokenSecretRef)",
+                "message": "model.source.pvc loads from a volume, so model.source.tokenSecretRef has no use with it",
+            },
+        )
+    )
+
+    model: ModelSpec = Field(default_factory=ModelSpec, description="Which model to serve and how.")
+    engine: EngineSpec = Field(default_factory=EngineSpec, description="vLLM engine settings.")
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec, description="Resources per replica.")
+    replicas: int = Field(default=1, ge=0, le=100, description="Replicas; ignored while autoscaling is enabled.")
+    autoscaling: AutoscalingSpec = Field(default_factory=AutoscalingSpec, description="Queue-depth autoscaling.")
+    auth: AuthSpec = Field(default_factory=AuthSpec, description="API authentication.")
+    monitoring: MonitoringSpec = Field(default_factory=MonitoringSpec, description="Metrics, alerts and dashboard.")
+    network_policy: NetworkPolicySpec = Field(default_factory=NetworkPolicySpec, description="Ingress restriction.")
+    scheduling: SchedulingSpec = Field(default_factory=SchedulingSpec, description="Where the pods may run.")
+
+
+class Condition(_Model):
+    """A status condition, as the Kubernetes API conventions define it."""
+
+    type: str
+    status: Literal["True", "False", "Unknown"]
+    reason: str
+    message: str = ""
+    last_transition_time: str | None = None
+    observed_generation: int | None = None
+
+
+class QwenInferenceStatus(_Model):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+    observed_generation: int | None = None
+    conditions: list[Condition] = Field(default_factory=list)
+    replicas: int = 0
+    ready_replicas: int = 0
+    desired_replicas: int | None = None
+    ready: str = Field(default="0/0", description="readyReplicas/replicas, for kubectl get.")
+    selector: str = ""
+    endpoint: str = ""
+    model: str = Field(default="", description="The model being served.")
+
+
+class QwenInference(BaseModel):
+    """The custom resource. metadata is kept as the API server sent it."""
+
+    model_config = ConfigDict(populate_by_name=True, extra="ignore")
+
+    api_version: str = Field(default=API_VERSION, alias="apiVersion")
+    kind: str = KIND
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    spec: QwenInferenceSpec = Field(default_factory=QwenInferenceSpec)
+    status: QwenInferenceStatus | None = None
