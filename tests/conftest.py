@@ -1,0 +1,98 @@
+"""Shared test fixtures.
+
+`cluster` (session): the local control plane from hack/cluster.sh, started once per test run, or
+reused when one is already running (then it is left running afterwards). Tests that need it are
+marked `@pytest.mark.cluster` (the marker pulls the fixture in) or ask for it by name.
+`namespace`: a fresh namespace for one test, deleted afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+CLUSTER_SH = REPO / "hack" / "cluster.sh"
+KUBECTL = REPO / ".venv" / "bin" / "kubectl"
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.5) -> Any:
+    """Polls predicate until it returns something truthy; fails the test with `what` on timeout."""
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            result = predicate()
+            if result:
+                return result
+        except Exception as error:  # noqa: BLE001 - remembered and reported on timeout
+            last_error = error
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}" + (f" (last error: {last_error})" if last_error else ""))
+
+
+@dataclass
+class Cluster:
+    kubeconfig: str
+
+    def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(KUBECTL), "--kubeconfig", self.kubeconfig, *args],
+            input=input, text=True, capture_output=True, check=check, timeout=120,
+        )
+
+    def apply(self, manifest: str, namespace: str | None = None) -> None:
+        args = ["apply", "--server-side", "--field-manager", "qwen-tests", "-f", "-"]
+        if namespace:
+            args += ["-n", namespace]
+        self.kubectl(*args, input=manifest)
+
+
+def _cluster_running() -> bool:
+    return subprocess.run([str(CLUSTER_SH), "status"], capture_output=True, timeout=30).returncode == 0
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Cluster:
+    started_here = not _cluster_running()
+    subprocess.run([str(CLUSTER_SH), "up"], check=True, timeout=3600)
+    kubeconfig = subprocess.run([str(CLUSTER_SH), "kubeconfig"], check=True, capture_output=True, text=True).stdout.strip()
+    os.environ["KUBECONFIG"] = kubeconfig
+    yield Cluster(kubeconfig=kubeconfig)
+    if started_here:
+        subprocess.run([str(CLUSTER_SH), "down"], check=False, timeout=120)
+
+
+@pytest.fixture(scope="session")
+def k8s(cluster: Cluster):
+    """An official-client ApiClient for the local cluster."""
+    from kubernetes import client, config
+
+    return config.new_client_from_config(config_file=cluster.kubeconfig)
+
+
+@pytest.fixture
+def namespace(request: pytest.FixtureRequest, k8s) -> str:
+    from kubernetes import client
+
+    core = client.CoreV1Api(k8s)
+    base = request.node.name.lower().replace("_", "-")
+    name = "".join(c for c in base if c.isalnum() or c == "-")[:40].strip("-") + "-" + uuid.uuid4().hex[:5]
+    labels = getattr(request, "param", None) or {}
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name, labels={"qwen-tests": "true", **labels})))
+    wait_until(lambda: core.read_namespaced_service_account("default", name), 30, f"default service account in {name}")
+    yield name
+    core.delete_namespace(name)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.get_closest_marker("cluster") and "cluster" not in getattr(item, "fixturenames", ["cluster"]):
+            item.fixturenames.insert(0, "cluster")
