@@ -59,7 +59,12 @@ class _Model(BaseModel):
 
 
 def _rules(*rules: dict[str, str]) -> dict[str, Any]:
-    """CEL rules for a model's schema (x-kubernetes-validations)."""
+    """CEL rules for a model's schema (x-kubernetes-validations).
+
+    Guard every field a rule reads with has(), even fields with defaults: nested objects default
+    to {} in the CRD, and the API server checks each rule against that bare {} (before the inner
+    defaults are filled in) when the CRD is applied. On real objects the defaults are always there.
+    """
     return {"x-kubernetes-validations": list(rules)}
 
 
@@ -100,6 +105,23 @@ class CacheSpec(_Model):
                 "rule": "!has(self.existingClaim) || self.enabled",
                 "message": "source.cache.existingClaim needs source.cache.enabled: true",
             },
+            # Immutability rules sit on the object, not on the fields: a transition rule on an
+            # optional field is skipped when either side lacks it, so adding or removing the field
+            # would slip through. has() on both sides catches that.
+            {
+                "rule": "has(self.storageClassName) == has(oldSelf.storageClassName)"
+                " && (!has(self.storageClassName) || self.storageClassName == oldSelf.storageClassName)",
+                "message": "source.cache.storageClassName is immutable (a PVC cannot change class): "
+                "it cannot be changed, added or removed",
+                "fieldPath": ".storageClassName",
+            },
+            {
+                "rule": "has(self.accessMode) == has(oldSelf.accessMode)"
+                " && (!has(self.accessMode) || self.accessMode == oldSelf.accessMode)",
+                "message": "source.cache.accessMode is immutable (a PVC cannot change access mode): "
+                "it cannot be changed, added or removed",
+                "fieldPath": ".accessMode",
+            },
         )
     )
 
@@ -111,18 +133,13 @@ class CacheSpec(_Model):
     size: str = Field(default="20Gi", pattern=QUANTITY, description="Size of the PVC the operator creates.")
     storage_class_name: str | None = Field(
         default=None,
-        description="StorageClass of the PVC the operator creates; unset uses the cluster default.",
-        json_schema_extra=_rules(
-            {"rule": "self == oldSelf", "message": "source.cache.storageClassName is immutable (a PVC cannot change class)"}
-        ),
+        max_length=253,
+        description="StorageClass of the PVC the operator creates; unset uses the cluster default. Immutable.",
     )
     access_mode: Literal["ReadWriteOnce", "ReadWriteMany"] = Field(
         default="ReadWriteMany",
         description="Access mode of the PVC the operator creates. ReadWriteMany lets replicas on "
-        "different nodes share one cache.",
-        json_schema_extra=_rules(
-            {"rule": "self == oldSelf", "message": "source.cache.accessMode is immutable (a PVC cannot change access mode)"}
-        ),
+        "different nodes share one cache. Immutable.",
     )
     existing_claim: str | None = Field(
         default=None,
@@ -195,11 +212,11 @@ class EngineSpec(_Model):
     model_config = ConfigDict(
         json_schema_extra=_rules(
             {
-                "rule": "self.tensorParallelSize in [1, 2, 4, 8, 16]",
+                "rule": "!has(self.tensorParallelSize) || self.tensorParallelSize in [1, 2, 4, 8, 16]",
                 "message": "engine.tensorParallelSize must be a power of two (1, 2, 4, 8 or 16)",
             },
             {
-                "rule": "!self.env.exists(e, e.name == 'VLLM_API_KEY' || e.name == 'HF_TOKEN')",
+                "rule": "!has(self.env) || !self.env.exists(e, e.name == 'VLLM_API_KEY' || e.name == 'HF_TOKEN')",
                 "message": "engine.env may not set VLLM_API_KEY or HF_TOKEN: use spec.auth.apiKeySecretRef and spec.model.source.tokenSecretRef",
             },
         )
@@ -233,7 +250,7 @@ class EngineSpec(_Model):
         max_length=64,
         description="Extra vllm serve flags. Flags a spec field owns (e.g. --port, --api-key) are refused.",
         json_schema_extra={
-            "items": {"maxLength": 512},
+            "items": {"type": "string", "maxLength": 512},
             **_rules(
                 {
                     "rule": "self.all(a, !(" + " || ".join(f"a == '{f}' || a.startsWith('{f}=')" for f in DENIED_EXTRA_ARGS) + "))",
@@ -269,7 +286,7 @@ class AutoscalingSpec(_Model):
     model_config = ConfigDict(
         json_schema_extra=_rules(
             {
-                "rule": "self.minReplicas <= self.maxReplicas",
+                "rule": "!has(self.minReplicas) || !has(self.maxReplicas) || self.minReplicas <= self.maxReplicas",
                 "message": "autoscaling.minReplicas must be less than or equal to autoscaling.maxReplicas",
             }
         )
@@ -325,11 +342,17 @@ class NetworkPolicySpec(_Model):
 
 
 class Toleration(_Model):
-    key: str | None = None
-    operator: Literal["Exists", "Equal"] | None = None
-    value: str | None = None
-    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
-    toleration_seconds: int | None = None
+    """A corev1 Toleration."""
+
+    key: str | None = Field(default=None, description="Taint key the toleration applies to; empty matches all keys.")
+    operator: Literal["Exists", "Equal"] | None = Field(default=None, description="Exists or Equal (the default).")
+    value: str | None = Field(default=None, description="Taint value the toleration matches (with operator Equal).")
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
+        default=None, description="Taint effect to match; empty matches all effects."
+    )
+    toleration_seconds: int | None = Field(
+        default=None, description="How long a NoExecute taint is tolerated before eviction; unset means forever."
+    )
 
 
 class SchedulingSpec(_Model):
@@ -350,11 +373,14 @@ class QwenInferenceSpec(_Model):
     model_config = ConfigDict(
         json_schema_extra=_rules(
             {
-                "rule": "self.resources.gpu.count >= self.engine.tensorParallelSize",
+                "rule": "!has(self.resources) || !has(self.resources.gpu) || !has(self.resources.gpu.count)"
+                " || !has(self.engine) || !has(self.engine.tensorParallelSize)"
+                " || self.resources.gpu.count >= self.engine.tensorParallelSize",
                 "message": "resources.gpu.count must be at least engine.tensorParallelSize",
             },
             {
-                "rule": "!has(self.model.source.pvc) || !has(self.model.source.tokenSecretRef)",
+                "rule": "!has(self.model) || !has(self.model.source)"
+                " || !has(self.model.source.pvc) || !has(self.model.source.tokenSecretRef)",
                 "message": "model.source.pvc loads from a volume, so model.source.tokenSecretRef has no use with it",
             },
         )
