@@ -114,8 +114,20 @@ go_install() { # name module version binary-name
 
 build_kwok() { go_install kwok sigs.k8s.io/kwok/cmd/kwok "$KWOK_VERSION" kwok; }
 build_helm() {
-  go_install helm helm.sh/helm/v3/cmd/helm "$HELM_VERSION" helm \
-    "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
+  [[ -x $(bin_path helm) ]] && return
+  # helm's own Makefile stamps the Kubernetes version that `helm template` and `helm lint` assume
+  # (.Capabilities.KubeVersion) from its client-go requirement: v0.34.x => v1.34. Unstamped, helm
+  # assumes v1.20.0 and refuses every chart whose kubeVersion asks for more, ours included.
+  local helm_gomod client_go k8s_major k8s_minor
+  helm_gomod=$(go mod download -json "helm.sh/helm/v3@$HELM_VERSION" | sed -n 's/^[[:space:]]*"GoMod": "\(.*\)",$/\1/p')
+  client_go=$(awk '$1=="k8s.io/client-go"{print $2; exit}' "$helm_gomod")
+  [[ $client_go =~ ^v([0-9]+)\.([0-9]+)\. ]] || { echo "no k8s.io/client-go version in $helm_gomod" >&2; return 1; }
+  k8s_major=$((BASH_REMATCH[1] + 1)) k8s_minor=${BASH_REMATCH[2]}
+  local ld="-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
+  for pkg in helm.sh/helm/v3/pkg/chartutil helm.sh/helm/v3/pkg/lint/rules; do
+    ld+=" -X $pkg.k8sVersionMajor=$k8s_major -X $pkg.k8sVersionMinor=$k8s_minor"
+  done
+  go_install helm helm.sh/helm/v3/cmd/helm "$HELM_VERSION" helm "$ld"
 }
 build_prometheus_adapter() {
   go_install prometheus-adapter sigs.k8s.io/prometheus-adapter/cmd/adapter "$PROMETHEUS_ADAPTER_VERSION" adapter
