@@ -1,0 +1,342 @@
+"""The vLLM Deployment: one pure function from (owner, spec, resolved model, config) to a manifest."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from typing import Any
+
+from qwen_operator.api.models import QwenInferenceSpec
+from qwen_operator.builders import common
+from qwen_operator.builders.common import API_PORT, API_PORT_NAME, Owner
+from qwen_operator.catalog import ResolvedModel
+from qwen_operator.config import OperatorConfig
+
+CONTAINER_NAME = "vllm"
+DOWNLOAD_CONTAINER_NAME = "download-model"
+GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
+HEALTH_PATH = "/health"
+STARTUP_PROBE_PERIOD_SECONDS = 10
+
+# Pod "restricted" Pod Security Standard: a fixed non-root user.
+RUN_AS_USER = 1000
+
+# Volumes and where they are mounted.
+MODEL_CACHE_VOLUME = "model-cache"
+MODEL_CACHE_PATH = "/model-cache"  # HF_HOME: the Hugging Face hub cache lives in <HF_HOME>/hub
+MODEL_SOURCE_VOLUME = "model-source"
+MODEL_SOURCE_PATH = "/models"  # spec.model.source.pvc, read-only
+SCRATCH_VOLUME = "scratch"
+SCRATCH_PATH = "/scratch"  # HOME and the compile caches (the root filesystem is read-only)
+TMP_VOLUME = "tmp"
+SHM_VOLUME = "dshm"
+
+# Seconds between SIGKILL's deadline and the end of the drain, for vLLM's own exit.
+TERMINATION_MARGIN_SECONDS = 15
+# Time the Deployment may make no progress before it reports ProgressDeadlineExceeded: the
+# model load budget plus room for the download in the init container.
+DOWNLOAD_ALLOWANCE_SECONDS = 600
+
+
+def startup_budget_seconds(spec: QwenInferenceSpec, model: ResolvedModel) -> int:
+    return spec.engine.startup_timeout_seconds or model.startup_budget_seconds
+
+
+def model_argument(spec: QwenInferenceSpec, model: ResolvedModel) -> str:
+    """The positional model argument of `vllm serve`: the repository id, or the preloaded folder."""
+    preloaded = spec.model.source.pvc
+    if preloaded is None:
+        return model.hf_id
+    return f"{MODEL_SOURCE_PATH}/{preloaded.path}".rstrip("/")
+
+
+def vllm_args(spec: QwenInferenceSpec, model: ResolvedModel) -> list[str]:
+    engine = spec.engine
+    args = [
+        model_argument(spec, model),
+        "--served-model-name", model.served_name,
+        "--host", "0.0.0.0",
+        "--port", str(API_PORT),
+        "--max-model-len", str(model.max_model_len),
+        "--gpu-memory-utilization", str(engine.gpu_memory_utilization),
+        "--max-num-seqs", str(engine.max_num_seqs),
+    ]  # fmt: skip
+    if engine.max_num_batched_tokens is not None:
+        args += ["--max-num-batched-tokens", str(engine.max_num_batched_tokens)]
+    args += [
+        "--tensor-parallel-size", str(engine.tensor_parallel_size),
+        "--kv-cache-dtype", engine.kv_cache_dtype,
+    ]  # fmt: skip
+    if model.reasoning_parser:
+        args += ["--reasoning-parser", model.reasoning_parser]
+    if spec.model.tool_calling.enabled:
+        args += ["--enable-auto-tool-choice", "--tool-call-parser", spec.model.tool_calling.parser]
+    if model.quantization_flag:
+        args += ["--quantization", model.quantization_flag]
+    if spec.model.source.pvc is None:
+        args += ["--revision", model.revision]
+    args += ["--shutdown-timeout", str(engine.shutdown_timeout_seconds)]
+    # Thinking-only models ignore enable_thinking, so the flag would only mislead.
+    if not spec.model.thinking.enabled_by_default and not model.thinking_only:
+        args += ["--default-chat-template-kwargs", json.dumps({"enable_thinking": False})]
+    return args + list(engine.extra_args)
+
+
+def _secret_env(name: str, ref: Any) -> dict[str, Any]:
+    return {"name": name, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}
+
+
+def _writable_dirs_env() -> list[dict[str, Any]]:
+    return [
+        {"name": "HOME", "value": SCRATCH_PATH},
+        # Some libraries name cache folders after the user; uid 1000 has no passwd entry.
+        {"name": "USER", "value": "vllm"},
+        {"name": "XDG_CACHE_HOME", "value": f"{SCRATCH_PATH}/.cache"},
+        {"name": "VLLM_CACHE_ROOT", "value": f"{SCRATCH_PATH}/.cache/vllm"},
+        {"name": "TRITON_CACHE_DIR", "value": f"{SCRATCH_PATH}/.triton"},
+        {"name": "TORCHINDUCTOR_CACHE_DIR", "value": f"{SCRATCH_PATH}/.cache/torchinductor"},
+        {"name": "HF_HOME", "value": MODEL_CACHE_PATH},
+    ]
+
+
+def _merge_env(base: list[dict[str, Any]], overrides: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """base with overrides applied by name: same name replaces in place, new names append.
+    Names stay unique, as server-side apply requires of a list keyed by name."""
+    merged = {item["name"]: item for item in base}
+    for item in overrides:
+        merged[item["name"]] = item
+    return list(merged.values())
+
+
+def server_env(spec: QwenInferenceSpec) -> list[dict[str, Any]]:
+    env = _writable_dirs_env() + [
+        # The init container downloaded the model; the server never reaches the Hub.
+        {"name": "HF_HUB_OFFLINE", "value": "1"},
+        {"name": "VLLM_NO_USAGE_STATS", "value": "1"},
+        {"name": "DO_NOT_TRACK", "value": "1"},
+    ]
+    if spec.auth.api_key_secret_ref is not None:
+        env.append(_secret_env("VLLM_API_KEY", spec.auth.api_key_secret_ref))
+    user_env = [{"name": e.name, "value": e.value} for e in spec.engine.env]
+    return _merge_env(env, user_env)
+
+
+def download_env(spec: QwenInferenceSpec) -> list[dict[str, Any]]:
+    env = _writable_dirs_env() + [
+        {"name": "HF_HUB_DISABLE_TELEMETRY", "value": "1"},
+        {"name": "DO_NOT_TRACK", "value": "1"},
+    ]
+    if spec.model.source.token_secret_ref is not None:
+        env.append(_secret_env("HF_TOKEN", spec.model.source.token_secret_ref))
+    return env
+
+
+def container_security_context() -> dict[str, Any]:
+    return {
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def pod_security_context() -> dict[str, Any]:
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": RUN_AS_USER,
+        "runAsGroup": RUN_AS_USER,
+        "fsGroup": RUN_AS_USER,
+        # A model cache holds many large files: chown them only when the volume's root differs.
+        "fsGroupChangePolicy": "OnRootMismatch",
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def _quantity_resources(spec: QwenInferenceSpec, with_gpu: bool) -> dict[str, Any]:
+    res = spec.resources
+    amounts: dict[str, str] = {"cpu": res.cpu, "memory": res.memory}
+    if with_gpu:
+        amounts[res.gpu.resource_name] = str(res.gpu.count)
+    return {"requests": dict(amounts), "limits": dict(amounts)}
+
+
+def model_cache_volume(owner: Owner, spec: QwenInferenceSpec) -> dict[str, Any]:
+    source = spec.model.source
+    if source.pvc is not None or not source.cache.enabled:
+        # Preloaded models need no hub cache; a disabled cache downloads into the pod.
+        return {"name": MODEL_CACHE_VOLUME, "emptyDir": {"sizeLimit": source.cache.size}}
+    claim = source.cache.existing_claim or common.cache_claim_name(owner)
+    return {"name": MODEL_CACHE_VOLUME, "persistentVolumeClaim": {"claimName": claim}}
+
+
+def volumes(owner: Owner, spec: QwenInferenceSpec) -> list[dict[str, Any]]:
+    vols = [
+        model_cache_volume(owner, spec),
+        {"name": SCRATCH_VOLUME, "emptyDir": {}},
+        {"name": TMP_VOLUME, "emptyDir": {}},
+        # Tensor parallel workers exchange tensors through shared memory; the runtime's
+        # default /dev/shm is 64Mi. Memory-backed, so it counts against the memory limit.
+        {"name": SHM_VOLUME, "emptyDir": {"medium": "Memory"}},
+    ]
+    if spec.model.source.pvc is not None:
+        vols.append(
+            {
+                "name": MODEL_SOURCE_VOLUME,
+                "persistentVolumeClaim": {"claimName": spec.model.source.pvc.claim_name, "readOnly": True},
+            }
+        )
+    return vols
+
+
+def _common_mounts() -> list[dict[str, Any]]:
+    return [
+        {"name": MODEL_CACHE_VOLUME, "mountPath": MODEL_CACHE_PATH},
+        {"name": SCRATCH_VOLUME, "mountPath": SCRATCH_PATH},
+        {"name": TMP_VOLUME, "mountPath": "/tmp"},
+    ]
+
+
+def server_mounts(spec: QwenInferenceSpec) -> list[dict[str, Any]]:
+    mounts = _common_mounts() + [{"name": SHM_VOLUME, "mountPath": "/dev/shm"}]
+    if spec.model.source.pvc is not None:
+        mounts.append({"name": MODEL_SOURCE_VOLUME, "mountPath": MODEL_SOURCE_PATH, "readOnly": True})
+    return mounts
+
+
+def probes(spec: QwenInferenceSpec, model: ResolvedModel) -> dict[str, Any]:
+    def http_get() -> dict[str, Any]:
+        return {"path": HEALTH_PATH, "port": API_PORT_NAME}
+
+    budget = startup_budget_seconds(spec, model)
+    return {
+        # vLLM listens only once the model is loaded: the startup probe holds the other two off
+        # for the whole load budget instead of letting liveness kill a slow load.
+        "startupProbe": {
+            "httpGet": http_get(),
+            "periodSeconds": STARTUP_PROBE_PERIOD_SECONDS,
+            "failureThreshold": math.ceil(budget / STARTUP_PROBE_PERIOD_SECONDS),
+        },
+        "readinessProbe": {"httpGet": http_get(), "periodSeconds": 5, "failureThreshold": 3},
+        "livenessProbe": {"httpGet": http_get(), "periodSeconds": 10, "timeoutSeconds": 5, "failureThreshold": 3},
+    }
+
+
+def server_container(spec: QwenInferenceSpec, model: ResolvedModel, image: str) -> dict[str, Any]:
+    container: dict[str, Any] = {
+        "name": CONTAINER_NAME,
+        "image": image,
+        "command": ["vllm", "serve"],
+        "args": vllm_args(spec, model),
+        "ports": [{"name": API_PORT_NAME, "containerPort": API_PORT, "protocol": "TCP"}],
+        "env": server_env(spec),
+        "resources": _quantity_resources(spec, with_gpu=True),
+        **probes(spec, model),
+        "volumeMounts": server_mounts(spec),
+        "securityContext": container_security_context(),
+    }
+    if spec.engine.pre_stop_sleep_seconds > 0:
+        # Keep serving while endpoints controllers and load balancers stop sending traffic.
+        container["lifecycle"] = {"preStop": {"sleep": {"seconds": spec.engine.pre_stop_sleep_seconds}}}
+    return container
+
+
+def download_container(spec: QwenInferenceSpec, model: ResolvedModel, image: str) -> dict[str, Any]:
+    # `hf` is huggingface_hub's CLI (>= 0.34), which every vLLM image since transformers 4.56
+    # ships; the older `huggingface-cli` is gone in huggingface_hub 1.x.
+    return {
+        "name": DOWNLOAD_CONTAINER_NAME,
+        "image": image,
+        "command": ["hf", "download", model.hf_id, "--revision", model.revision],
+        "env": download_env(spec),
+        "resources": _quantity_resources(spec, with_gpu=False),
+        "volumeMounts": _common_mounts(),
+        "securityContext": container_security_context(),
+    }
+
+
+def merge_gpu_product_affinity(affinity: dict[str, Any] | None, products: list[str]) -> dict[str, Any] | None:
+    """The user's affinity with a required `nvidia.com/gpu.product In products` added.
+
+    Node selector terms are ORed, so the requirement is added to every existing term (each term
+    must also pick one of the products); with no terms it becomes the only term.
+    """
+    if not products:
+        return copy.deepcopy(affinity) if affinity else None
+    merged = copy.deepcopy(affinity) if affinity else {}
+    node_affinity = merged.setdefault("nodeAffinity", {})
+    required = node_affinity.setdefault("requiredDuringSchedulingIgnoredDuringExecution", {})
+    terms = required.setdefault("nodeSelectorTerms", [])
+    if not terms:
+        terms.append({})
+    for term in terms:
+        term.setdefault("matchExpressions", []).append(
+            {"key": GPU_PRODUCT_LABEL, "operator": "In", "values": list(products)}
+        )
+    return merged
+
+
+def scheduling_fields(spec: QwenInferenceSpec) -> dict[str, Any]:
+    sched = spec.scheduling
+    fields: dict[str, Any] = {}
+    if sched.node_selector:
+        fields["nodeSelector"] = dict(sched.node_selector)
+    if sched.tolerations:
+        fields["tolerations"] = [t.model_dump(by_alias=True, exclude_none=True) for t in sched.tolerations]
+    affinity = merge_gpu_product_affinity(sched.affinity, spec.resources.gpu.products)
+    if affinity:
+        fields["affinity"] = affinity
+    if sched.priority_class_name:
+        fields["priorityClassName"] = sched.priority_class_name
+    if sched.topology_spread_constraints:
+        fields["topologySpreadConstraints"] = copy.deepcopy(sched.topology_spread_constraints)
+    return fields
+
+
+def build_deployment(
+    owner: Owner,
+    spec: QwenInferenceSpec,
+    model: ResolvedModel,
+    config: OperatorConfig,
+    *,
+    manage_replicas: bool,
+) -> dict[str, Any]:
+    """The apps/v1 Deployment that runs vLLM. With manage_replicas False, spec.replicas is left
+    out so the field stays with its other owner (the HPA)."""
+    image = spec.engine.image or config.default_vllm_image
+    engine = spec.engine
+    pod_spec: dict[str, Any] = {
+        "enableServiceLinks": False,  # else a Service named vllm injects VLLM_PORT and confuses vLLM
+        "automountServiceAccountToken": False,  # vLLM never talks to the Kubernetes API
+        "securityContext": pod_security_context(),
+        "terminationGracePeriodSeconds": (
+            engine.pre_stop_sleep_seconds + engine.shutdown_timeout_seconds + TERMINATION_MARGIN_SECONDS
+        ),
+        "containers": [server_container(spec, model, image)],
+        "volumes": volumes(owner, spec),
+        **scheduling_fields(spec),
+    }
+    if spec.model.source.pvc is None:
+        pod_spec["initContainers"] = [download_container(spec, model, image)]
+
+    deployment_spec: dict[str, Any] = {}
+    if manage_replicas:
+        deployment_spec["replicas"] = spec.replicas
+    deployment_spec.update(
+        {
+            "selector": {"matchLabels": common.selector_labels(owner)},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+            "progressDeadlineSeconds": startup_budget_seconds(spec, model) + DOWNLOAD_ALLOWANCE_SECONDS,
+            "template": {
+                "metadata": {"labels": common.common_labels(owner)},
+                "spec": pod_spec,
+            },
+        }
+    )
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": common.metadata(owner),
+        "spec": deployment_spec,
+    }

@@ -1,0 +1,477 @@
+"""Tables over build_deployment(): what each spec puts in (and keeps out of) the vLLM pods."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from qwen_operator.api.models import API_VERSION, KIND, QwenInferenceSpec
+from qwen_operator.builders.common import Owner, cache_claim_name, common_labels, selector_labels
+from qwen_operator.builders.deployment import build_deployment, merge_gpu_product_affinity
+from qwen_operator.catalog import resolve_model
+from qwen_operator.config import DEFAULT_VLLM_IMAGE, OperatorConfig
+
+OWNER = Owner(name="chat", namespace="team-a", uid="0b6d1f4e-uid", generation=3)
+CONFIG = OperatorConfig()
+
+
+def make_spec(**fields: Any) -> QwenInferenceSpec:
+    return QwenInferenceSpec.model_validate(fields)
+
+
+def build(spec: QwenInferenceSpec | None = None, *, manage_replicas: bool = True, config: OperatorConfig = CONFIG) -> dict[str, Any]:
+    spec = spec or QwenInferenceSpec()
+    return build_deployment(OWNER, spec, resolve_model(spec), config, manage_replicas=manage_replicas)
+
+
+def pod(deployment: dict[str, Any]) -> dict[str, Any]:
+    return deployment["spec"]["template"]["spec"]
+
+
+def server(deployment: dict[str, Any]) -> dict[str, Any]:
+    (container,) = [c for c in pod(deployment)["containers"] if c["name"] == "vllm"]
+    return container
+
+
+def init_containers(deployment: dict[str, Any]) -> list[dict[str, Any]]:
+    return pod(deployment).get("initContainers", [])
+
+
+def args(deployment: dict[str, Any]) -> list[str]:
+    return server(deployment)["args"]
+
+
+def flag_value(arg_list: list[str], flag: str) -> str | None:
+    """The value after flag, or None when the flag is absent."""
+    return arg_list[arg_list.index(flag) + 1] if flag in arg_list else None
+
+
+def env_of(container: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {e["name"]: e for e in container.get("env", [])}
+
+
+# --- shape -----------------------------------------------------------------------------------
+
+
+def test_identity_labels_and_owner() -> None:
+    d = build()
+    assert d["apiVersion"] == "apps/v1" and d["kind"] == "Deployment"
+    assert d["metadata"]["name"] == "chat" and d["metadata"]["namespace"] == "team-a"
+    assert d["metadata"]["labels"] == common_labels(OWNER)
+    (ref,) = d["metadata"]["ownerReferences"]
+    assert ref == {"apiVersion": API_VERSION, "kind": KIND, "name": "chat", "uid": OWNER.uid, "controller": True, "blockOwnerDeletion": True}
+    assert d["spec"]["selector"] == {"matchLabels": selector_labels(OWNER)}
+    template_labels = d["spec"]["template"]["metadata"]["labels"]
+    assert template_labels.items() >= selector_labels(OWNER).items()
+    assert template_labels == common_labels(OWNER)
+
+
+def test_command_and_model_is_positional_first() -> None:
+    c = server(build())
+    assert c["command"] == ["vllm", "serve"]
+    assert c["args"][0] == "Qwen/Qwen3-0.6B-FP8"
+    assert c["image"] == DEFAULT_VLLM_IMAGE
+
+
+@pytest.mark.parametrize(
+    ("engine", "config_image", "expected"),
+    [
+        ({}, None, DEFAULT_VLLM_IMAGE),
+        ({}, "registry.local/vllm:pinned", "registry.local/vllm:pinned"),
+        ({"image": "mine/vllm:1"}, "registry.local/vllm:pinned", "mine/vllm:1"),
+    ],
+)
+def test_image(engine: dict[str, Any], config_image: str | None, expected: str) -> None:
+    config = OperatorConfig(default_vllm_image=config_image) if config_image else CONFIG
+    d = build(make_spec(engine=engine), config=config)
+    assert server(d)["image"] == expected
+    assert all(c["image"] == expected for c in init_containers(d))
+
+
+@pytest.mark.parametrize(
+    ("spec_fields", "manage", "expected"),
+    [
+        ({"replicas": 3}, True, 3),
+        ({"replicas": 0}, True, 0),
+        ({"replicas": 3, "autoscaling": {"enabled": True}}, False, None),
+        ({}, False, None),
+    ],
+)
+def test_replicas_only_when_managed(spec_fields: dict[str, Any], manage: bool, expected: int | None) -> None:
+    d = build(make_spec(**spec_fields), manage_replicas=manage)
+    if expected is None:
+        assert "replicas" not in d["spec"]
+    else:
+        assert d["spec"]["replicas"] == expected
+
+
+def test_rolling_update_never_drops_below_desired() -> None:
+    assert build()["spec"]["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
+
+
+# --- args ------------------------------------------------------------------------------------
+
+
+def test_default_args_exactly() -> None:
+    assert args(build()) == [
+        "Qwen/Qwen3-0.6B-FP8",
+        "--served-model-name", "qwen3-0.6b-fp8",
+        "--host", "0.0.0.0",
+        "--port", "8000",
+        "--max-model-len", "32768",
+        "--gpu-memory-utilization", "0.9",
+        "--max-num-seqs", "256",
+        "--tensor-parallel-size", "1",
+        "--kv-cache-dtype", "auto",
+        "--reasoning-parser", "qwen3",
+        "--revision", "main",
+        "--shutdown-timeout", "30",
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("spec_fields", "flag", "value"),
+    [
+        ({"model": {"servedName": "chat"}}, "--served-model-name", "chat"),
+        ({"model": {"name": "Qwen/Qwen3-8B", "maxModelLen": 16384}}, "--max-model-len", "16384"),
+        ({"model": {"name": "Qwen/Qwen3-4B-Thinking-2507"}}, "--max-model-len", "262144"),
+        ({"model": {"revision": "v1.0"}}, "--revision", "v1.0"),
+        ({"engine": {"gpuMemoryUtilization": 0.85}}, "--gpu-memory-utilization", "0.85"),
+        ({"engine": {"maxNumSeqs": 64}}, "--max-num-seqs", "64"),
+        ({"engine": {"maxNumBatchedTokens": 8192}}, "--max-num-batched-tokens", "8192"),
+        ({}, "--max-num-batched-tokens", None),
+        ({"engine": {"tensorParallelSize": 2}, "resources": {"gpu": {"count": 2}}}, "--tensor-parallel-size", "2"),
+        ({"engine": {"kvCacheDtype": "fp8"}}, "--kv-cache-dtype", "fp8"),
+        ({"engine": {"shutdownTimeoutSeconds": 120}}, "--shutdown-timeout", "120"),
+        ({"model": {"name": "Qwen/Qwen3-4B-Thinking-2507-FP8"}}, "--reasoning-parser", "deepseek_r1"),
+        ({"model": {"thinking": {"reasoningParser": "deepseek_r1"}}}, "--reasoning-parser", "deepseek_r1"),
+        ({"model": {"name": "Org/Other", "maxModelLen": 4096}}, "--reasoning-parser", None),
+        ({"model": {"toolCalling": {"enabled": True}}}, "--tool-call-parser", "hermes"),
+        ({"model": {"toolCalling": {"enabled": True, "parser": "qwen3_xml"}}}, "--tool-call-parser", "qwen3_xml"),
+        ({"model": {"toolCalling": {"enabled": False}}}, "--tool-call-parser", None),
+        ({"model": {"name": "Qwen/Qwen3-8B", "quantization": "fp8"}}, "--quantization", "fp8"),
+        ({"model": {"name": "Qwen/Qwen3-8B-FP8", "quantization": "fp8"}}, "--quantization", None),
+        ({"model": {"name": "Qwen/Qwen3-8B-FP8"}}, "--quantization", None),
+        ({"model": {"name": "Org/X-AWQ", "maxModelLen": 4096, "quantization": "awq"}}, "--quantization", None),
+    ],
+)
+def test_flag(spec_fields: dict[str, Any], flag: str, value: str | None) -> None:
+    assert flag_value(args(build(make_spec(**spec_fields))), flag) == value
+
+
+@pytest.mark.parametrize(
+    ("spec_fields", "present"),
+    [
+        ({"model": {"toolCalling": {"enabled": True}}}, True),
+        ({}, False),
+    ],
+)
+def test_auto_tool_choice(spec_fields: dict[str, Any], present: bool) -> None:
+    assert ("--enable-auto-tool-choice" in args(build(make_spec(**spec_fields)))) is present
+
+
+@pytest.mark.parametrize(
+    ("model", "expected"),
+    [
+        ({}, None),
+        ({"thinking": {"enabledByDefault": True}}, None),
+        ({"thinking": {"enabledByDefault": False}}, {"enable_thinking": False}),
+        ({"name": "Qwen/Qwen3-32B", "thinking": {"enabledByDefault": False}}, {"enable_thinking": False}),
+        # Thinking-only models ignore enable_thinking: no flag that promises otherwise.
+        ({"name": "Qwen/Qwen3-4B-Thinking-2507", "thinking": {"enabledByDefault": False}}, None),
+    ],
+)
+def test_thinking_default(model: dict[str, Any], expected: dict[str, Any] | None) -> None:
+    value = flag_value(args(build(make_spec(model=model))), "--default-chat-template-kwargs")
+    assert (json.loads(value) if value is not None else None) == expected
+
+
+def test_extra_args_come_last_in_order() -> None:
+    extra = ["--enable-prefix-caching", "--uvicorn-log-level", "warning"]
+    a = args(build(make_spec(engine={"extraArgs": extra})))
+    assert a[-3:] == extra
+
+
+@pytest.mark.parametrize(
+    "spec_fields",
+    [
+        {},
+        {"model": {"name": "Qwen/Qwen3-8B", "quantization": "fp8", "thinking": {"enabledByDefault": False}}},
+        {"auth": {"apiKeySecretRef": {"name": "keys", "key": "api-key"}}, "model": {"toolCalling": {"enabled": True}}},
+    ],
+)
+def test_never_removed_or_secret_flags(spec_fields: dict[str, Any]) -> None:
+    a = args(build(make_spec(**spec_fields)))
+    for forbidden in ("--disable-log-requests", "--enable-reasoning", "--api-key", "--download-dir"):
+        assert not any(arg == forbidden or arg.startswith(forbidden + "=") for arg in a)
+
+
+@pytest.mark.parametrize("name", ["Qwen/Qwen3-0.6B-FP8", "Qwen/Qwen3-1.7B-FP8", "Qwen/Qwen3-4B-FP8", "Qwen/Qwen3-8B-FP8", "Qwen/Qwen3-4B-Thinking-2507-FP8"])
+@pytest.mark.parametrize("quantization", ["auto", "fp8"])
+def test_fp8_checkpoints_never_get_quantization_flag(name: str, quantization: str) -> None:
+    assert "--quantization" not in args(build(make_spec(model={"name": name, "quantization": quantization})))
+
+
+# --- secrets ---------------------------------------------------------------------------------
+
+
+def test_api_key_and_hf_token_only_as_secret_refs() -> None:
+    spec = make_spec(
+        auth={"apiKeySecretRef": {"name": "keys", "key": "api-key"}},
+        model={"source": {"tokenSecretRef": {"name": "hf", "key": "token"}}},
+    )
+    d = build(spec)
+    server_env = env_of(server(d))
+    assert server_env["VLLM_API_KEY"] == {"name": "VLLM_API_KEY", "valueFrom": {"secretKeyRef": {"name": "keys", "key": "api-key"}}}
+    assert "HF_TOKEN" not in server_env  # the server is offline; only the download needs the token
+    (download,) = init_containers(d)
+    assert env_of(download)["HF_TOKEN"] == {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf", "key": "token"}}}
+    assert "VLLM_API_KEY" not in env_of(download)
+    serialized = json.dumps(d)
+    # Secret names appear only inside secretKeyRef; no env var carries a literal value for them.
+    for container in [server(d), download]:
+        for entry in container["env"]:
+            if entry["name"] in ("VLLM_API_KEY", "HF_TOKEN"):
+                assert "value" not in entry
+        words = container.get("args", []) + container.get("command", [])
+        assert not any(w.split("=")[0] in ("--api-key", "--token", "--hf-token") for w in words)
+    assert serialized.count("secretKeyRef") == 2
+
+
+def test_no_secret_env_without_refs() -> None:
+    d = build()
+    assert "VLLM_API_KEY" not in env_of(server(d))
+    assert "HF_TOKEN" not in env_of(init_containers(d)[0])
+
+
+def test_server_env() -> None:
+    env = env_of(server(build()))
+    assert env["HF_HUB_OFFLINE"]["value"] == "1"
+    assert env["VLLM_NO_USAGE_STATS"]["value"] == "1"
+    assert env["DO_NOT_TRACK"]["value"] == "1"
+    assert env["HF_HOME"]["value"] == "/model-cache"
+    for name in ("HOME", "XDG_CACHE_HOME", "VLLM_CACHE_ROOT", "TRITON_CACHE_DIR"):
+        assert env[name]["value"].startswith("/scratch"), name
+
+
+def test_user_env_is_added_and_may_override_without_duplicates() -> None:
+    spec = make_spec(engine={"env": [{"name": "VLLM_LOGGING_LEVEL", "value": "DEBUG"}, {"name": "DO_NOT_TRACK", "value": "0"}]})
+    env_list = server(build(spec))["env"]
+    names = [e["name"] for e in env_list]
+    assert len(names) == len(set(names))
+    env = env_of(server(build(spec)))
+    assert env["VLLM_LOGGING_LEVEL"]["value"] == "DEBUG"
+    assert env["DO_NOT_TRACK"]["value"] == "0"
+
+
+# --- download and volumes --------------------------------------------------------------------
+
+
+def test_download_init_container() -> None:
+    d = build(make_spec(model={"name": "Qwen/Qwen3-8B", "revision": "abc"}))
+    (download,) = init_containers(d)
+    assert download["name"] == "download-model"
+    assert download["command"] == ["hf", "download", "Qwen/Qwen3-8B", "--revision", "abc"]
+    assert env_of(download)["HF_HOME"]["value"] == "/model-cache"
+    assert "HF_HUB_OFFLINE" not in env_of(download)
+    assert {"name": "model-cache", "mountPath": "/model-cache"} in download["volumeMounts"]
+    assert "nvidia.com/gpu" not in download["resources"]["limits"]
+    assert download["securityContext"] == server(d)["securityContext"]
+
+
+@pytest.mark.parametrize(
+    ("cache", "expected_volume"),
+    [
+        ({}, {"persistentVolumeClaim": {"claimName": cache_claim_name(OWNER)}}),
+        ({"existingClaim": "shared-models"}, {"persistentVolumeClaim": {"claimName": "shared-models"}}),
+        ({"enabled": False, "size": "30Gi"}, {"emptyDir": {"sizeLimit": "30Gi"}}),
+    ],
+)
+def test_model_cache_volume(cache: dict[str, Any], expected_volume: dict[str, Any]) -> None:
+    d = build(make_spec(model={"source": {"cache": cache}}))
+    volumes = {v["name"]: v for v in pod(d)["volumes"]}
+    assert volumes["model-cache"] == {"name": "model-cache", **expected_volume}
+    assert {"name": "model-cache", "mountPath": "/model-cache"} in server(d)["volumeMounts"]
+    assert len(init_containers(d)) == 1
+
+
+@pytest.mark.parametrize(("path", "model_arg"), [("qwen3-8b", "/models/qwen3-8b"), ("", "/models"), ("a/b", "/models/a/b")])
+def test_preloaded_model_from_pvc(path: str, model_arg: str) -> None:
+    d = build(make_spec(model={"name": "Qwen/Qwen3-8B", "source": {"pvc": {"claimName": "weights", "path": path}}}))
+    a = args(d)
+    assert a[0] == model_arg
+    assert "--revision" not in a
+    assert flag_value(a, "--served-model-name") == "qwen3-8b"
+    assert init_containers(d) == []
+    volumes = {v["name"]: v for v in pod(d)["volumes"]}
+    assert volumes["model-source"]["persistentVolumeClaim"] == {"claimName": "weights", "readOnly": True}
+    assert "persistentVolumeClaim" not in volumes["model-cache"]
+    assert {"name": "model-source", "mountPath": "/models", "readOnly": True} in server(d)["volumeMounts"]
+
+
+def test_writable_dirs_and_shared_memory() -> None:
+    d = build()
+    volumes = {v["name"]: v for v in pod(d)["volumes"]}
+    mounts = {m["mountPath"]: m["name"] for m in server(d)["volumeMounts"]}
+    assert volumes[mounts["/dev/shm"]]["emptyDir"] == {"medium": "Memory"}
+    assert "emptyDir" in volumes[mounts["/tmp"]]
+    assert "emptyDir" in volumes[mounts["/scratch"]]
+
+
+# --- probes, drain, resources ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("spec_fields", "threshold"),
+    [
+        ({}, 30),  # 0.6B-FP8: catalog budget 300s
+        ({"model": {"name": "Qwen/Qwen3-32B"}}, 180),  # 1800s
+        ({"engine": {"startupTimeoutSeconds": 95}}, 10),  # rounded up
+        ({"engine": {"startupTimeoutSeconds": 3600}}, 360),
+        ({"model": {"name": "Org/Other", "maxModelLen": 4096}}, 120),  # unknown model: 1200s
+    ],
+)
+def test_startup_probe_threshold_from_budget(spec_fields: dict[str, Any], threshold: int) -> None:
+    probe = server(build(make_spec(**spec_fields)))["startupProbe"]
+    assert probe == {"httpGet": {"path": "/health", "port": "http"}, "periodSeconds": 10, "failureThreshold": threshold}
+
+
+def test_readiness_and_liveness() -> None:
+    c = server(build())
+    assert c["readinessProbe"] == {"httpGet": {"path": "/health", "port": "http"}, "periodSeconds": 5, "failureThreshold": 3}
+    assert c["livenessProbe"] == {"httpGet": {"path": "/health", "port": "http"}, "periodSeconds": 10, "timeoutSeconds": 5, "failureThreshold": 3}
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert "initialDelaySeconds" not in c[probe]
+    assert c["ports"] == [{"name": "http", "containerPort": 8000, "protocol": "TCP"}]
+
+
+@pytest.mark.parametrize(("pre_stop", "shutdown", "grace"), [(10, 30, 55), (0, 0, 15), (60, 600, 675)])
+def test_drain(pre_stop: int, shutdown: int, grace: int) -> None:
+    d = build(make_spec(engine={"preStopSleepSeconds": pre_stop, "shutdownTimeoutSeconds": shutdown}))
+    assert pod(d)["terminationGracePeriodSeconds"] == grace
+    assert flag_value(args(d), "--shutdown-timeout") == str(shutdown)
+    lifecycle = server(d).get("lifecycle")
+    if pre_stop:
+        assert lifecycle == {"preStop": {"sleep": {"seconds": pre_stop}}}
+    else:
+        assert lifecycle is None
+
+
+def test_resources() -> None:
+    spec = make_spec(resources={"gpu": {"count": 2, "resourceName": "nvidia.com/mig-3g.40gb"}, "cpu": "8", "memory": "64Gi"}, engine={"tensorParallelSize": 2})
+    res = server(build(spec))["resources"]
+    expected = {"cpu": "8", "memory": "64Gi", "nvidia.com/mig-3g.40gb": "2"}
+    assert res == {"requests": expected, "limits": expected}
+
+
+def test_pod_settings() -> None:
+    p = pod(build())
+    assert p["enableServiceLinks"] is False
+    assert p["automountServiceAccountToken"] is False
+
+
+# --- security --------------------------------------------------------------------------------
+
+
+def test_restricted_security() -> None:
+    d = build(make_spec(model={"source": {"tokenSecretRef": {"name": "hf", "key": "t"}}}))
+    psc = pod(d)["securityContext"]
+    assert psc["runAsNonRoot"] is True
+    assert psc["runAsUser"] == psc["runAsGroup"] == psc["fsGroup"] == 1000
+    assert psc["seccompProfile"] == {"type": "RuntimeDefault"}
+    for container in pod(d)["containers"] + init_containers(d):
+        sc = container["securityContext"]
+        assert sc["allowPrivilegeEscalation"] is False
+        assert sc["capabilities"] == {"drop": ["ALL"]}
+        assert sc["readOnlyRootFilesystem"] is True
+        assert not sc.get("privileged", False)
+
+
+# --- scheduling ------------------------------------------------------------------------------
+
+
+def test_scheduling_passthrough() -> None:
+    spread = {"maxSkew": 1, "topologyKey": "kubernetes.io/hostname", "whenUnsatisfiable": "ScheduleAnyway", "labelSelector": {"matchLabels": {"a": "b"}}}
+    spec = make_spec(
+        scheduling={
+            "nodeSelector": {"pool": "gpu"},
+            "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+            "priorityClassName": "inference",
+            "topologySpreadConstraints": [spread],
+        }
+    )
+    p = pod(build(spec))
+    assert p["nodeSelector"] == {"pool": "gpu"}
+    assert p["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert p["priorityClassName"] == "inference"
+    assert p["topologySpreadConstraints"] == [spread]
+    assert "affinity" not in p
+
+
+def test_no_scheduling_fields_by_default() -> None:
+    p = pod(build())
+    for field in ("nodeSelector", "tolerations", "affinity", "priorityClassName", "topologySpreadConstraints"):
+        assert field not in p
+
+
+PRODUCT_TERM = {"key": "nvidia.com/gpu.product", "operator": "In", "values": ["NVIDIA-L4", "NVIDIA-L40S"]}
+ZONE_TERM = {"key": "topology.kubernetes.io/zone", "operator": "In", "values": ["a"]}
+POOL_TERM = {"key": "pool", "operator": "In", "values": ["gpu"]}
+POD_ANTI_AFFINITY = {"preferredDuringSchedulingIgnoredDuringExecution": [{"weight": 1, "podAffinityTerm": {"topologyKey": "kubernetes.io/hostname"}}]}
+
+
+@pytest.mark.parametrize(
+    ("user", "products", "expected"),
+    [
+        (None, [], None),
+        ({"podAntiAffinity": POD_ANTI_AFFINITY}, [], {"podAntiAffinity": POD_ANTI_AFFINITY}),
+        (None, ["NVIDIA-L4", "NVIDIA-L40S"], {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [{"matchExpressions": [PRODUCT_TERM]}]}}}),
+        (
+            {"podAntiAffinity": POD_ANTI_AFFINITY},
+            ["NVIDIA-L4", "NVIDIA-L40S"],
+            {
+                "podAntiAffinity": POD_ANTI_AFFINITY,
+                "nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [{"matchExpressions": [PRODUCT_TERM]}]}},
+            },
+        ),
+        # Terms are ORed: the product requirement joins every one of them.
+        (
+            {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [{"matchExpressions": [ZONE_TERM]}, {"matchExpressions": [POOL_TERM]}]}}},
+            ["NVIDIA-L4", "NVIDIA-L40S"],
+            {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [{"matchExpressions": [ZONE_TERM, PRODUCT_TERM]}, {"matchExpressions": [POOL_TERM, PRODUCT_TERM]}]}}},
+        ),
+        # A preferred node affinity of the user stays as it is.
+        (
+            {"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{"weight": 5, "preference": {"matchExpressions": [ZONE_TERM]}}]}},
+            ["NVIDIA-L4", "NVIDIA-L40S"],
+            {
+                "nodeAffinity": {
+                    "preferredDuringSchedulingIgnoredDuringExecution": [{"weight": 5, "preference": {"matchExpressions": [ZONE_TERM]}}],
+                    "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [{"matchExpressions": [PRODUCT_TERM]}]},
+                }
+            },
+        ),
+    ],
+)
+def test_gpu_product_affinity_merge(user: dict[str, Any] | None, products: list[str], expected: dict[str, Any] | None) -> None:
+    scheduling = {"affinity": user} if user is not None else {}
+    spec = make_spec(scheduling=scheduling, resources={"gpu": {"products": products}})
+    assert pod(build(spec)).get("affinity") == expected
+
+
+def test_affinity_merge_does_not_mutate_the_spec() -> None:
+    user = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [{"matchExpressions": [ZONE_TERM]}]}}}
+    spec = make_spec(scheduling={"affinity": user}, resources={"gpu": {"products": ["NVIDIA-L4"]}})
+    before = json.dumps(spec.scheduling.affinity, sort_keys=True)
+    build(spec)
+    build(spec)
+    assert json.dumps(spec.scheduling.affinity, sort_keys=True) == before
+    terms = merge_gpu_product_affinity(spec.scheduling.affinity, ["NVIDIA-L4"])["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    assert len(terms[0]["matchExpressions"]) == 2
+
+
+def test_build_is_deterministic() -> None:
+    spec = make_spec(model={"name": "Qwen/Qwen3-8B"}, resources={"gpu": {"products": ["NVIDIA-L4"]}})
+    assert json.dumps(build(spec), sort_keys=True) == json.dumps(build(spec), sort_keys=True)
