@@ -1,0 +1,242 @@
+"""The ServiceMonitor that scrapes vLLM and the PrometheusRule that alerts on it. Pure: no I/O.
+
+Which series belong to one QwenInference:
+- vLLM's own series (vllm:*, and http_requests_total from the API server's HTTP instrumentation)
+  are matched on `namespace` and `service`, the labels prometheus-operator attaches to every
+  series a ServiceMonitor scrapes. vLLM's `model_name` label is not used to select: the HTTP
+  series do not carry it, and the Service already tells two instances apart. The served model
+  name goes into the alert labels (`model`) instead, for routing and for people.
+- kube-state-metrics series describe Kubernetes objects in their own `namespace`/`deployment`/
+  `pod` labels. Pods are matched by name: `<deployment>-<pod-template-hash>-<suffix>`.
+
+How the error ratio is derived: vLLM's `vllm:request_success_total` counts every finished
+request whatever its `finished_reason` (stop, length, abort; "error" only in vLLM newer than the
+pinned v0.11), and "abort" is mostly clients that hung up, so it does not measure failures. The
+OpenAI server instruments every route with prometheus-fastapi-instrumentator, whose
+`http_requests_total{handler, method, status}` groups status codes as 2xx/4xx/5xx. The error
+ratio is 5xx responses over all responses on the /v1/ routes: server failures, not client
+mistakes (4xx). A stream that fails after its 200 header is not counted (documented in
+docs/runbooks.md).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from qwen_operator.api.models import QwenInferenceSpec
+from qwen_operator.builders.common import API_PORT_NAME, Owner, metadata, selector_labels, service_name
+
+RUNBOOK_BASE_URL = "https://github.com/qwenops/qwen-operator/blob/main/docs/runbooks.md"
+
+# The windows the rate()-based alerts look over, and how long the condition must hold.
+ERROR_RATE_WINDOW = "5m"
+LATENCY_WINDOW = "5m"
+DOWN_FOR = "3m"
+ERROR_RATE_FOR = "5m"
+LATENCY_FOR = "5m"
+KV_CACHE_FOR = "5m"
+CRASH_LOOP_FOR = "5m"
+# More restarts than this within CRASH_RESTART_WINDOW count as crash looping, even between the
+# moments kube-state-metrics sees the CrashLoopBackOff waiting reason.
+CRASH_RESTARTS = 2
+CRASH_RESTART_WINDOW = "15m"
+
+
+def prometheus_duration(seconds: int) -> str:
+    """A Prometheus duration for a number of seconds: 600 -> "10m", 90 -> "90s"."""
+    if seconds > 0 and seconds % 3600 == 0:
+        return f"{seconds // 3600}h"
+    if seconds > 0 and seconds % 60 == 0:
+        return f"{seconds // 60}m"
+    return f"{seconds}s"
+
+
+def _pod_name_regex(deployment: str) -> str:
+    # Deployment pods are named <deployment>-<pod-template-hash>-<random>; neither suffix has a
+    # dash, so a Deployment called "<name>-x" never matches. Dots in names are literal.
+    return deployment.replace(".", "[.]") + "-[a-z0-9]+-[a-z0-9]+"
+
+
+def build_service_monitor(owner: Owner, spec: QwenInferenceSpec) -> dict[str, Any]:
+    """A monitoring.coreos.com/v1 ServiceMonitor for the instance's Service (vLLM's /metrics).
+
+    /metrics stays open when the API key is set (vLLM protects /v1/* only), so no auth is needed.
+    """
+    return {
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "ServiceMonitor",
+        "metadata": metadata(owner),
+        "spec": {
+            "selector": {"matchLabels": selector_labels(owner)},
+            "namespaceSelector": {"matchNames": [owner.namespace]},
+            "endpoints": [
+                {
+                    "port": API_PORT_NAME,
+                    "path": "/metrics",
+                    "scheme": "http",
+                    "interval": spec.monitoring.interval,
+                }
+            ],
+        },
+    }
+
+
+def _alert(
+    name: str,
+    expr: str,
+    for_: str,
+    severity: str,
+    summary: str,
+    description: str,
+    static_labels: dict[str, str],
+) -> dict[str, Any]:
+    return {
+        "alert": name,
+        "expr": expr,
+        "for": for_,
+        "labels": {"severity": severity, **static_labels},
+        "annotations": {
+            "summary": summary,
+            "description": description,
+            "runbook_url": f"{RUNBOOK_BASE_URL}#{name.lower()}",
+        },
+    }
+
+
+def build_alert_rules(owner: Owner, spec: QwenInferenceSpec, served_name: str, startup_budget_seconds: int) -> list[dict[str, Any]]:
+    """The alerting rules of one instance, in the order docs/runbooks.md lists them."""
+    thresholds = spec.monitoring.alerts
+    ns, name = owner.namespace, owner.name
+    instance = f"{ns}/{name}"
+    scraped = f'namespace="{ns}", service="{service_name(owner)}"'
+    deployment = f'namespace="{ns}", deployment="{name}"'
+    pods = f'namespace="{ns}", pod=~"{_pod_name_regex(name)}"'
+    api_routes = f'{scraped}, handler=~"/v1/.+"'
+    budget = prometheus_duration(startup_budget_seconds)
+    static_labels = {"namespace": ns, "qwen_inference": name, "model": served_name}
+
+    def p95(histogram: str) -> str:
+        return (
+            f"histogram_quantile(0.95, sum by (namespace, service, le) "
+            f"(rate({histogram}_bucket{{{scraped}}}[{LATENCY_WINDOW}])))"
+        )
+
+    return [
+        _alert(
+            "QwenInferenceDown",
+            # No target of the Service is up (or none exists), or kube-state-metrics sees no
+            # available replica. Quiet while the Deployment is scaled to zero on purpose, and
+            # during the first startup budget after the Deployment was created
+            # (QwenInferenceModelNotLoaded covers that window). Both sides are summed to no
+            # labels, so the alert keeps one identity whichever side fires.
+            f"(((sum(up{{{scraped}}}) or vector(0)) == 0)"
+            f" or on() (sum(kube_deployment_status_replicas_available{{{deployment}}}) == 0))"
+            f" unless on() (kube_deployment_spec_replicas{{{deployment}}} == 0)"
+            f" unless on() ((time() - kube_deployment_created{{{deployment}}}) < {startup_budget_seconds})",
+            DOWN_FOR,
+            "critical",
+            f"QwenInference {instance} is down",
+            f"QwenInference {instance} (model {served_name}) has had no available replica, or no "
+            f"replica answering metrics scrapes, for {DOWN_FOR}: the OpenAI endpoint is not serving.",
+            static_labels,
+        ),
+        _alert(
+            "QwenInferenceModelNotLoaded",
+            # A pod that kube-state-metrics reports not ready (finished pods, e.g. evicted ones,
+            # left out), or, without kube-state-metrics, one whose vLLM server does not answer
+            # scrapes: vLLM listens only once the model is loaded.
+            f'((kube_pod_status_ready{{{pods}, condition="true"}} == 0)'
+            f' unless on(pod) (kube_pod_status_phase{{{pods}, phase=~"Succeeded|Failed"}} == 1))'
+            f" or on(pod) (up{{{scraped}}} == 0)",
+            budget,
+            "warning",
+            f"QwenInference {instance}: model not loaded within {budget}",
+            f"Pod {{{{ $labels.pod }}}} of QwenInference {instance} has not become ready within "
+            f"its startup budget of {budget}: model {served_name} is still loading, or failed to.",
+            static_labels,
+        ),
+        _alert(
+            "QwenInferenceHighErrorRate",
+            f'sum by (namespace, service) (rate(http_requests_total{{{api_routes}, status="5xx"}}[{ERROR_RATE_WINDOW}]))'
+            f" / sum by (namespace, service) (rate(http_requests_total{{{api_routes}}}[{ERROR_RATE_WINDOW}]))"
+            f" > {thresholds.error_ratio}",
+            ERROR_RATE_FOR,
+            "critical",
+            f"QwenInference {instance}: high error rate",
+            f"{{{{ $value | humanizePercentage }}}} of the /v1 requests to QwenInference {instance} "
+            f"failed with a 5xx status over the last {ERROR_RATE_WINDOW} "
+            f"(threshold {thresholds.error_ratio:.2%}).",
+            static_labels,
+        ),
+        _alert(
+            "QwenInferenceHighLatencyP95",
+            f"{p95('vllm:e2e_request_latency_seconds')} > {thresholds.latency_p95_seconds}",
+            LATENCY_FOR,
+            "warning",
+            f"QwenInference {instance}: high p95 request latency",
+            f"The p95 end-to-end request latency of QwenInference {instance} is "
+            f"{{{{ $value | humanizeDuration }}}} (threshold {thresholds.latency_p95_seconds}s).",
+            static_labels,
+        ),
+        _alert(
+            "QwenInferenceHighTimeToFirstToken",
+            f"{p95('vllm:time_to_first_token_seconds')} > {thresholds.time_to_first_token_p95_seconds}",
+            LATENCY_FOR,
+            "warning",
+            f"QwenInference {instance}: high p95 time to first token",
+            f"The p95 time to first token of QwenInference {instance} is "
+            f"{{{{ $value | humanizeDuration }}}} (threshold {thresholds.time_to_first_token_p95_seconds}s).",
+            static_labels,
+        ),
+        _alert(
+            "QwenInferenceQueueGrowing",
+            f"sum by (namespace, service, pod) (vllm:num_requests_waiting{{{scraped}}}) > {thresholds.queue_depth}",
+            thresholds.queue_duration,
+            "warning",
+            f"QwenInference {instance}: requests are queueing",
+            f"Pod {{{{ $labels.pod }}}} of QwenInference {instance} has had {{{{ $value }}}} requests "
+            f"waiting (more than {thresholds.queue_depth}) for {thresholds.queue_duration}.",
+            static_labels,
+        ),
+        _alert(
+            "QwenInferenceKVCacheNearlyFull",
+            f"max by (namespace, service, pod) (vllm:kv_cache_usage_perc{{{scraped}}}) > {thresholds.kv_cache_usage}",
+            KV_CACHE_FOR,
+            "warning",
+            f"QwenInference {instance}: KV cache nearly full",
+            f"The KV cache of pod {{{{ $labels.pod }}}} of QwenInference {instance} is "
+            f"{{{{ $value | humanizePercentage }}}} full (threshold {thresholds.kv_cache_usage:.0%}).",
+            static_labels,
+        ),
+        _alert(
+            "QwenInferenceCrashLooping",
+            f"(max by (namespace, pod, container) (max_over_time(kube_pod_container_status_waiting_reason"
+            f'{{{pods}, reason="CrashLoopBackOff"}}[5m])) >= 1)'
+            f" or (sum by (namespace, pod, container) (increase(kube_pod_container_status_restarts_total"
+            f"{{{pods}}}[{CRASH_RESTART_WINDOW}])) > {CRASH_RESTARTS})",
+            CRASH_LOOP_FOR,
+            "warning",
+            f"QwenInference {instance}: pod crash looping",
+            f"Container {{{{ $labels.container }}}} of pod {{{{ $labels.pod }}}} of QwenInference "
+            f"{instance} keeps restarting (CrashLoopBackOff, or more than {CRASH_RESTARTS} restarts "
+            f"in {CRASH_RESTART_WINDOW}).",
+            static_labels,
+        ),
+    ]
+
+
+def build_prometheus_rule(owner: Owner, spec: QwenInferenceSpec, served_name: str, startup_budget_seconds: int) -> dict[str, Any]:
+    """A monitoring.coreos.com/v1 PrometheusRule with one group of alerts for this instance."""
+    return {
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "PrometheusRule",
+        "metadata": metadata(owner),
+        "spec": {
+            "groups": [
+                {
+                    "name": f"qwen-inference.{owner.namespace}.{owner.name}",
+                    "rules": build_alert_rules(owner, spec, served_name, startup_budget_seconds),
+                }
+            ]
+        },
+    }

@@ -1,0 +1,183 @@
+"""The PrometheusRule's alerts, checked by promtool itself.
+
+The rules are rendered for a sample instance (team-a/chat serving qwen3-0.6b-fp8), written as a
+Prometheus rules file, validated with `promtool check rules`, and exercised with `promtool test
+rules` on the synthetic series in tests/unit/promtool/*.yaml. Each fixture names `rules.yaml`; the
+test writes the rendered rules under that name next to a copy of the fixture.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from qwen_operator.api.models import QwenInferenceSpec
+from qwen_operator.builders.common import Owner
+from qwen_operator.builders.monitoring import RUNBOOK_BASE_URL, build_prometheus_rule, prometheus_duration
+
+REPO = Path(__file__).resolve().parents[2]
+FIXTURES = Path(__file__).parent / "promtool"
+OWNER = Owner(name="chat", namespace="team-a", uid="5f1c7a1e-0000-4000-8000-000000000001")
+SERVED_NAME = "qwen3-0.6b-fp8"
+DEFAULT_SPEC = QwenInferenceSpec()
+DEFAULT_BUDGET = 600
+CUSTOM_SPEC = QwenInferenceSpec.model_validate(
+    {
+        "monitoring": {
+            "alerts": {
+                "errorRatio": 0.5,
+                "latencyP95Seconds": 60,
+                "timeToFirstTokenP95Seconds": 10,
+                "queueDepth": 5,
+                "queueDuration": "2m",
+                "kvCacheUsage": 0.99,
+            }
+        }
+    }
+)
+CUSTOM_BUDGET = 1200
+ALERT_NAMES = {
+    "QwenInferenceDown",
+    "QwenInferenceModelNotLoaded",
+    "QwenInferenceHighErrorRate",
+    "QwenInferenceHighLatencyP95",
+    "QwenInferenceHighTimeToFirstToken",
+    "QwenInferenceQueueGrowing",
+    "QwenInferenceKVCacheNearlyFull",
+    "QwenInferenceCrashLooping",
+}
+
+
+@pytest.fixture(scope="session")
+def promtool() -> str:
+    """promtool from PATH, installed by the project's script when missing."""
+    found = shutil.which("promtool")
+    if found is None:
+        subprocess.run([str(REPO / "hack" / "install-prometheus.sh")], check=True, timeout=900)
+        found = shutil.which("promtool")
+    assert found, "hack/install-prometheus.sh ran but promtool is still not on PATH"
+    return found
+
+
+def rules_file_content(spec: QwenInferenceSpec, budget: int, annotations: bool) -> dict[str, Any]:
+    groups = build_prometheus_rule(OWNER, spec, SERVED_NAME, budget)["spec"]["groups"]
+    if not annotations:
+        # promtool compares annotations exactly; the behaviour fixtures check labels and timing
+        # only, and annotations.yaml checks the rendered annotations.
+        for group in groups:
+            for rule in group["rules"]:
+                rule.pop("annotations")
+    return {"groups": groups}
+
+
+def run_promtool_test(promtool: str, tmp_path: Path, fixture: str, spec: QwenInferenceSpec, budget: int, annotations: bool = False) -> subprocess.CompletedProcess[str]:
+    (tmp_path / "rules.yaml").write_text(yaml.safe_dump(rules_file_content(spec, budget, annotations), sort_keys=False))
+    shutil.copy(FIXTURES / fixture, tmp_path / fixture)
+    return subprocess.run(
+        [promtool, "test", "rules", fixture], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+
+
+def failed_alertnames(output: str) -> set[str]:
+    return set(re.findall(r"alertname: (\w+), time:", output))
+
+
+@pytest.mark.parametrize(("spec", "budget"), [(DEFAULT_SPEC, DEFAULT_BUDGET), (CUSTOM_SPEC, CUSTOM_BUDGET)], ids=["default", "custom"])
+def test_promtool_check_rules_accepts_the_rendered_rules(promtool: str, tmp_path: Path, spec: QwenInferenceSpec, budget: int) -> None:
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(yaml.safe_dump(rules_file_content(spec, budget, annotations=True), sort_keys=False))
+    result = subprocess.run([promtool, "check", "rules", str(rules)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"SUCCESS: {len(ALERT_NAMES)} rules found" in result.stdout
+
+
+# Fixture -> the alerts whose outcome it checks with the default thresholds.
+DEFAULT_FIXTURES = {
+    "queue.yaml": {"QwenInferenceQueueGrowing"},
+    "error_rate.yaml": {"QwenInferenceHighErrorRate"},
+    "kv_cache.yaml": {"QwenInferenceKVCacheNearlyFull"},
+    "latency.yaml": {"QwenInferenceHighLatencyP95", "QwenInferenceHighTimeToFirstToken"},
+    "down.yaml": {"QwenInferenceDown"},
+    "model_not_loaded.yaml": {"QwenInferenceModelNotLoaded"},
+    "crash_looping.yaml": {"QwenInferenceCrashLooping"},
+}
+
+
+@pytest.mark.parametrize("fixture", sorted(DEFAULT_FIXTURES))
+def test_alerts_fire_as_the_fixture_expects_with_default_thresholds(promtool: str, tmp_path: Path, fixture: str) -> None:
+    result = run_promtool_test(promtool, tmp_path, fixture, DEFAULT_SPEC, DEFAULT_BUDGET)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+# Fixtures written for the default thresholds that the custom thresholds must contradict: the same
+# series, a different outcome, for exactly these alerts. (Crash looping has no threshold.)
+@pytest.mark.parametrize(
+    "fixture", sorted(name for name in DEFAULT_FIXTURES if name != "crash_looping.yaml")
+)
+def test_custom_thresholds_flip_the_default_outcomes(promtool: str, tmp_path: Path, fixture: str) -> None:
+    result = run_promtool_test(promtool, tmp_path, fixture, CUSTOM_SPEC, CUSTOM_BUDGET)
+    assert result.returncode != 0, "the custom thresholds changed nothing:\n" + result.stdout + result.stderr
+    assert failed_alertnames(result.stdout + result.stderr) == DEFAULT_FIXTURES[fixture], result.stdout + result.stderr
+
+
+def test_custom_thresholds_give_the_outcomes_written_for_them(promtool: str, tmp_path: Path) -> None:
+    result = run_promtool_test(promtool, tmp_path, "custom_thresholds.yaml", CUSTOM_SPEC, CUSTOM_BUDGET)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_default_thresholds_contradict_the_custom_outcomes(promtool: str, tmp_path: Path) -> None:
+    result = run_promtool_test(promtool, tmp_path, "custom_thresholds.yaml", DEFAULT_SPEC, DEFAULT_BUDGET)
+    assert result.returncode != 0
+    assert failed_alertnames(result.stdout + result.stderr) == {
+        "QwenInferenceQueueGrowing",
+        "QwenInferenceHighErrorRate",
+        "QwenInferenceKVCacheNearlyFull",
+        "QwenInferenceHighLatencyP95",
+        "QwenInferenceHighTimeToFirstToken",
+        "QwenInferenceModelNotLoaded",
+        "QwenInferenceDown",
+    }, result.stdout
+
+
+def test_annotations_render_with_labels_values_and_runbook(promtool: str, tmp_path: Path) -> None:
+    result = run_promtool_test(promtool, tmp_path, "annotations.yaml", DEFAULT_SPEC, DEFAULT_BUDGET, annotations=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_alert_has_severity_summary_description_and_a_runbook_section() -> None:
+    rules = build_prometheus_rule(OWNER, DEFAULT_SPEC, SERVED_NAME, DEFAULT_BUDGET)["spec"]["groups"][0]["rules"]
+    assert {rule["alert"] for rule in rules} == ALERT_NAMES
+    runbook_headings = re.findall(r"^## (\w+)$", (REPO / "docs" / "runbooks.md").read_text(), flags=re.MULTILINE)
+    for rule in rules:
+        assert rule["labels"]["severity"] in {"critical", "warning"}, rule["alert"]
+        assert rule["labels"]["model"] == SERVED_NAME
+        assert rule["annotations"]["summary"] and rule["annotations"]["description"], rule["alert"]
+        anchor = rule["annotations"]["runbook_url"].removeprefix(RUNBOOK_BASE_URL + "#")
+        # GitHub's anchor for "## QwenInferenceDown" is "#qweninferencedown".
+        assert anchor in {heading.lower() for heading in runbook_headings}, rule["alert"]
+
+
+def test_prometheus_rule_shape() -> None:
+    rule = build_prometheus_rule(OWNER, DEFAULT_SPEC, SERVED_NAME, DEFAULT_BUDGET)
+    assert rule["apiVersion"] == "monitoring.coreos.com/v1"
+    assert rule["kind"] == "PrometheusRule"
+    assert rule["metadata"]["namespace"] == "team-a"
+    assert rule["metadata"]["ownerReferences"][0]["uid"] == OWNER.uid
+    assert [group["name"] for group in rule["spec"]["groups"]] == ["qwen-inference.team-a.chat"]
+
+
+def test_startup_budget_sets_the_model_not_loaded_wait() -> None:
+    rules = build_prometheus_rule(OWNER, DEFAULT_SPEC, SERVED_NAME, 1500)["spec"]["groups"][0]["rules"]
+    (not_loaded,) = [rule for rule in rules if rule["alert"] == "QwenInferenceModelNotLoaded"]
+    assert not_loaded["for"] == "25m"
+
+
+@pytest.mark.parametrize(("seconds", "expected"), [(600, "10m"), (90, "90s"), (3600, "1h"), (5400, "90m"), (45, "45s")])
+def test_prometheus_duration(seconds: int, expected: str) -> None:
+    assert prometheus_duration(seconds) == expected
