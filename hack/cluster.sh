@@ -258,7 +258,7 @@ up() {
   start kwok "$bin_kwok" --kubeconfig "$KUBECONFIG_FILE" \
     --config "$HACK_DIR/kwok/upstream-stages.yaml" --config "$HACK_DIR/kwok/qwen-stages.yaml" \
     --manage-all-nodes=false --manage-nodes-with-annotation-selector kwok.x-k8s.io/node=fake \
-    --cidr "$POD_CIDR" --node-ip 10.0.0.1
+    --cidr "$POD_CIDR" --node-ip 10.0.0.1 --node-lease-duration-seconds 40
 
   kc apply --server-side --field-manager qwen-cluster -f "$HACK_DIR/kwok/storage-class.yaml" >/dev/null
   nodes_manifest | kc apply --server-side --field-manager qwen-cluster -f - >/dev/null

@@ -214,3 +214,12 @@ def test_aggregation_layer_is_configured(cluster):
     data = json.loads(config)["data"]
     assert "requestheader-client-ca-file" in data
     assert json.loads(data["requestheader-allowed-names"]) == ["front-proxy-client"]
+
+
+def test_fake_nodes_renew_their_leases(k8s):
+    # Without lease renewal the node lifecycle controller marks every node NotReady after its grace
+    # period and evicts readiness from their pods.
+    leases = client.CoordinationV1Api(k8s).list_namespaced_lease("kube-node-lease").items
+    nodes = {n.metadata.name for n in client.CoreV1Api(k8s).list_node(label_selector="type=kwok").items}
+    assert nodes <= {lease.metadata.name for lease in leases}
+    assert all(lease.spec.lease_duration_seconds == 40 for lease in leases if lease.metadata.name in nodes)

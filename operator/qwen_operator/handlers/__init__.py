@@ -1,0 +1,2 @@
+"""kopf registrations. Importing this package registers the handlers."""
+from qwen_operator.handlers import qweninference  # noqa: F401

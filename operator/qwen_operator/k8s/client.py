@@ -1,0 +1,186 @@
+"""A small Kubernetes API client for the kinds the operator manages.
+
+It speaks plain dicts (the manifests the builders make), writes only with server-side apply under
+one field manager, and counts every request it sends by verb and kind (the operator's
+`qwen_operator_api_requests_total` metric), which is how the tests prove a steady state makes no
+writes. Built on the official client's connection handling (kubeconfig or in-cluster config).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Callable
+from urllib.parse import quote
+
+from kubernetes import client as k8s_client
+from kubernetes import config as k8s_config
+from kubernetes.client.rest import ApiException
+
+WRITE_VERBS = frozenset({"apply", "create", "delete", "patch", "patch_status"})
+
+
+@dataclass(frozen=True)
+class Kind:
+    api_version: str
+    kind: str
+    plural: str
+    namespaced: bool = True
+
+    @property
+    def group(self) -> str:
+        return self.api_version.rpartition("/")[0]
+
+    def path(self, namespace: str | None = None, name: str | None = None, subresource: str | None = None) -> str:
+        base = f"/apis/{self.api_version}" if "/" in self.api_version else f"/api/{self.api_version}"
+        if self.namespaced and namespace:
+            base += f"/namespaces/{quote(namespace)}"
+        base += f"/{self.plural}"
+        if name:
+            base += f"/{quote(name)}"
+        if subresource:
+            base += f"/{subresource}"
+        return base
+
+
+QWEN_INFERENCE = Kind("inference.qwenops.io/v1alpha1", "QwenInference", "qweninferences")
+DEPLOYMENT = Kind("apps/v1", "Deployment", "deployments")
+REPLICA_SET = Kind("apps/v1", "ReplicaSet", "replicasets")
+SERVICE = Kind("v1", "Service", "services")
+POD = Kind("v1", "Pod", "pods")
+SECRET = Kind("v1", "Secret", "secrets")
+CONFIG_MAP = Kind("v1", "ConfigMap", "configmaps")
+PVC = Kind("v1", "PersistentVolumeClaim", "persistentvolumeclaims")
+NODE = Kind("v1", "Node", "nodes", namespaced=False)
+EVENT = Kind("v1", "Event", "events")
+PDB = Kind("policy/v1", "PodDisruptionBudget", "poddisruptionbudgets")
+NETWORK_POLICY = Kind("networking.k8s.io/v1", "NetworkPolicy", "networkpolicies")
+HPA = Kind("autoscaling/v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers")
+SERVICE_MONITOR = Kind("monitoring.coreos.com/v1", "ServiceMonitor", "servicemonitors")
+PROMETHEUS_RULE = Kind("monitoring.coreos.com/v1", "PrometheusRule", "prometheusrules")
+
+KINDS_BY_KEY: dict[tuple[str, str], Kind] = {
+    (k.api_version, k.kind): k
+    for k in (QWEN_INFERENCE, DEPLOYMENT, REPLICA_SET, SERVICE, POD, SECRET, CONFIG_MAP, PVC, NODE, EVENT, PDB, NETWORK_POLICY, HPA, SERVICE_MONITOR, PROMETHEUS_RULE)
+}
+
+
+def kind_of(manifest: dict[str, Any]) -> Kind:
+    return KINDS_BY_KEY[(manifest["apiVersion"], manifest["kind"])]
+
+
+class KubeError(Exception):
+    """An API call failed; status is the HTTP status (0 when the server was not reached)."""
+
+    def __init__(self, status: int, reason: str, message: str):
+        super().__init__(f"{status} {reason}: {message}")
+        self.status = status
+        self.reason = reason
+        self.message = message
+
+
+RequestObserver = Callable[[str, str, int], None]  # (verb, kind, http status)
+
+
+class KubeApi:
+    def __init__(self, api_client: k8s_client.ApiClient, field_manager: str, observe: RequestObserver | None = None, timeout: float = 30.0):
+        self._api = api_client
+        self._field_manager = field_manager
+        self._observe = observe or (lambda verb, kind, status: None)
+        self._timeout = timeout
+
+    @classmethod
+    def from_environment(cls, field_manager: str, observe: RequestObserver | None = None) -> "KubeApi":
+        """In-cluster config when running in a pod, else the kubeconfig (KUBECONFIG or ~/.kube/config)."""
+        try:
+            k8s_config.load_incluster_config()
+            configuration = k8s_client.Configuration.get_default_copy()
+        except k8s_config.ConfigException:
+            configuration = k8s_client.Configuration()
+            k8s_config.load_kube_config(client_configuration=configuration)
+        return cls(k8s_client.ApiClient(configuration), field_manager, observe)
+
+    def _request(self, verb: str, kind: Kind, method: str, path: str, query: list[tuple[str, str]] | None = None,
+                 body: Any = None, content_type: str = "application/json") -> Any:
+        headers = {"Accept": "application/json", "Content-Type": content_type}
+        status = 0
+        try:
+            serialized = self._api.param_serialize(method, path, query_params=query or [], header_params=headers, body=body, auth_settings=["BearerToken"])
+            method_, url, headers_, body_, _ = serialized
+            response = self._api.call_api(method_, url, headers_, body_, _request_timeout=self._timeout)
+            response.read()
+            status = response.status
+            if status >= 400:
+                raise ApiException(http_resp=response)
+            return json.loads(response.data) if response.data else None
+        except ApiException as error:
+            status = error.status or 0
+            raise _as_kube_error(error) from None
+        finally:
+            self._observe(verb, kind.kind, status)
+
+    # Reads
+
+    def get(self, kind: Kind, namespace: str | None, name: str) -> dict[str, Any] | None:
+        try:
+            return self._request("get", kind, "GET", kind.path(namespace, name))
+        except KubeError as error:
+            if error.status == 404:
+                return None
+            raise
+
+    def list(self, kind: Kind, namespace: str | None = None, label_selector: str | None = None) -> list[dict[str, Any]]:
+        query = [("labelSelector", label_selector)] if label_selector else []
+        result = self._request("list", kind, "GET", kind.path(namespace), query)
+        return result.get("items", [])
+
+    def served_resources(self, group_version: str) -> set[str] | None:
+        """Plural names the API serves in group_version, or None when the group/version is not served."""
+        path = f"/apis/{group_version}" if "/" in group_version else f"/api/{group_version}"
+        try:
+            result = self._request("discover", Kind(group_version, "APIResourceList", ""), "GET", path)
+        except KubeError as error:
+            if error.status in (404, 503):
+                return None
+            raise
+        return {r["name"] for r in result.get("resources", [])}
+
+    # Writes
+
+    def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        """Server-side apply with forced ownership under the operator's field manager."""
+        kind = kind_of(manifest)
+        meta = manifest["metadata"]
+        query = [("fieldManager", self._field_manager), ("force", "true")]
+        return self._request("apply", kind, "PATCH", kind.path(meta.get("namespace"), meta["name"]), query,
+                             body=manifest, content_type="application/apply-patch+yaml")
+
+    def delete(self, kind: Kind, namespace: str | None, name: str, uid: str | None = None) -> None:
+        body = {"apiVersion": "v1", "kind": "DeleteOptions", "propagationPolicy": "Background"}
+        if uid:
+            body["preconditions"] = {"uid": uid}
+        try:
+            self._request("delete", kind, "DELETE", kind.path(namespace, name), body=body)
+        except KubeError as error:
+            if error.status not in (404, 409):  # already gone, or replaced by a new object of that name
+                raise
+
+    def patch_status(self, kind: Kind, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
+        return self._request("patch_status", kind, "PATCH", kind.path(namespace, name, "status"),
+                             body={"status": status}, content_type="application/merge-patch+json")
+
+    def create(self, kind: Kind, namespace: str, manifest: dict[str, Any]) -> dict[str, Any]:
+        return self._request("create", kind, "POST", kind.path(namespace), body=manifest)
+
+
+def _as_kube_error(error: ApiException) -> KubeError:
+    message = error.reason or ""
+    reason = ""
+    if error.body:
+        try:
+            parsed = json.loads(error.body)
+            message = parsed.get("message", message)
+            reason = parsed.get("reason", "")
+        except (ValueError, AttributeError):
+            message = str(error.body)[:500]
+    return KubeError(error.status or 0, reason, message)

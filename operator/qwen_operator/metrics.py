@@ -1,0 +1,48 @@
+"""The operator's own Prometheus metrics (served on --metrics-port, 9090 by default)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+from qwen_operator.k8s.client import WRITE_VERBS
+
+RECONCILES = Counter("qwen_operator_reconciles_total", "Reconciles of QwenInference resources, by result.", ["result"])
+RECONCILE_DURATION = Histogram(
+    "qwen_operator_reconcile_duration_seconds", "Time one reconcile takes.",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+API_REQUESTS = Counter("qwen_operator_api_requests_total", "Kubernetes API requests the operator sent.", ["verb", "kind", "code"])
+API_ERRORS = Counter("qwen_operator_api_errors_total", "Kubernetes API requests that failed (HTTP >= 400 other than 404, or no answer).", ["verb", "kind", "code"])
+MANAGED_RESOURCES = Gauge("qwen_operator_managed_resources", "QwenInference resources by the status and reason of their Ready condition.", ["ready", "reason"])
+
+_ready_by_resource: dict[tuple[str, str], tuple[str, str]] = {}
+
+
+def observe_request(verb: str, kind: str, code: int) -> None:
+    API_REQUESTS.labels(verb, kind, str(code)).inc()
+    if code == 0 or (code >= 400 and code != 404):
+        API_ERRORS.labels(verb, kind, str(code)).inc()
+
+
+def write_requests() -> float:
+    """All write requests sent so far (apply, create, patch, delete), for tests and benchmarks."""
+    return sum(
+        sample.value
+        for metric in API_REQUESTS.collect()
+        for sample in metric.samples
+        if sample.name.endswith("_total") and sample.labels.get("verb") in WRITE_VERBS
+    )
+
+
+def set_resource_ready(namespace: str, name: str, ready: str | None, reason: str = "") -> None:
+    """Record (or with ready None, forget) one resource's Ready condition, and refresh the gauge."""
+    if ready is None:
+        _ready_by_resource.pop((namespace, name), None)
+    else:
+        _ready_by_resource[(namespace, name)] = (ready, reason)
+    counts: dict[tuple[str, str], int] = {}
+    for value in _ready_by_resource.values():
+        counts[value] = counts.get(value, 0) + 1
+    MANAGED_RESOURCES.clear()
+    for (status, why), count in counts.items():
+        MANAGED_RESOURCES.labels(status, why).set(count)

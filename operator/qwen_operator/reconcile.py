@@ -1,0 +1,311 @@
+"""The one level-based reconcile of a QwenInference.
+
+    parse -> resolve the model -> check references -> build the desired children (pure)
+    -> apply what differs from the live objects (server-side apply, one field manager)
+    -> prune children no longer wanted -> observe -> write status only if it changed.
+
+It runs on every event of the resource, on events of its pods and Deployment, and on a periodic
+resync; each run computes the whole picture from scratch, so none of them can lose an update.
+A spec problem only the operator can judge (an unknown model, a missing Secret) ends as
+Ready=False with a reason and an Event; nothing is retried in a loop and nothing is deleted.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from decimal import Decimal
+from typing import Any
+
+from pydantic import ValidationError
+
+from qwen_operator import status as status_lib
+from qwen_operator.api.errors import SpecError
+from qwen_operator.api.models import QwenInference, QwenInferenceSpec
+from qwen_operator.builders import common
+from qwen_operator.builders.autoscaling import build_hpa
+from qwen_operator.builders.common import Owner
+from qwen_operator.builders.dashboard import build_dashboard_configmap
+from qwen_operator.builders.deployment import build_deployment, startup_budget_seconds
+from qwen_operator.builders.monitoring import build_prometheus_rule, build_service_monitor
+from qwen_operator.builders.networkpolicy import build_network_policy
+from qwen_operator.builders.pdb import build_pdb
+from qwen_operator.builders.service import build_service
+from qwen_operator.builders.storage import build_cache_pvc
+from qwen_operator.catalog import ResolvedModel, check_gpu_fp8, lookup_gpu, resolve_model
+from qwen_operator.config import OperatorConfig
+from qwen_operator.k8s import client as kinds
+from qwen_operator.k8s.client import KubeApi, KubeError, Kind, kind_of
+
+log = logging.getLogger(__name__)
+
+# Every kind the operator may create for a QwenInference: listed (by label) to find what to prune.
+CHILD_KINDS: tuple[Kind, ...] = (
+    kinds.DEPLOYMENT, kinds.SERVICE, kinds.PVC, kinds.PDB, kinds.NETWORK_POLICY, kinds.HPA, kinds.CONFIG_MAP,
+)
+MONITORING_KINDS: tuple[Kind, ...] = (kinds.SERVICE_MONITOR, kinds.PROMETHEUS_RULE)
+FP8_NATIVE_MIN_CC = (8, 9)
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """Optional integrations the cluster offers, found by discovery."""
+
+    prometheus_operator: bool = False
+
+
+class CapabilityCache:
+    """Discovers optional APIs, at most once per ttl seconds (they appear when someone installs them)."""
+
+    def __init__(self, api: KubeApi, ttl: float = 30.0):
+        self._api, self._ttl = api, ttl
+        self._value: Capabilities | None = None
+        self._at = 0.0
+
+    def get(self) -> Capabilities:
+        if self._value is None or time.monotonic() - self._at > self._ttl:
+            served = self._api.served_resources("monitoring.coreos.com/v1") or set()
+            self._value = Capabilities(prometheus_operator={"servicemonitors", "prometheusrules"} <= served)
+            self._at = time.monotonic()
+        return self._value
+
+
+@dataclass
+class ReconcileResult:
+    applied: list[str] = field(default_factory=list)
+    pruned: list[str] = field(default_factory=list)
+    status_written: bool = False
+    outcome: str = "ok"  # ok | spec_error | blocked | apply_error
+
+
+def owner_of(body: dict[str, Any]) -> Owner:
+    meta = body["metadata"]
+    return Owner(name=meta["name"], namespace=meta["namespace"], uid=meta["uid"], generation=meta.get("generation", 1))
+
+
+# Pure parts
+
+
+def desired_children(owner: Owner, spec: QwenInferenceSpec, model: ResolvedModel, config: OperatorConfig, caps: Capabilities) -> list[dict[str, Any]]:
+    """Every child the spec asks for, fully built. The HPA owns replicas while autoscaling is on."""
+    autoscaling = spec.autoscaling.enabled
+    children: list[dict[str, Any] | None] = [
+        build_deployment(owner, spec, model, config, manage_replicas=not autoscaling),
+        build_service(owner, spec),
+        build_cache_pvc(owner, spec),
+        build_pdb(owner, spec),
+        build_network_policy(owner, spec),
+        build_hpa(owner, spec),
+    ]
+    if spec.monitoring.dashboard:
+        children.append(build_dashboard_configmap(owner, spec, model.served_name))
+    if caps.prometheus_operator:
+        if spec.monitoring.service_monitor:
+            children.append(build_service_monitor(owner, spec))
+        if spec.monitoring.prometheus_rule:
+            children.append(build_prometheus_rule(owner, spec, model.served_name, startup_budget_seconds(spec, model)))
+    return [c for c in children if c is not None]
+
+
+def _quantity(value: str) -> Decimal | None:
+    from kubernetes.utils.quantity import parse_quantity
+
+    try:
+        return parse_quantity(value)
+    except (ValueError, TypeError):
+        return None
+
+
+def is_subset(desired: Any, live: Any) -> bool:
+    """True when every field of desired is in live with the same value.
+
+    The API server adds defaults and status, so live has more; it also normalises quantities
+    ("0.5" -> "500m"), so equal quantities count as equal. An apply is needed exactly when this
+    is False.
+    """
+    if isinstance(desired, dict):
+        return isinstance(live, dict) and all(
+            (v in (None, {}, []) and k not in live) or (k in live and is_subset(v, live[k])) for k, v in desired.items()
+        )
+    if isinstance(desired, list):
+        return isinstance(live, list) and len(desired) == len(live) and all(is_subset(d, l) for d, l in zip(desired, live))
+    if desired == live:
+        return True
+    if isinstance(desired, (str, int)) and isinstance(live, (str, int)) and not isinstance(desired, bool):
+        a, b = _quantity(str(desired)), _quantity(str(live))
+        return a is not None and a == b
+    return False
+
+
+def key(manifest: dict[str, Any]) -> tuple[str, str]:
+    return manifest["kind"], manifest["metadata"]["name"]
+
+
+def owned_by(manifest: dict[str, Any], owner: Owner) -> bool:
+    return any(ref.get("uid") == owner.uid for ref in manifest["metadata"].get("ownerReferences", []))
+
+
+def plan(desired: list[dict[str, Any]], live: list[dict[str, Any]], owner: Owner) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(to apply, to delete): desired children that differ from live, and owned live children not desired."""
+    live_by_key = {key(obj): obj for obj in live}
+    wanted = {key(obj) for obj in desired}
+    to_apply = [obj for obj in desired if not is_subset(obj, live_by_key.get(key(obj)))]
+    to_delete = [obj for obj in live if key(obj) not in wanted and owned_by(obj, owner)]
+    return to_apply, to_delete
+
+
+def gpu_warnings(model: ResolvedModel, pods: list[dict[str, Any]], nodes: dict[str, dict[str, Any]]) -> list[status_lib.Problem]:
+    """FP8 models that landed on GPUs without native FP8 (by the node's GPU feature labels)."""
+    if not model.is_fp8:
+        return []
+    slow = set()
+    for pod in pods:
+        node = nodes.get(pod.get("spec", {}).get("nodeName", ""))
+        labels = (node or {}).get("metadata", {}).get("labels", {})
+        try:
+            cc = (int(labels["nvidia.com/gpu.compute.major"]), int(labels["nvidia.com/gpu.compute.minor"]))
+        except (KeyError, ValueError):
+            continue
+        if cc < FP8_NATIVE_MIN_CC:
+            slow.add(f"{labels.get('nvidia.com/gpu.product', 'unknown GPU')} (compute capability {cc[0]}.{cc[1]}) on node {pod['spec']['nodeName']}")
+    if not slow:
+        return []
+    return [status_lib.Problem("GPUWithoutNativeFP8", f"{model.hf_id} is FP8 but runs on " + ", ".join(sorted(slow)) + ": FP8 needs compute capability 8.9 (weight-only below, unusable below 8.0)")]
+
+
+# The reconcile
+
+
+def now_rfc3339() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def check_references(api: KubeApi, owner: Owner, spec: QwenInferenceSpec) -> status_lib.Problem | None:
+    """A Secret or PVC the spec names that does not exist (yet): the rollout waits for it."""
+    secret_refs = [("spec.model.source.tokenSecretRef", spec.model.source.token_secret_ref), ("spec.auth.apiKeySecretRef", spec.auth.api_key_secret_ref)]
+    for path, ref in secret_refs:
+        if ref is None:
+            continue
+        secret = api.get(kinds.SECRET, owner.namespace, ref.name)
+        if secret is None:
+            return status_lib.Problem("SecretNotFound", f"{path}: Secret {ref.name} does not exist in namespace {owner.namespace}; create it and the rollout continues")
+        if ref.key not in (secret.get("data") or {}) and ref.key not in (secret.get("stringData") or {}):
+            return status_lib.Problem("SecretKeyNotFound", f"{path}: Secret {ref.name} has no key {ref.key}")
+    claims = [("spec.model.source.cache.existingClaim", spec.model.source.cache.existing_claim if spec.model.source.cache.enabled else None)]
+    if spec.model.source.pvc is not None:
+        claims.append(("spec.model.source.pvc.claimName", spec.model.source.pvc.claim_name))
+    for path, claim in claims:
+        if claim and api.get(kinds.PVC, owner.namespace, claim) is None:
+            return status_lib.Problem("ClaimNotFound", f"{path}: PersistentVolumeClaim {claim} does not exist in namespace {owner.namespace}; create it and the rollout continues")
+    return None
+
+
+def reconcile(body: dict[str, Any], api: KubeApi, config: OperatorConfig, capabilities: CapabilityCache, post_event) -> ReconcileResult:
+    """Reconciles one QwenInference (body as the API server sent it). post_event(type, reason, message)."""
+    result = ReconcileResult()
+    owner = owner_of(body)
+    previous_status = body.get("status") or {}
+    observation = status_lib.Observation(desired_replicas=0)
+    model: ResolvedModel | None = None
+    spec: QwenInferenceSpec | None = None
+    try:
+        spec = QwenInference.model_validate(body).spec
+        model = resolve_model(spec)
+        fp8 = check_gpu_fp8(model, spec.resources.gpu.products)
+        unusable = [p for p in spec.resources.gpu.products if (g := lookup_gpu(p)) and g.compute_capability < (8, 0)]
+        if fp8 and unusable and len(unusable) == len(spec.resources.gpu.products):
+            raise SpecError("GPUIncompatible", fp8)
+        if fp8:
+            observation.warnings.append(status_lib.Problem("GPUWithoutNativeFP8", fp8))
+    except ValidationError as error:
+        observation.blocking = status_lib.Problem("InvalidSpec", "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())[:1000])
+        result.outcome = "spec_error"
+    except SpecError as error:
+        observation.blocking = status_lib.Problem(error.reason, error.message)
+        result.outcome = "spec_error"
+
+    caps = capabilities.get()
+    if spec is not None and model is not None and observation.blocking is None:
+        observation.blocking = check_references(api, owner, spec)
+        if observation.blocking is not None:
+            result.outcome = "blocked"
+
+    if spec is not None and model is not None and observation.blocking is None:
+        desired = desired_children(owner, spec, model, config, caps)
+        live = list_children(api, owner, caps)
+        to_apply, to_delete = plan(desired, live, owner)
+        for manifest in to_apply:
+            try:
+                api.apply(manifest)
+                result.applied.append("/".join(key(manifest)))
+            except KubeError as error:
+                result.outcome = "apply_error"
+                observation.warnings.append(status_lib.Problem("ApplyFailed", f"{manifest['kind']} {manifest['metadata']['name']}: {error.message}"[:1000]))
+        for manifest in to_delete:
+            api.delete(kind_of(manifest), owner.namespace, manifest["metadata"]["name"], manifest["metadata"].get("uid"))
+            result.pruned.append("/".join(key(manifest)))
+
+    if spec is not None:
+        observe(api, owner, spec, model, caps, observation)
+
+    new_status = status_lib.compute_status(owner, model.served_name if model else "", observation, previous_status, now_rfc3339())
+    if status_lib.status_changed(previous_status, new_status):
+        api.patch_status(kinds.QWEN_INFERENCE, owner.namespace, owner.name, new_status)
+        result.status_written = True
+        for condition in status_lib.condition_transitions(previous_status, new_status):
+            event = event_for(condition)
+            if event is not None:
+                post_event(*event)
+    return result
+
+
+def list_children(api: KubeApi, owner: Owner, caps: Capabilities) -> list[dict[str, Any]]:
+    selector = f"app.kubernetes.io/managed-by={common.MANAGED_BY},app.kubernetes.io/instance={owner.name}"
+    found = []
+    for kind in CHILD_KINDS + (MONITORING_KINDS if caps.prometheus_operator else ()):
+        for obj in api.list(kind, owner.namespace, selector):
+            obj.setdefault("apiVersion", kind.api_version)
+            obj.setdefault("kind", kind.kind)
+            found.append(obj)
+    return found
+
+
+def observe(api: KubeApi, owner: Owner, spec: QwenInferenceSpec, model: ResolvedModel | None, caps: Capabilities, observation: status_lib.Observation) -> None:
+    observation.deployment = api.get(kinds.DEPLOYMENT, owner.namespace, owner.name)
+    observation.autoscaling_enabled = spec.autoscaling.enabled
+    if spec.autoscaling.enabled:
+        observation.hpa = api.get(kinds.HPA, owner.namespace, owner.name)
+        replicas = ((observation.deployment or {}).get("spec") or {}).get("replicas")
+        observation.desired_replicas = replicas if replicas is not None else spec.autoscaling.min_replicas
+    else:
+        observation.desired_replicas = spec.replicas
+    if observation.deployment is not None:
+        observation.pods = api.list(kinds.POD, owner.namespace, common.selector_string(owner))
+        node_names = {p.get("spec", {}).get("nodeName") for p in observation.pods} - {None, ""}
+        if model is not None and model.is_fp8 and node_names:
+            observation.nodes = {n: node for n in node_names if (node := api.get(kinds.NODE, None, n)) is not None}
+            observation.warnings.extend(gpu_warnings(model, observation.pods, observation.nodes))
+    wants_monitoring = spec.monitoring.service_monitor or spec.monitoring.prometheus_rule
+    if not wants_monitoring:
+        observation.monitoring_condition = ("False", "Disabled", "spec.monitoring turns the ServiceMonitor and PrometheusRule off")
+    elif caps.prometheus_operator:
+        observation.monitoring_condition = ("True", "Configured", "ServiceMonitor and PrometheusRule are applied")
+    else:
+        observation.monitoring_condition = (
+            "False", "PrometheusOperatorMissing",
+            "the monitoring.coreos.com/v1 API (Prometheus Operator CRDs) is not served, so no ServiceMonitor or PrometheusRule was made; the rest works",
+        )
+
+
+def event_for(condition: dict[str, Any]) -> tuple[str, str, str] | None:
+    """The Event a condition transition deserves: Warnings for problems, Normal for recoveries."""
+    type_, status, reason, message = condition["type"], condition["status"], condition["reason"], condition["message"]
+    if type_ == status_lib.READY:
+        return ("Normal" if status == "True" else "Warning" if reason not in ("ModelLoading", "ModelDownloading", "ReplicasNotReady") else "Normal", reason, message)
+    if type_ == status_lib.DEGRADED and status == "True":
+        return ("Warning", reason, message)
+    if type_ in (status_lib.MONITORING, status_lib.AUTOSCALING):
+        return ("Normal" if status == "True" else "Warning", reason, message)
+    return None

@@ -1,0 +1,191 @@
+"""Pure status computation: observed children -> QwenInference status and its conditions.
+
+Conditions follow the Kubernetes API conventions (type, status, reason, message,
+lastTransitionTime, observedGeneration). A condition keeps its lastTransitionTime while its
+status stays the same, so an unchanged world computes an unchanged status, and the reconcile
+then writes nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from qwen_operator.builders import common
+from qwen_operator.builders.common import Owner
+
+READY, PROGRESSING, DEGRADED, AUTOSCALING, MONITORING = "Ready", "Progressing", "Degraded", "Autoscaling", "Monitoring"
+SERVER_CONTAINER = "vllm"
+# A pod whose container restarted this often without becoming ready is called crash looping even
+# before the kubelet reports CrashLoopBackOff.
+CRASH_LOOP_RESTARTS = 3
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Why the resource is not Ready. blocking problems stop the rollout (spec or reference errors)."""
+
+    reason: str
+    message: str
+    degraded: bool = True
+
+
+@dataclass
+class Observation:
+    """What the reconcile saw of the world, as plain API dicts."""
+
+    desired_replicas: int
+    deployment: dict[str, Any] | None = None
+    pods: list[dict[str, Any]] = field(default_factory=list)
+    nodes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    hpa: dict[str, Any] | None = None
+    autoscaling_enabled: bool = False
+    monitoring_condition: tuple[str, str, str] | None = None  # (status, reason, message)
+    blocking: Problem | None = None  # a spec/reference problem: nothing new was rolled out
+    warnings: list[Problem] = field(default_factory=list)  # e.g. FP8 on a weight-only GPU
+
+
+def pod_problems(pods: list[dict[str, Any]]) -> tuple[Problem | None, Problem | None, Problem | None]:
+    """(unschedulable, crash loop, model loading) as seen in the pods' status, most telling first."""
+    unschedulable = crash = loading = None
+    for pod in sorted(pods, key=lambda p: p["metadata"]["name"]):
+        if pod["metadata"].get("deletionTimestamp"):
+            continue
+        name = pod["metadata"]["name"]
+        status = pod.get("status", {})
+        for condition in status.get("conditions", []):
+            if condition.get("type") == "PodScheduled" and condition.get("status") == "False" and condition.get("reason") == "Unschedulable":
+                unschedulable = unschedulable or Problem("Unschedulable", f"pod {name} cannot be scheduled: {condition.get('message', '')}".strip())
+        for container in status.get("initContainerStatuses", []) + status.get("containerStatuses", []):
+            waiting = container.get("state", {}).get("waiting") or {}
+            restarts = container.get("restartCount", 0)
+            if waiting.get("reason") == "CrashLoopBackOff" or (restarts >= CRASH_LOOP_RESTARTS and not container.get("ready")):
+                last = container.get("lastState", {}).get("terminated") or {}
+                detail = f", last exit code {last['exitCode']}" if "exitCode" in last else ""
+                crash = crash or Problem(
+                    "CrashLoop",
+                    f"container {container['name']} in pod {name} keeps restarting ({waiting.get('reason', 'restarting')}{detail}); "
+                    f"see kubectl logs {name} -c {container['name']} --previous",
+                )
+            elif waiting.get("reason") in ("ImagePullBackOff", "ErrImagePull", "CreateContainerConfigError", "InvalidImageName"):
+                crash = crash or Problem(waiting["reason"], f"container {container['name']} in pod {name}: {waiting.get('message', waiting['reason'])}")
+        for container in status.get("containerStatuses", []):
+            if container.get("name") == SERVER_CONTAINER and "running" in container.get("state", {}) and not container.get("started", True):
+                loading = loading or Problem("ModelLoading", f"pod {name} is loading the model (startup probe not passed yet)", degraded=False)
+        for container in status.get("initContainerStatuses", []):
+            if "running" in container.get("state", {}):
+                loading = loading or Problem("ModelDownloading", f"pod {name} is downloading the model ({container['name']})", degraded=False)
+    return unschedulable, crash, loading
+
+
+def _condition(type_: str, status: bool | str, reason: str, message: str, generation: int) -> dict[str, Any]:
+    value = status if isinstance(status, str) else ("True" if status else "False")
+    return {"type": type_, "status": value, "reason": reason, "message": message, "observedGeneration": generation}
+
+
+def merge_conditions(previous: list[dict[str, Any]], current: list[dict[str, Any]], now: str) -> list[dict[str, Any]]:
+    """current conditions with lastTransitionTime kept from previous where the status did not change."""
+    before = {c["type"]: c for c in previous}
+    merged = []
+    for condition in current:
+        old = before.get(condition["type"])
+        changed = old is None or old.get("status") != condition["status"]
+        merged.append({**condition, "lastTransitionTime": now if changed or not old.get("lastTransitionTime") else old["lastTransitionTime"]})
+    return merged
+
+
+def compute_status(owner: Owner, served_model: str, observed: Observation, previous: dict[str, Any], now: str) -> dict[str, Any]:
+    generation = owner.generation
+    deployment_status = (observed.deployment or {}).get("status", {})
+    replicas = deployment_status.get("replicas", 0)
+    ready_replicas = deployment_status.get("readyReplicas", 0)
+    updated = deployment_status.get("updatedReplicas", 0)
+    desired = observed.desired_replicas
+    unschedulable, crash, loading = pod_problems(observed.pods)
+    deadline = next(
+        (c for c in deployment_status.get("conditions", []) if c.get("type") == "Progressing" and c.get("reason") == "ProgressDeadlineExceeded"),
+        None,
+    )
+    failure = observed.blocking or unschedulable or crash
+    if failure is None and deadline is not None:
+        failure = Problem("ProgressDeadlineExceeded", deadline.get("message", "the rollout did not finish in time"))
+    all_ready = desired > 0 and ready_replicas >= desired and updated >= desired and replicas <= desired + 1
+
+    if observed.blocking is not None:
+        ready = _condition(READY, False, observed.blocking.reason, observed.blocking.message, generation)
+    elif all_ready:
+        ready = _condition(READY, True, "Ready", f"{ready_replicas}/{desired} replicas ready; serving {served_model}", generation)
+    elif desired == 0:
+        ready = _condition(READY, False, "ScaledToZero", "replicas is 0", generation)
+    elif failure is not None:
+        ready = _condition(READY, False, failure.reason, failure.message, generation)
+    elif loading is not None:
+        ready = _condition(READY, False, loading.reason, loading.message, generation)
+    else:
+        ready = _condition(READY, False, "ReplicasNotReady", f"{ready_replicas}/{desired} replicas ready", generation)
+
+    if observed.blocking is not None:
+        progressing = _condition(PROGRESSING, False, "Blocked", "fix the spec or the missing reference; nothing new was rolled out", generation)
+    elif all_ready:
+        progressing = _condition(PROGRESSING, False, "Complete", "the rollout is complete", generation)
+    elif failure is not None:
+        progressing = _condition(PROGRESSING, False, failure.reason, failure.message, generation)
+    else:
+        step = loading or Problem("RollingOut", f"{updated}/{desired} replicas updated, {ready_replicas} ready", degraded=False)
+        progressing = _condition(PROGRESSING, True, step.reason, step.message, generation)
+
+    degraded_by = next((p for p in (failure, *observed.warnings) if p is not None and p.degraded), None)
+    if degraded_by is not None:
+        degraded = _condition(DEGRADED, True, degraded_by.reason, degraded_by.message, generation)
+    else:
+        degraded = _condition(DEGRADED, False, "AsExpected", "no problems seen", generation)
+
+    conditions = [ready, progressing, degraded]
+    autoscaling = autoscaling_condition(observed, generation)
+    if autoscaling is not None:
+        conditions.append(autoscaling)
+    if observed.monitoring_condition is not None:
+        conditions.append(_condition(MONITORING, *observed.monitoring_condition, generation))
+
+    status: dict[str, Any] = {
+        "observedGeneration": generation,
+        "conditions": merge_conditions(previous.get("conditions", []), conditions, now),
+        "replicas": replicas,
+        "readyReplicas": ready_replicas,
+        "ready": f"{ready_replicas}/{desired}",
+        "selector": common.selector_string(owner),
+        "endpoint": common.endpoint_url(owner),
+        "model": served_model,
+    }
+    if observed.autoscaling_enabled:
+        status["desiredReplicas"] = ((observed.hpa or {}).get("status") or {}).get("desiredReplicas", desired)
+    return status
+
+
+def autoscaling_condition(observed: Observation, generation: int) -> dict[str, Any] | None:
+    """The Autoscaling condition, summarising the HPA's own AbleToScale/ScalingActive/ScalingLimited."""
+    if not observed.autoscaling_enabled:
+        return None
+    hpa_conditions = {c["type"]: c for c in ((observed.hpa or {}).get("status") or {}).get("conditions", [])}
+    if not hpa_conditions:
+        return _condition(AUTOSCALING, "Unknown", "Pending", "the HPA controller has not reported yet", generation)
+    for type_ in ("AbleToScale", "ScalingActive"):
+        c = hpa_conditions.get(type_)
+        if c is not None and c.get("status") != "True":
+            return _condition(AUTOSCALING, False, c.get("reason", type_), f"{type_}: {c.get('message', '')}", generation)
+    limited = hpa_conditions.get("ScalingLimited")
+    if limited is not None and limited.get("status") == "True":
+        return _condition(AUTOSCALING, True, limited.get("reason", "ScalingLimited"), f"ScalingLimited: {limited.get('message', '')}", generation)
+    active = hpa_conditions.get("ScalingActive", {})
+    return _condition(AUTOSCALING, True, active.get("reason", "ScalingActive"), active.get("message", "the HPA is scaling on queue depth"), generation)
+
+
+def status_changed(previous: dict[str, Any], new: dict[str, Any]) -> bool:
+    keys = set(new)
+    return any(previous.get(k) != new.get(k) for k in keys)
+
+
+def condition_transitions(previous: dict[str, Any], new: dict[str, Any]) -> list[dict[str, Any]]:
+    """Conditions whose status or reason changed: each becomes an Event."""
+    before = {c["type"]: (c.get("status"), c.get("reason")) for c in previous.get("conditions", [])}
+    return [c for c in new["conditions"] if before.get(c["type"]) != (c["status"], c["reason"])]
