@@ -11,6 +11,7 @@ import importlib.metadata
 import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -183,3 +184,18 @@ def test_runtime_lock_is_closed_under_the_installed_dependencies() -> None:
     assert runtime_requirements("qwen-operator") <= runtime
     missing = {name: runtime_requirements(name) - runtime for name in runtime}
     assert not {name: deps for name, deps in missing.items() if deps}
+
+
+def test_the_operator_wheel_packs_every_data_file_of_the_package() -> None:
+    # The image installs the operator from its wheel, which carries only the non-Python files that
+    # pyproject.toml's package-data names: a data file it misses exists in the checkout (tests
+    # pass) and is absent in the image.
+    package = REPO / "operator" / "qwen_operator"
+    patterns = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["qwen_operator"]
+    packed = {path for pattern in patterns for path in package.glob(pattern)}
+    data_files = {
+        path for path in package.rglob("*")
+        if path.is_file() and path.suffix not in {".py", ".pyc"} and "__pycache__" not in path.parts
+    }
+    missing = sorted(str(path.relative_to(package)) for path in data_files - packed)
+    assert not missing, f"add to [tool.setuptools.package-data] in pyproject.toml: {missing}"
