@@ -96,3 +96,88 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if item.get_closest_marker("cluster") and "cluster" not in getattr(item, "fixturenames", ["cluster"]):
             item.fixturenames.insert(0, "cluster")
+
+
+@dataclass
+class RunningOperator:
+    """The operator, run as `qwen-operator run` in a subprocess against the local cluster."""
+
+    process: subprocess.Popen
+    metrics_port: int
+    log_path: Path
+    resync_seconds: float
+
+    def metrics(self) -> dict[str, float]:
+        """Samples of the operator's /metrics as {'name{labels}': value} (loopback only)."""
+        import urllib.request
+
+        text = urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).read().decode()
+        samples = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                name, _, value = line.rpartition(" ")
+                samples[name] = float(value)
+        return samples
+
+    def requests(self, verbs: set[str]) -> float:
+        total = 0.0
+        for name, value in self.metrics().items():
+            if name.startswith("qwen_operator_api_requests_total{") and any(f'verb="{v}"' in name for v in verbs):
+                total += value
+        return total
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def free_loopback_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def install_crds(cluster: Cluster) -> None:
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "--field-manager", "qwen-tests", "-f", str(REPO / "crds"))
+    cluster.kubectl("wait", "--for=condition=Established", "crd/qweninferences.inference.qwenops.io", "--timeout=60s")
+
+
+def start_operator(cluster: Cluster, log_path: Path, *args: str, resync: float = 3.0) -> RunningOperator:
+    """Starts `qwen-operator run --standalone ARGS` against the cluster, metrics on a free loopback port."""
+    port = free_loopback_port()
+    env = {
+        **os.environ,
+        "KUBECONFIG": cluster.kubeconfig,
+        "QWEN_OPERATOR_RESYNC_SECONDS": str(resync),
+        "QWEN_OPERATOR_METRICS_PORT": str(port),
+        "QWEN_OPERATOR_METRICS_ADDRESS": "127.0.0.1",
+    }
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(
+            [str(REPO / ".venv" / "bin" / "qwen-operator"), "run", "--standalone", *args],
+            env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        )
+    running = RunningOperator(process, port, log_path, resync)
+    wait_until(lambda: running.metrics(), 60, "the operator's metrics endpoint")
+    return running
+
+
+def stop_operator(running: RunningOperator) -> None:
+    running.process.terminate()
+    try:
+        running.process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        running.process.kill()
+        running.process.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def operator(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> RunningOperator:
+    install_crds(cluster)
+    running = start_operator(cluster, tmp_path_factory.mktemp("operator") / "operator.log", "--all-namespaces")
+    try:
+        yield running
+    finally:
+        stop_operator(running)
+        assert "Traceback" not in running.log_text(), running.log_text()[-5000:]

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 # The vLLM image pods run unless spec.engine.image says otherwise. Keep equal to VLLM_IMAGE in
 # hack/versions.env.
-DEFAULT_VLLM_IMAGE = "vllm/vllm-openai:v0.11.0"
+DEFAULT_VLLM_IMAGE = "vllm/vllm-openai:v0.19.1"
 FIELD_MANAGER = "qwen-operator"
 DEFAULT_CLUSTER_DOMAIN = "cluster.local"
 

@@ -264,7 +264,7 @@ class EngineSpec(_Model):
 
 
 class GpuSpec(_Model):
-    count: int = Field(default=1, ge=1, le=16, description="GPUs per replica.")
+    count: int = Field(default=1, ge=1, le=128, description="GPUs per replica (the scheduler reports Unschedulable when no node has that many).")
     resource_name: str = Field(
         default="nvidia.com/gpu", pattern=r"^[a-z0-9.-]+/[a-z0-9._-]+$", description="Extended resource the GPUs are requested as."
     )

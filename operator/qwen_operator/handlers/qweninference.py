@@ -76,6 +76,13 @@ def run_reconcile(namespace: str, name: str, memo: kopf.Memo, trigger: str) -> N
             if result.applied or result.pruned or result.status_written:
                 log.info("reconciled %s/%s (%s): applied %s, pruned %s, status %s", namespace, name, trigger,
                          result.applied or "nothing", result.pruned or "nothing", "written" if result.status_written else "unchanged")
+        except kinds.KubeError as error:
+            # The API said no (the resource vanished mid-run, a namespace is terminating, the server
+            # is briefly away): nothing to crash over. The next event or resync runs it again.
+            outcome = "api_error"
+            if error.status != 404:
+                log.warning("reconcile of %s/%s (%s) stopped on an API error, will retry at the next resync: %s", namespace, name, trigger, error)
+            return
         finally:
             metrics.RECONCILES.labels(outcome).inc()
             metrics.RECONCILE_DURATION.observe(time.monotonic() - started)

@@ -1,0 +1,220 @@
+"""The operator against the real local control plane: the sample, scaling, failures, drift,
+steady state, bad specs and cleanup (issue 3's acceptance)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
+from conftest import REPO, start_operator, stop_operator, wait_until
+
+pytestmark = pytest.mark.cluster
+
+GROUP, VERSION, PLURAL = "inference.qwenops.io", "v1alpha1", "qweninferences"
+SAMPLE = REPO / "examples" / "qwen3-0.6b-fp8.yaml"
+
+
+def qwi(name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "QwenInference", "metadata": {"name": name}, "spec": spec}
+
+
+def create(k8s, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+    return client.CustomObjectsApi(k8s).create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
+
+
+def get(k8s, namespace: str, name: str) -> dict[str, Any]:
+    return client.CustomObjectsApi(k8s).get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+
+
+def patch_spec(k8s, namespace: str, name: str, spec: dict[str, Any]) -> None:
+    client.CustomObjectsApi(k8s).patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name, {"spec": spec})
+
+
+def condition(k8s, namespace: str, name: str, type_: str) -> dict[str, Any] | None:
+    status = get(k8s, namespace, name).get("status") or {}
+    return next((c for c in status.get("conditions", []) if c["type"] == type_), None)
+
+
+def wait_condition(k8s, namespace: str, name: str, type_: str, status: str, reason: str | None = None, timeout: float = 60) -> dict[str, Any]:
+    def matches():
+        c = condition(k8s, namespace, name, type_)
+        return c if c and c["status"] == status and (reason is None or c["reason"] == reason) else None
+
+    return wait_until(matches, timeout, f"{type_}={status}{f' ({reason})' if reason else ''} on {namespace}/{name}; last: {condition(k8s, namespace, name, type_)}")
+
+
+def events_for(k8s, namespace: str, name: str) -> list[client.CoreV1Event]:
+    return client.CoreV1Api(k8s).list_namespaced_event(namespace, field_selector=f"involvedObject.name={name},involvedObject.kind=QwenInference").items
+
+
+def pods(k8s, namespace: str, name: str) -> list[client.V1Pod]:
+    return client.CoreV1Api(k8s).list_namespaced_pod(namespace, label_selector=f"app.kubernetes.io/instance={name}").items
+
+
+def test_sample_becomes_ready_with_owned_deployment_and_service(operator, cluster, k8s, namespace):
+    cluster.kubectl("apply", "-n", namespace, "-f", str(SAMPLE))
+    name = yaml.safe_load(SAMPLE.read_text())["metadata"]["name"]
+    wait_condition(k8s, namespace, name, "Ready", "True")
+    owner_uid = get(k8s, namespace, name)["metadata"]["uid"]
+
+    deployment = client.AppsV1Api(k8s).read_namespaced_deployment(name, namespace)
+    service = client.CoreV1Api(k8s).read_namespaced_service(name, namespace)
+    for child in (deployment, service):
+        refs = child.metadata.owner_references
+        assert refs and refs[0].uid == owner_uid and refs[0].controller
+
+    container = deployment.spec.template.spec.containers[0]
+    assert container.command == ["vllm", "serve"]
+    assert container.args[0] == "Qwen/Qwen3-0.6B-FP8"
+    assert "--quantization" not in container.args  # pre-quantized FP8 checkpoint
+    assert container.startup_probe.http_get.path == "/health"
+    assert deployment.spec.template.spec.enable_service_links is False
+
+    gpu_nodes = {n.metadata.name for n in client.CoreV1Api(k8s).list_node(label_selector="nvidia.com/gpu.present=true").items}
+    assert all(p.spec.node_name in gpu_nodes for p in pods(k8s, namespace, name))
+
+    table = cluster.kubectl("get", "qwi", name, "-n", namespace).stdout
+    header, row = table.splitlines()[:2]
+    assert header.split()[:5] == ["NAME", "MODEL", "READY", "STATUS", "ENDPOINT"]
+    assert row.split()[1:5] == ["Qwen/Qwen3-0.6B-FP8", "1/1", "Ready", f"http://{name}.{namespace}.svc:8000/v1"]
+    assert any(e.reason == "Ready" and e.type == "Normal" for e in events_for(k8s, namespace, name))
+
+
+def test_kubectl_scale_changes_the_replicas(operator, cluster, k8s, namespace):
+    create(k8s, namespace, qwi("scaled", {}))
+    wait_condition(k8s, namespace, "scaled", "Ready", "True")
+    cluster.kubectl("scale", "qwi", "scaled", "-n", namespace, "--replicas=3")
+    wait_until(lambda: client.AppsV1Api(k8s).read_namespaced_deployment("scaled", namespace).spec.replicas == 3, 30, "Deployment replicas 3")
+    wait_until(lambda: (get(k8s, namespace, "scaled").get("status") or {}).get("ready") == "3/3", 60, "status ready 3/3")
+    assert cluster.kubectl("get", "qwi", "scaled", "-n", namespace, "-o", "jsonpath={.status.readyReplicas}").stdout == "3"
+
+
+def test_crash_looping_pod_turns_ready_false_and_degraded(operator, k8s, namespace):
+    create(k8s, namespace, qwi("crashy", {}))
+    wait_condition(k8s, namespace, "crashy", "Ready", "True")
+    pod = pods(k8s, namespace, "crashy")[0]
+    client.CoreV1Api(k8s).patch_namespaced_pod(pod.metadata.name, namespace, {"metadata": {"labels": {"stage.qwenops.io/crash-loop": "true"}}})
+    degraded = wait_condition(k8s, namespace, "crashy", "Degraded", "True", "CrashLoop")
+    assert pod.metadata.name in degraded["message"] and "vllm" in degraded["message"]
+    ready = condition(k8s, namespace, "crashy", "Ready")
+    assert ready["status"] == "False" and ready["reason"] == "CrashLoop"
+    wait_until(lambda: any(e.reason == "CrashLoop" and e.type == "Warning" for e in events_for(k8s, namespace, "crashy")), 30, "a CrashLoop warning event")
+
+
+def test_ninety_nine_gpus_report_unschedulable(operator, k8s, namespace):
+    create(k8s, namespace, qwi("greedy", {"resources": {"gpu": {"count": 99}}}))
+    ready = wait_condition(k8s, namespace, "greedy", "Ready", "False", "Unschedulable")
+    assert "Insufficient nvidia.com/gpu" in ready["message"]
+    assert condition(k8s, namespace, "greedy", "Degraded")["reason"] == "Unschedulable"
+
+
+def test_model_loading_is_reported_while_the_startup_probe_runs(operator, k8s, namespace):
+    create(k8s, namespace, qwi("loading", {}))
+    wait_condition(k8s, namespace, "loading", "Ready", "True")
+    pod = pods(k8s, namespace, "loading")[0]
+    client.CoreV1Api(k8s).patch_namespaced_pod(pod.metadata.name, namespace, {"metadata": {"labels": {"stage.qwenops.io/model-loading": "true"}}})
+    wait_condition(k8s, namespace, "loading", "Ready", "False", "ModelLoading")
+    assert condition(k8s, namespace, "loading", "Progressing")["status"] == "True"
+    assert condition(k8s, namespace, "loading", "Degraded")["status"] == "False"
+
+
+def test_deleting_the_resource_removes_everything_it_made(operator, k8s, namespace):
+    create(k8s, namespace, qwi("doomed", {"replicas": 2}))
+    wait_condition(k8s, namespace, "doomed", "Ready", "True")
+    core, apps, policy = client.CoreV1Api(k8s), client.AppsV1Api(k8s), client.PolicyV1Api(k8s)
+    selector = "app.kubernetes.io/instance=doomed"
+    assert apps.list_namespaced_deployment(namespace, label_selector=selector).items
+    assert policy.list_namespaced_pod_disruption_budget(namespace, label_selector=selector).items
+    client.CustomObjectsApi(k8s).delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "doomed")
+
+    def all_gone():
+        return not (
+            apps.list_namespaced_deployment(namespace, label_selector=selector).items
+            or core.list_namespaced_service(namespace, label_selector=selector).items
+            or core.list_namespaced_persistent_volume_claim(namespace, label_selector=selector).items
+            or policy.list_namespaced_pod_disruption_budget(namespace, label_selector=selector).items
+            or core.list_namespaced_config_map(namespace, label_selector=selector).items
+            or core.list_namespaced_pod(namespace, label_selector=selector).items
+        )
+
+    wait_until(all_gone, 90, "every child to be garbage collected")
+
+
+def test_deleted_and_edited_children_return_to_the_spec(operator, k8s, namespace):
+    create(k8s, namespace, qwi("drift", {}))
+    wait_condition(k8s, namespace, "drift", "Ready", "True")
+    core, apps = client.CoreV1Api(k8s), client.AppsV1Api(k8s)
+    original = apps.read_namespaced_deployment("drift", namespace).spec.template.spec.containers[0]
+
+    core.delete_namespaced_service("drift", namespace)
+    body = {"spec": {"template": {"spec": {"containers": [{"name": "vllm", "image": "registry.invalid/hand-edited:1"}]}}}}
+    apps.patch_namespaced_deployment("drift", namespace, body)
+
+    wait_until(lambda: core.read_namespaced_service("drift", namespace), 2 * operator.resync_seconds + 10, "the Service to come back")
+    wait_until(
+        lambda: apps.read_namespaced_deployment("drift", namespace).spec.template.spec.containers[0].image == original.image,
+        2 * operator.resync_seconds + 10, "the image to return to the spec",
+    )
+
+
+def test_resync_of_an_unchanged_resource_makes_no_writes(operator, cluster, k8s, namespace, tmp_path):
+    create(k8s, namespace, qwi("steady", {"replicas": 2}))
+    wait_condition(k8s, namespace, "steady", "Ready", "True")
+    selector = "app.kubernetes.io/instance=steady"
+
+    def versions() -> dict[str, str]:
+        found = {"qwi": get(k8s, namespace, "steady")["metadata"]["resourceVersion"]}
+        for d in client.AppsV1Api(k8s).list_namespaced_deployment(namespace, label_selector=selector).items:
+            found[f"deployment/{d.metadata.name}"] = d.metadata.resource_version
+        for s in client.CoreV1Api(k8s).list_namespaced_service(namespace, label_selector=selector).items:
+            found[f"service/{s.metadata.name}"] = s.metadata.resource_version
+        for c in client.CoreV1Api(k8s).list_namespaced_config_map(namespace, label_selector=selector).items:
+            found[f"configmap/{c.metadata.name}"] = c.metadata.resource_version
+        return found
+
+    # A second operator that watches only this namespace: its request counters then speak of this
+    # resource alone (the session operator also serves other tests' namespaces). It adopts a
+    # resource that is already Ready, so even its first reconcile must write nothing.
+    time.sleep(operator.resync_seconds + 1)  # let the rollout's last status write land
+    before_versions = versions()
+    watcher = start_operator(cluster, tmp_path / "namespaced-operator.log", "--namespace", namespace)
+    try:
+        wait_until(lambda: watcher.requests({"list"}) > 0, 30, "the namespaced operator to reconcile")
+        reads_after_first = watcher.requests({"get", "list"})
+        time.sleep(3 * watcher.resync_seconds + 1)
+        assert watcher.requests({"get", "list"}) > reads_after_first, "no resync happened during the observation window"
+        writes = watcher.requests({"apply", "create", "patch", "patch_status", "delete"})
+    finally:
+        stop_operator(watcher)
+    assert writes == 0, watcher.log_text()[-3000:]
+    assert versions() == before_versions
+
+
+def test_unknown_model_is_reported_not_retried_and_recovers_when_fixed(operator, k8s, namespace):
+    create(k8s, namespace, qwi("mystery", {"model": {"name": "someone/not-in-the-catalog"}}))
+    ready = wait_condition(k8s, namespace, "mystery", "Ready", "False", "UnknownModel")
+    assert "maxModelLen" in ready["message"]
+    assert condition(k8s, namespace, "mystery", "Degraded")["status"] == "True"
+    wait_until(lambda: any(e.reason == "UnknownModel" and e.type == "Warning" for e in events_for(k8s, namespace, "mystery")), 30, "an UnknownModel event")
+    with pytest.raises(ApiException) as missing:
+        client.AppsV1Api(k8s).read_namespaced_deployment("mystery", namespace)
+    assert missing.value.status == 404
+
+    patch_spec(k8s, namespace, "mystery", {"model": {"maxModelLen": 8192}})
+    wait_condition(k8s, namespace, "mystery", "Ready", "True")
+    args = client.AppsV1Api(k8s).read_namespaced_deployment("mystery", namespace).spec.template.spec.containers[0].args
+    assert args[0] == "someone/not-in-the-catalog" and "8192" in args
+
+
+def test_missing_secret_blocks_until_it_appears(operator, k8s, namespace):
+    create(k8s, namespace, qwi("keyed", {"auth": {"apiKeySecretRef": {"name": "qwen-keys", "key": "api-key"}}}))
+    ready = wait_condition(k8s, namespace, "keyed", "Ready", "False", "SecretNotFound")
+    assert "qwen-keys" in ready["message"]
+    client.CoreV1Api(k8s).create_namespaced_secret(namespace, client.V1Secret(metadata=client.V1ObjectMeta(name="qwen-keys"), string_data={"api-key": "sk-test-0123456789"}))
+    wait_condition(k8s, namespace, "keyed", "Ready", "True", timeout=operator.resync_seconds * 3 + 30)
