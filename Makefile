@@ -23,6 +23,7 @@ venv: $(VENV_STAMP)
 
 tools:
 	hack/build-tools.sh all
+	hack/install-prometheus.sh
 
 cluster-up: venv
 	hack/cluster.sh up

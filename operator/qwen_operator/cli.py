@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import random
 import sys
 
 import kopf
@@ -19,6 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     scope.add_argument("-n", "--namespace", action="append", default=[], help="watch this namespace (repeatable)")
     run.add_argument("--standalone", action="store_true", help="no peering: run even if other operators are active")
     run.add_argument("--peering", default=os.environ.get("QWEN_OPERATOR_PEERING", "qwen-operator"), help="kopf peering name (only one operator with a name is active)")
+    run.add_argument("--priority", type=int, default=None, help="peering priority (default: random, so replicas never tie)")
     run.add_argument("--liveness", default=os.environ.get("QWEN_OPERATOR_LIVENESS"), help="liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
     run.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return parser
@@ -36,6 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     kopf.run(
         standalone=args.standalone,
         peering_name=None if args.standalone else args.peering,
+        # kopf pauses every operator of a peering when the top priority is shared, so each replica
+        # draws its own; the highest one is active and the others stand by.
+        priority=args.priority if args.priority is not None else random.randint(1, 1_000_000),
         liveness_endpoint=args.liveness,
         clusterwide=not args.namespace,
         namespaces=args.namespace,

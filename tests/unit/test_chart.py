@@ -42,7 +42,7 @@ NAMESPACED_GRANTS = {
     ("monitoring.coreos.com", "servicemonitors"): set(ALL_VERBS),
     ("monitoring.coreos.com", "prometheusrules"): set(ALL_VERBS),
     ("", "pods"): {"get", "list", "watch"},
-    ("", "secrets"): {"get", "list", "watch"},
+    ("", "secrets"): {"get"},
     ("", "events"): {"create", "patch"},
     ("events.k8s.io", "events"): {"create", "patch"},
     ("kopf.dev", "kopfpeerings"): {"get", "list", "watch", "patch"},

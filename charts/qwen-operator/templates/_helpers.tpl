@@ -82,7 +82,7 @@ It renders a YAML list with a leading newline: use it as `... | trim | nindent 2
   verbs: ["get", "list", "watch"]
 - apiGroups: [""]
   resources: ["secrets"]
-  verbs: ["get", "list", "watch"]
+  verbs: ["get"]
 # Events about each QwenInference.
 - apiGroups: ["", "events.k8s.io"]
   resources: ["events"]
