@@ -131,9 +131,11 @@ def is_subset(desired: Any, live: Any) -> bool:
         )
     if isinstance(desired, list):
         return isinstance(live, list) and len(desired) == len(live) and all(is_subset(d, l) for d, l in zip(desired, live))
+    if isinstance(desired, bool) or isinstance(live, bool):
+        return type(desired) is type(live) and desired == live  # in Python True == 1; not in the API
     if desired == live:
         return True
-    if isinstance(desired, (str, int)) and isinstance(live, (str, int)) and not isinstance(desired, bool):
+    if isinstance(desired, (str, int)) and isinstance(live, (str, int)):
         a, b = _quantity(str(desired)), _quantity(str(live))
         return a is not None and a == b
     return False
@@ -303,7 +305,7 @@ def event_for(condition: dict[str, Any]) -> tuple[str, str, str] | None:
     """The Event a condition transition deserves: Warnings for problems, Normal for recoveries."""
     type_, status, reason, message = condition["type"], condition["status"], condition["reason"], condition["message"]
     if type_ == status_lib.READY:
-        return ("Normal" if status == "True" else "Warning" if reason not in ("ModelLoading", "ModelDownloading", "ReplicasNotReady") else "Normal", reason, message)
+        return ("Normal" if status == "True" else "Warning" if reason not in ("ModelLoading", "ModelDownloading", "ReplicasNotReady", "VolumePending") else "Normal", reason, message)
     if type_ == status_lib.DEGRADED and status == "True":
         return ("Warning", reason, message)
     if type_ in (status_lib.MONITORING, status_lib.AUTOSCALING):

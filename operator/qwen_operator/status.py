@@ -55,7 +55,18 @@ def pod_problems(pods: list[dict[str, Any]]) -> tuple[Problem | None, Problem | 
         status = pod.get("status", {})
         for condition in status.get("conditions", []):
             if condition.get("type") == "PodScheduled" and condition.get("status") == "False" and condition.get("reason") == "Unschedulable":
-                unschedulable = unschedulable or Problem("Unschedulable", f"pod {name} cannot be scheduled: {condition.get('message', '')}".strip())
+                message = condition.get("message", "")
+                if "unbound" in message and "PersistentVolumeClaim" in message:
+                    # The model cache PVC is not bound yet: a moment after creation this is normal; if it
+                    # stays, the cluster has no StorageClass that can provision it.
+                    loading = loading or Problem(
+                        "VolumePending",
+                        f"pod {name} waits for its model cache PVC to bind ({message.strip()}); if this persists, check that a "
+                        "StorageClass can provision spec.model.source.cache (accessMode, storageClassName)",
+                        degraded=False,
+                    )
+                else:
+                    unschedulable = unschedulable or Problem("Unschedulable", f"pod {name} cannot be scheduled: {message}".strip())
         for container in status.get("initContainerStatuses", []) + status.get("containerStatuses", []):
             waiting = container.get("state", {}).get("waiting") or {}
             restarts = container.get("restartCount", 0)
