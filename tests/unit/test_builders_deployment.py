@@ -9,7 +9,7 @@ import pytest
 
 from qwen_operator.api.models import API_VERSION, KIND, QwenInferenceSpec
 from qwen_operator.builders.common import Owner, cache_claim_name, common_labels, selector_labels
-from qwen_operator.builders.deployment import build_deployment, merge_gpu_product_affinity
+from qwen_operator.builders.deployment import build_deployment, merge_node_affinity
 from qwen_operator.catalog import resolve_model
 from qwen_operator.config import DEFAULT_VLLM_IMAGE, OperatorConfig
 
@@ -392,15 +392,19 @@ def test_restricted_security() -> None:
 # --- scheduling ------------------------------------------------------------------------------
 
 
+BF16_MODEL = {"name": "Qwen/Qwen3-8B"}  # no FP8 affinity: the tables below see only what they set
+
+
 def test_scheduling_passthrough() -> None:
     spread = {"maxSkew": 1, "topologyKey": "kubernetes.io/hostname", "whenUnsatisfiable": "ScheduleAnyway", "labelSelector": {"matchLabels": {"a": "b"}}}
     spec = make_spec(
+        model=BF16_MODEL,
         scheduling={
             "nodeSelector": {"pool": "gpu"},
             "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
             "priorityClassName": "inference",
             "topologySpreadConstraints": [spread],
-        }
+        },
     )
     p = pod(build(spec))
     assert p["nodeSelector"] == {"pool": "gpu"}
@@ -410,8 +414,8 @@ def test_scheduling_passthrough() -> None:
     assert "affinity" not in p
 
 
-def test_no_scheduling_fields_by_default() -> None:
-    p = pod(build())
+def test_no_scheduling_fields_by_default_for_a_bf16_model() -> None:
+    p = pod(build(make_spec(model=BF16_MODEL)))
     for field in ("nodeSelector", "tolerations", "affinity", "priorityClassName", "topologySpreadConstraints"):
         assert field not in p
 
@@ -419,7 +423,17 @@ def test_no_scheduling_fields_by_default() -> None:
 PRODUCT_TERM = {"key": "nvidia.com/gpu.product", "operator": "In", "values": ["NVIDIA-L4", "NVIDIA-L40S"]}
 ZONE_TERM = {"key": "topology.kubernetes.io/zone", "operator": "In", "values": ["a"]}
 POOL_TERM = {"key": "pool", "operator": "In", "values": ["gpu"]}
+HOST_FIELD = {"key": "metadata.name", "operator": "In", "values": ["gpu-l4-0"]}
 POD_ANTI_AFFINITY = {"preferredDuringSchedulingIgnoredDuringExecution": [{"weight": 1, "podAffinityTerm": {"topologyKey": "kubernetes.io/hostname"}}]}
+USER_PREFERENCE = {"weight": 5, "preference": {"matchExpressions": [ZONE_TERM]}}
+
+
+def required(*terms: dict[str, Any]) -> dict[str, Any]:
+    return {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": list(terms)}}
+
+
+def term(*expressions: dict[str, Any]) -> dict[str, Any]:
+    return {"matchExpressions": list(expressions)}
 
 
 @pytest.mark.parametrize(
@@ -427,49 +441,142 @@ POD_ANTI_AFFINITY = {"preferredDuringSchedulingIgnoredDuringExecution": [{"weigh
     [
         (None, [], None),
         ({"podAntiAffinity": POD_ANTI_AFFINITY}, [], {"podAntiAffinity": POD_ANTI_AFFINITY}),
-        (None, ["NVIDIA-L4", "NVIDIA-L40S"], {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [{"matchExpressions": [PRODUCT_TERM]}]}}}),
+        (None, ["NVIDIA-L4", "NVIDIA-L40S"], {"nodeAffinity": required(term(PRODUCT_TERM))}),
         (
             {"podAntiAffinity": POD_ANTI_AFFINITY},
             ["NVIDIA-L4", "NVIDIA-L40S"],
-            {
-                "podAntiAffinity": POD_ANTI_AFFINITY,
-                "nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [{"matchExpressions": [PRODUCT_TERM]}]}},
-            },
+            {"podAntiAffinity": POD_ANTI_AFFINITY, "nodeAffinity": required(term(PRODUCT_TERM))},
         ),
         # Terms are ORed: the product requirement joins every one of them.
         (
-            {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [{"matchExpressions": [ZONE_TERM]}, {"matchExpressions": [POOL_TERM]}]}}},
+            {"nodeAffinity": required(term(ZONE_TERM), term(POOL_TERM))},
             ["NVIDIA-L4", "NVIDIA-L40S"],
-            {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [{"matchExpressions": [ZONE_TERM, PRODUCT_TERM]}, {"matchExpressions": [POOL_TERM, PRODUCT_TERM]}]}}},
+            {"nodeAffinity": required(term(ZONE_TERM, PRODUCT_TERM), term(POOL_TERM, PRODUCT_TERM))},
         ),
         # A preferred node affinity of the user stays as it is.
         (
-            {"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{"weight": 5, "preference": {"matchExpressions": [ZONE_TERM]}}]}},
+            {"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [USER_PREFERENCE]}},
             ["NVIDIA-L4", "NVIDIA-L40S"],
-            {
-                "nodeAffinity": {
-                    "preferredDuringSchedulingIgnoredDuringExecution": [{"weight": 5, "preference": {"matchExpressions": [ZONE_TERM]}}],
-                    "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [{"matchExpressions": [PRODUCT_TERM]}]},
-                }
-            },
+            {"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [USER_PREFERENCE], **required(term(PRODUCT_TERM))}},
         ),
     ],
 )
 def test_gpu_product_affinity_merge(user: dict[str, Any] | None, products: list[str], expected: dict[str, Any] | None) -> None:
     scheduling = {"affinity": user} if user is not None else {}
-    spec = make_spec(scheduling=scheduling, resources={"gpu": {"products": products}})
+    spec = make_spec(model=BF16_MODEL, scheduling=scheduling, resources={"gpu": {"products": products}})
     assert pod(build(spec)).get("affinity") == expected
 
 
+MAJOR_ABOVE_7 = {"key": "nvidia.com/gpu.compute.major", "operator": "Gt", "values": ["7"]}
+NO_MAJOR_LABEL = {"key": "nvidia.com/gpu.compute.major", "operator": "DoesNotExist"}
+NATIVE_FP8 = [
+    {"weight": 100, "preference": term({"key": "nvidia.com/gpu.compute.major", "operator": "Gt", "values": ["8"]})},
+    {
+        "weight": 100,
+        "preference": term(
+            {"key": "nvidia.com/gpu.compute.major", "operator": "In", "values": ["8"]},
+            {"key": "nvidia.com/gpu.compute.minor", "operator": "Gt", "values": ["8"]},
+        ),
+    },
+]
+
+
+@pytest.mark.parametrize(
+    ("user", "expected"),
+    [
+        # Nothing of the user's: FP8-capable or unlabelled nodes, native FP8 preferred.
+        (None, {"nodeAffinity": {**required(term(MAJOR_ABOVE_7), term(NO_MAJOR_LABEL)), "preferredDuringSchedulingIgnoredDuringExecution": NATIVE_FP8}}),
+        (
+            {"podAntiAffinity": POD_ANTI_AFFINITY},
+            {"podAntiAffinity": POD_ANTI_AFFINITY, "nodeAffinity": {**required(term(MAJOR_ABOVE_7), term(NO_MAJOR_LABEL)), "preferredDuringSchedulingIgnoredDuringExecution": NATIVE_FP8}},
+        ),
+        # One user term: (zone) and (major > 7 or no label) = (zone and major > 7) or (zone and no label).
+        (
+            {"nodeAffinity": required(term(ZONE_TERM))},
+            {"nodeAffinity": {**required(term(ZONE_TERM, MAJOR_ABOVE_7), term(ZONE_TERM, NO_MAJOR_LABEL)), "preferredDuringSchedulingIgnoredDuringExecution": NATIVE_FP8}},
+        ),
+        # Two user terms: the cross product, four terms, each user term's own expressions first.
+        (
+            {"nodeAffinity": required(term(ZONE_TERM), term(POOL_TERM))},
+            {
+                "nodeAffinity": {
+                    **required(term(ZONE_TERM, MAJOR_ABOVE_7), term(ZONE_TERM, NO_MAJOR_LABEL), term(POOL_TERM, MAJOR_ABOVE_7), term(POOL_TERM, NO_MAJOR_LABEL)),
+                    "preferredDuringSchedulingIgnoredDuringExecution": NATIVE_FP8,
+                }
+            },
+        ),
+        # matchFields of a user term stay with every combination made from it.
+        (
+            {"nodeAffinity": required({"matchFields": [HOST_FIELD]})},
+            {
+                "nodeAffinity": {
+                    **required({"matchFields": [HOST_FIELD], "matchExpressions": [MAJOR_ABOVE_7]}, {"matchFields": [HOST_FIELD], "matchExpressions": [NO_MAJOR_LABEL]}),
+                    "preferredDuringSchedulingIgnoredDuringExecution": NATIVE_FP8,
+                }
+            },
+        ),
+        # A term with no requirements matches no node; it stays so rather than gaining some.
+        (
+            {"nodeAffinity": required({}, term(POOL_TERM))},
+            {"nodeAffinity": {**required({}, term(POOL_TERM, MAJOR_ABOVE_7), term(POOL_TERM, NO_MAJOR_LABEL)), "preferredDuringSchedulingIgnoredDuringExecution": NATIVE_FP8}},
+        ),
+        # The user's preferences come first and are kept; the FP8 ones add to their weights.
+        (
+            {"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [USER_PREFERENCE]}},
+            {"nodeAffinity": {**required(term(MAJOR_ABOVE_7), term(NO_MAJOR_LABEL)), "preferredDuringSchedulingIgnoredDuringExecution": [USER_PREFERENCE, *NATIVE_FP8]}},
+        ),
+        # An empty required section of the user's is filled, not crossed with nothing.
+        (
+            {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": []}}},
+            {"nodeAffinity": {**required(term(MAJOR_ABOVE_7), term(NO_MAJOR_LABEL)), "preferredDuringSchedulingIgnoredDuringExecution": NATIVE_FP8}},
+        ),
+    ],
+)
+def test_fp8_model_without_products_requires_an_fp8_capable_gpu(user: dict[str, Any] | None, expected: dict[str, Any]) -> None:
+    scheduling = {"affinity": user} if user is not None else {}
+    spec = make_spec(model={"name": "Qwen/Qwen3-0.6B-FP8"}, scheduling=scheduling)
+    assert pod(build(spec)).get("affinity") == expected
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        {"name": "Qwen/Qwen3-8B-FP8"},
+        {"name": "Qwen/Qwen3-8B", "quantization": "fp8"},  # quantized on load: FP8 kernels too
+        {"name": "someone/custom-model-FP8", "maxModelLen": 4096},  # outside the catalog, named -FP8
+    ],
+)
+def test_every_fp8_model_gets_the_fp8_affinity(model: dict[str, Any]) -> None:
+    affinity = pod(build(make_spec(model=model))).get("affinity")
+    assert affinity["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"] == [term(MAJOR_ABOVE_7), term(NO_MAJOR_LABEL)]
+
+
+@pytest.mark.parametrize("products", [["NVIDIA-L4"], ["NVIDIA-A100-SXM4-80GB"], ["Tesla-T4"]])
+def test_pinned_products_replace_the_fp8_affinity(products: list[str]) -> None:
+    # The user chose the GPUs: they alone decide placement, and the reconcile judges them (a
+    # condition), rather than an affinity that could contradict the choice and leave pods Pending.
+    affinity = pod(build(make_spec(model={"name": "Qwen/Qwen3-0.6B-FP8"}, resources={"gpu": {"products": products}})))["affinity"]
+    only = {"key": "nvidia.com/gpu.product", "operator": "In", "values": products}
+    assert affinity == {"nodeAffinity": required(term(only))}
+
+
 def test_affinity_merge_does_not_mutate_the_spec() -> None:
-    user = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [{"matchExpressions": [ZONE_TERM]}]}}}
-    spec = make_spec(scheduling={"affinity": user}, resources={"gpu": {"products": ["NVIDIA-L4"]}})
-    before = json.dumps(spec.scheduling.affinity, sort_keys=True)
-    build(spec)
-    build(spec)
-    assert json.dumps(spec.scheduling.affinity, sort_keys=True) == before
-    terms = merge_gpu_product_affinity(spec.scheduling.affinity, ["NVIDIA-L4"])["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
-    assert len(terms[0]["matchExpressions"]) == 2
+    user = {
+        "nodeAffinity": {
+            **required(term(ZONE_TERM), term(POOL_TERM)),
+            "preferredDuringSchedulingIgnoredDuringExecution": [USER_PREFERENCE],
+        }
+    }
+    for model, products in (({"name": "Qwen/Qwen3-0.6B-FP8"}, []), (BF16_MODEL, ["NVIDIA-L4"])):
+        spec = make_spec(model=model, scheduling={"affinity": user}, resources={"gpu": {"products": products}})
+        before = json.dumps(spec.scheduling.affinity, sort_keys=True)
+        build(spec)
+        build(spec)
+        assert json.dumps(spec.scheduling.affinity, sort_keys=True) == before
+    merged = merge_node_affinity(user, [], is_fp8=True)
+    assert len(merged["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]) == 4
+    assert user["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"] == [term(ZONE_TERM), term(POOL_TERM)]
+    assert user["nodeAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"] == [USER_PREFERENCE]
 
 
 def test_build_is_deterministic() -> None:

@@ -15,7 +15,11 @@ from qwen_operator.config import OperatorConfig
 
 CONTAINER_NAME = "vllm"
 DOWNLOAD_CONTAINER_NAME = "download-model"
+# Node labels of the NVIDIA GPU operator (gpu-feature-discovery).
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
+GPU_COMPUTE_MAJOR_LABEL = "nvidia.com/gpu.compute.major"
+GPU_COMPUTE_MINOR_LABEL = "nvidia.com/gpu.compute.minor"
+FP8_NATIVE_PREFERENCE_WEIGHT = 100
 HEALTH_PATH = "/health"
 STARTUP_PROBE_PERIOD_SECONDS = 10
 
@@ -256,35 +260,97 @@ def download_container(spec: QwenInferenceSpec, model: ResolvedModel, image: str
     }
 
 
-def merge_gpu_product_affinity(affinity: dict[str, Any] | None, products: list[str]) -> dict[str, Any] | None:
-    """The user's affinity with a required `nvidia.com/gpu.product In products` added.
+def _has_requirements(term: dict[str, Any]) -> bool:
+    return bool(term.get("matchExpressions") or term.get("matchFields"))
 
-    Node selector terms are ORed, so the requirement is added to every existing term (each term
-    must also pick one of the products); with no terms it becomes the only term.
+
+def require_node_terms(affinity: dict[str, Any] | None, terms: list[dict[str, Any]]) -> dict[str, Any]:
+    """A copy of affinity whose required node affinity also demands one of terms.
+
+    nodeSelectorTerms are ORed and the expressions inside a term ANDed, so (u1 or u2) and (t1 or
+    t2) is the cross product (u1 and t1) or (u1 and t2) or (u2 and t1) or (u2 and t2). With no
+    required terms of the user's, terms become the requirement as they are.
     """
-    if not products:
-        return copy.deepcopy(affinity) if affinity else None
     merged = copy.deepcopy(affinity) if affinity else {}
-    node_affinity = merged.setdefault("nodeAffinity", {})
-    required = node_affinity.setdefault("requiredDuringSchedulingIgnoredDuringExecution", {})
-    terms = required.setdefault("nodeSelectorTerms", [])
-    if not terms:
-        terms.append({})
-    for term in terms:
-        term.setdefault("matchExpressions", []).append(
-            {"key": GPU_PRODUCT_LABEL, "operator": "In", "values": list(products)}
-        )
+    required = merged.setdefault("nodeAffinity", {}).setdefault("requiredDuringSchedulingIgnoredDuringExecution", {})
+    user_terms = required.get("nodeSelectorTerms") or []
+    if not user_terms:
+        required["nodeSelectorTerms"] = copy.deepcopy(terms)
+        return merged
+    combined = []
+    for user_term in user_terms:
+        if not _has_requirements(user_term):
+            # A term without requirements matches no node; ANDing more keeps it so.
+            combined.append(user_term)
+            continue
+        for term in terms:
+            both = copy.deepcopy(user_term)
+            both["matchExpressions"] = (both.get("matchExpressions") or []) + copy.deepcopy(term["matchExpressions"])
+            combined.append(both)
+    required["nodeSelectorTerms"] = combined
     return merged
 
 
-def scheduling_fields(spec: QwenInferenceSpec) -> dict[str, Any]:
+def prefer_node_terms(affinity: dict[str, Any], preferences: list[dict[str, Any]]) -> dict[str, Any]:
+    """A copy of affinity with preferences added to the preferred node affinity (their weights add up)."""
+    merged = copy.deepcopy(affinity)
+    preferred = merged.setdefault("nodeAffinity", {}).setdefault("preferredDuringSchedulingIgnoredDuringExecution", [])
+    preferred.extend(copy.deepcopy(preferences))
+    return merged
+
+
+def gpu_product_terms(products: list[str]) -> list[dict[str, Any]]:
+    return [{"matchExpressions": [{"key": GPU_PRODUCT_LABEL, "operator": "In", "values": list(products)}]}]
+
+
+def fp8_capable_terms() -> list[dict[str, Any]]:
+    """Nodes that can run FP8 at all (compute capability 8.0 or newer), or that carry no GPU
+    feature labels: without gpu-feature-discovery nothing is known, and the pods must still schedule."""
+    return [
+        {"matchExpressions": [{"key": GPU_COMPUTE_MAJOR_LABEL, "operator": "Gt", "values": ["7"]}]},
+        {"matchExpressions": [{"key": GPU_COMPUTE_MAJOR_LABEL, "operator": "DoesNotExist"}]},
+    ]
+
+
+def native_fp8_preferences() -> list[dict[str, Any]]:
+    """Nodes with native FP8 (compute capability 8.9 or newer) over weight-only Ampere (8.0 to 8.6)."""
+    return [
+        {"weight": FP8_NATIVE_PREFERENCE_WEIGHT, "preference": {"matchExpressions": [{"key": GPU_COMPUTE_MAJOR_LABEL, "operator": "Gt", "values": ["8"]}]}},
+        {
+            "weight": FP8_NATIVE_PREFERENCE_WEIGHT,
+            "preference": {
+                "matchExpressions": [
+                    {"key": GPU_COMPUTE_MAJOR_LABEL, "operator": "In", "values": ["8"]},
+                    {"key": GPU_COMPUTE_MINOR_LABEL, "operator": "Gt", "values": ["8"]},
+                ]
+            },
+        },
+    ]
+
+
+def merge_node_affinity(affinity: dict[str, Any] | None, products: list[str], is_fp8: bool) -> dict[str, Any] | None:
+    """The user's affinity plus what the GPU choice demands.
+
+    Pinned products become a required `nvidia.com/gpu.product In products` (the reconcile judges
+    those products against FP8 itself). An FP8 model with no products pinned must not land
+    silently on a GPU that cannot run it: it requires compute capability 8.0 or newer by the node
+    labels and prefers native FP8.
+    """
+    if products:
+        return require_node_terms(affinity, gpu_product_terms(products))
+    if is_fp8:
+        return prefer_node_terms(require_node_terms(affinity, fp8_capable_terms()), native_fp8_preferences())
+    return copy.deepcopy(affinity) if affinity else None
+
+
+def scheduling_fields(spec: QwenInferenceSpec, model: ResolvedModel) -> dict[str, Any]:
     sched = spec.scheduling
     fields: dict[str, Any] = {}
     if sched.node_selector:
         fields["nodeSelector"] = dict(sched.node_selector)
     if sched.tolerations:
         fields["tolerations"] = [t.model_dump(by_alias=True, exclude_none=True) for t in sched.tolerations]
-    affinity = merge_gpu_product_affinity(sched.affinity, spec.resources.gpu.products)
+    affinity = merge_node_affinity(sched.affinity, spec.resources.gpu.products, model.is_fp8)
     if affinity:
         fields["affinity"] = affinity
     if sched.priority_class_name:
@@ -315,7 +381,7 @@ def build_deployment(
         ),
         "containers": [server_container(spec, model, image)],
         "volumes": volumes(owner, spec),
-        **scheduling_fields(spec),
+        **scheduling_fields(spec, model),
     }
     if spec.model.source.pvc is None:
         pod_spec["initContainers"] = [download_container(spec, model, image)]
