@@ -5,11 +5,12 @@ VENV := .venv
 VENV_STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | sha1sum | cut -c1-12)
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: help venv tools cluster-up cluster-down demo demo-down test test-unit crds lock lint
+.PHONY: help venv tools cluster-up cluster-down demo demo-down test test-unit crds lock lint bench
 
 help:
 	@echo "make demo     start the local control plane, the operator and examples/qwen3-0.6b-fp8.yaml"
 	@echo "make test     run every test (unit, then integration against the local control plane)"
+	@echo "make bench    convergence benchmark: N QwenInferences to Ready, reconcile cost, steady-state writes"
 	@echo "make crds     regenerate crds/ (and the chart's CRD template) from the pydantic models"
 	@echo "make lock     re-resolve requirements.lock from pyproject.toml"
 
@@ -45,6 +46,9 @@ test-unit: venv
 
 crds: venv
 	$(VENV)/bin/python hack/gen-crd.py
+
+bench: venv
+	$(VENV)/bin/python bench/converge.py
 
 lint: venv
 	$(VENV)/bin/lint-imports
