@@ -92,9 +92,11 @@ def desired_children(owner: Owner, spec: QwenInferenceSpec, model: ResolvedModel
     """Every child the spec asks for, fully built. The HPA owns replicas while autoscaling is on."""
     autoscaling = spec.autoscaling.enabled
     children: list[dict[str, Any] | None] = [
+        # Applied in this order: the cache PVC before the Deployment, or the first pods meet a
+        # claim that does not exist yet and are reported Unschedulable.
+        build_cache_pvc(owner, spec),
         build_deployment(owner, spec, model, config, manage_replicas=not autoscaling),
         build_service(owner, spec),
-        build_cache_pvc(owner, spec),
         build_pdb(owner, spec),
         build_network_policy(owner, spec),
         build_hpa(owner, spec),

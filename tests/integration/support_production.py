@@ -1,0 +1,184 @@
+"""Helpers for the production-pod and secret-leak tests: QwenInference CRUD, conditions, the
+operator's children and the fake nodes, all through the real API server."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
+from conftest import wait_until
+
+GROUP, VERSION, PLURAL = "inference.qwenops.io", "v1alpha1", "qweninferences"
+GPU_RESOURCE = "nvidia.com/gpu"
+PRODUCT_LABEL = "nvidia.com/gpu.product"
+MAJOR_LABEL = "nvidia.com/gpu.compute.major"
+MINOR_LABEL = "nvidia.com/gpu.compute.minor"
+FP8_MODEL = "Qwen/Qwen3-0.6B-FP8"
+BF16_MODEL = "Qwen/Qwen3-0.6B"
+
+
+def qwi(name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "QwenInference", "metadata": {"name": name}, "spec": spec}
+
+
+def create(k8s, namespace: str, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    return client.CustomObjectsApi(k8s).create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, qwi(name, spec))
+
+
+def get(k8s, namespace: str, name: str) -> dict[str, Any]:
+    return client.CustomObjectsApi(k8s).get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+
+
+def patch_spec(k8s, namespace: str, name: str, spec: dict[str, Any]) -> None:
+    """A JSON merge patch of spec: nested keys merge, a None value removes the key."""
+    client.CustomObjectsApi(k8s).patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name, {"spec": spec})
+
+
+def condition(k8s, namespace: str, name: str, type_: str) -> dict[str, Any] | None:
+    status = get(k8s, namespace, name).get("status") or {}
+    return next((c for c in status.get("conditions", []) if c["type"] == type_), None)
+
+
+def wait_condition(k8s, namespace: str, name: str, type_: str, status: str, reason: str | None = None, timeout: float = 60) -> dict[str, Any]:
+    def matches():
+        c = condition(k8s, namespace, name, type_)
+        return c if c and c["status"] == status and (reason is None or c["reason"] == reason) else None
+
+    return wait_until(matches, timeout, f"{type_}={status}{f' ({reason})' if reason else ''} on {namespace}/{name}; last: {condition(k8s, namespace, name, type_)}")
+
+
+def wait_ready(k8s, namespace: str, name: str, timeout: float = 90) -> dict[str, Any]:
+    return wait_condition(k8s, namespace, name, "Ready", "True", timeout=timeout)
+
+
+def events_for(k8s, namespace: str, name: str, kind: str = "QwenInference") -> list[client.CoreV1Event]:
+    selector = f"involvedObject.name={name},involvedObject.kind={kind}"
+    return client.CoreV1Api(k8s).list_namespaced_event(namespace, field_selector=selector).items
+
+
+def pods_of(k8s, namespace: str, name: str) -> list[client.V1Pod]:
+    """The instance's pods that are not being deleted."""
+    found = client.CoreV1Api(k8s).list_namespaced_pod(namespace, label_selector=f"app.kubernetes.io/instance={name}").items
+    return [p for p in found if p.metadata.deletion_timestamp is None]
+
+
+def deployment_or_none(k8s, namespace: str, name: str) -> client.V1Deployment | None:
+    try:
+        return client.AppsV1Api(k8s).read_namespaced_deployment(name, namespace)
+    except ApiException as error:
+        if error.status == 404:
+            return None
+        raise
+
+
+def container(pod_spec: client.V1PodSpec, name: str = "vllm") -> client.V1Container:
+    (found,) = [c for c in pod_spec.containers if c.name == name]
+    return found
+
+
+def env_of(c: client.V1Container) -> dict[str, client.V1EnvVar]:
+    return {e.name: e for e in c.env or []}
+
+
+def volume(pod_spec: client.V1PodSpec, name: str) -> client.V1Volume:
+    (found,) = [v for v in pod_spec.volumes if v.name == name]
+    return found
+
+
+def mount_path(c: client.V1Container, volume_name: str) -> str | None:
+    return next((m.mount_path for m in c.volume_mounts or [] if m.name == volume_name), None)
+
+
+def create_secret(k8s, namespace: str, name: str, values: dict[str, str]) -> None:
+    body = client.V1Secret(metadata=client.V1ObjectMeta(name=name), string_data=values)
+    client.CoreV1Api(k8s).create_namespaced_secret(namespace, body)
+
+
+def create_pvc(k8s, namespace: str, name: str, size: str = "1Gi", access_mode: str = "ReadWriteMany") -> None:
+    body = {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {"name": name},
+        "spec": {"accessModes": [access_mode], "resources": {"requests": {"storage": size}}},
+    }
+    client.CoreV1Api(k8s).create_namespaced_persistent_volume_claim(namespace, body)
+
+
+def pvcs_of(k8s, namespace: str, name: str) -> list[client.V1PersistentVolumeClaim]:
+    return client.CoreV1Api(k8s).list_namespaced_persistent_volume_claim(namespace, label_selector=f"app.kubernetes.io/instance={name}").items
+
+
+def gpu_nodes(k8s) -> list[client.V1Node]:
+    return client.CoreV1Api(k8s).list_node(label_selector="nvidia.com/gpu.present=true").items
+
+
+def node_labels(k8s, node_name: str) -> dict[str, str]:
+    return client.CoreV1Api(k8s).read_node(node_name).metadata.labels or {}
+
+
+def gpus_in_use(k8s, node_name: str) -> int:
+    """GPUs requested by the pods bound to a node that still hold them (not finished)."""
+    used = 0
+    pods = client.CoreV1Api(k8s).list_pod_for_all_namespaces(field_selector=f"spec.nodeName={node_name}").items
+    for pod in pods:
+        if pod.status.phase in ("Succeeded", "Failed"):
+            continue
+        for c in pod.spec.containers:
+            used += int(((c.resources and c.resources.requests) or {}).get(GPU_RESOURCE, 0))
+    return used
+
+
+def fake_gpu_node(name: str, product: str, major: int, minor: int, gpus: int = 8) -> dict[str, Any]:
+    """A kwok-managed fake GPU node labelled as gpu-feature-discovery would (hack/cluster.sh's shape)."""
+    capacity = {"cpu": "96", "memory": "768Gi", "pods": "110", "ephemeral-storage": "2Ti", GPU_RESOURCE: str(gpus)}
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": name,
+            "annotations": {"kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0"},
+            "labels": {
+                "type": "kwok",
+                "kubernetes.io/os": "linux",
+                "kubernetes.io/arch": "amd64",
+                "kubernetes.io/hostname": name,
+                "node-role.qwenops.io/gpu": "true",
+                "nvidia.com/gpu.present": "true",
+                PRODUCT_LABEL: product,
+                "nvidia.com/gpu.count": str(gpus),
+                MAJOR_LABEL: str(major),
+                MINOR_LABEL: str(minor),
+            },
+        },
+        "status": {"capacity": capacity, "allocatable": capacity},
+    }
+
+
+def node_is_ready(k8s, name: str) -> bool:
+    node = client.CoreV1Api(k8s).read_node(name)
+    return any(c.type == "Ready" and c.status == "True" for c in node.status.conditions or [])
+
+
+def delete_node_and_wait(k8s, name: str) -> None:
+    core = client.CoreV1Api(k8s)
+    try:
+        core.delete_node(name)
+    except ApiException as error:
+        if error.status != 404:
+            raise
+
+    def gone() -> bool:
+        try:
+            core.read_node(name)
+        except ApiException as error:
+            return error.status == 404
+        return False
+
+    wait_until(gone, 60, f"node {name} to be deleted")
+
+
+def raw_json(cluster, namespace: str, *kinds: str) -> str:
+    """The objects exactly as the API server serves them (kubectl get -o json)."""
+    return cluster.kubectl("get", ",".join(kinds), "-n", namespace, "-o", "json").stdout
