@@ -3,13 +3,16 @@
 # hack/versions.env, into ~/.cache/qwen-operator/bin/<name>-<version>/. Each binary is built once;
 # later calls find it in the cache and return at once.
 #
-#   hack/build-tools.sh [all|kubernetes|etcd|kwok|helm|prometheus-adapter]...
+#   hack/build-tools.sh [all|kubernetes|etcd|kwok|helm|prometheus-adapter|kind]...
 #   hack/build-tools.sh path NAME      prints the cached path of one binary
 set -euo pipefail
 
 HACK_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=versions.env
 source "$HACK_DIR/versions.env"
+# kind (the e2e tests' clusters, where Docker exists); its own default node image is pinned by
+# digest per kind release, so this one line pins the node's Kubernetes too (v0.33.0: v1.37.0).
+KIND_VERSION=${KIND_VERSION:-v0.33.0}
 
 CACHE_DIR=${QWEN_CACHE_DIR:-$HOME/.cache/qwen-operator}
 BIN_DIR=$CACHE_DIR/bin
@@ -25,6 +28,7 @@ bin_path() {
     kwok) echo "$BIN_DIR/kwok-$KWOK_VERSION/kwok" ;;
     helm) echo "$BIN_DIR/helm-$HELM_VERSION/helm" ;;
     prometheus-adapter) echo "$BIN_DIR/prometheus-adapter-$PROMETHEUS_ADAPTER_VERSION/adapter" ;;
+    kind) echo "$BIN_DIR/kind-$KIND_VERSION/kind" ;;
     *) echo "unknown binary: $1" >&2; return 1 ;;
   esac
 }
@@ -132,6 +136,7 @@ build_helm() {
 build_prometheus_adapter() {
   go_install prometheus-adapter sigs.k8s.io/prometheus-adapter/cmd/adapter "$PROMETHEUS_ADAPTER_VERSION" adapter
 }
+build_kind() { go_install kind sigs.k8s.io/kind "$KIND_VERSION" kind; }
 
 main() {
   if [[ ${1:-} == path ]]; then bin_path "$2"; return; fi
@@ -147,6 +152,7 @@ main() {
       kwok) build_kwok ;;
       helm) build_helm ;;
       prometheus-adapter) build_prometheus_adapter ;;
+      kind) build_kind ;;
       *) echo "unknown target: $t" >&2; exit 2 ;;
     esac
   done

@@ -1,0 +1,86 @@
+"""What can be checked of the kind stand-in image without Docker: its Dockerfile is hadolint-clean
+and copies files that exist, and the stand-in it packs answers the exact command the operator
+gives the vLLM container of the e2e sample (run here on 127.0.0.1 instead of in a pod)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import yaml
+
+from qwen_operator.api.models import QwenInference
+from qwen_operator.builders.common import Owner
+from qwen_operator.builders.deployment import build_deployment
+from qwen_operator.catalog import resolve_model
+from qwen_operator.config import OperatorConfig
+
+REPO = Path(__file__).resolve().parents[2]
+STANDIN_DIR = REPO / "tests" / "standin"
+DOCKERFILE = STANDIN_DIR / "Dockerfile"
+SAMPLE = Path(__file__).parent / "standin-sample.yaml"
+HADOLINT = REPO / ".venv" / "bin" / "hadolint"
+
+
+def sample_pod_containers() -> dict[str, dict]:
+    body = yaml.safe_load(SAMPLE.read_text())
+    spec = QwenInference.model_validate(body).spec
+    owner = Owner(name=body["metadata"]["name"], namespace="e2e", uid="e2e-uid", generation=1)
+    pod = build_deployment(owner, spec, resolve_model(spec), OperatorConfig(), manage_replicas=True)["spec"]["template"]["spec"]
+    return {c["name"]: c for c in pod.get("initContainers", []) + pod["containers"]}
+
+
+def test_standin_dockerfile_is_hadolint_clean_and_copies_existing_files():
+    result = subprocess.run([str(HADOLINT), "--no-color", str(DOCKERFILE)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and not result.stdout.strip(), result.stdout + result.stderr
+    copies = [line.split()[1:-1] for line in DOCKERFILE.read_text().splitlines() if line.startswith("COPY ")]
+    assert copies == [["vllm_standin.py", "vllm"]]
+    assert all((STANDIN_DIR / name).is_file() for name in copies[0])
+
+
+def test_the_sample_runs_the_commands_the_image_provides():
+    containers = sample_pod_containers()
+    commands = {c["command"][0] for c in containers.values()}
+    assert commands == {"vllm", "hf"}  # the executables tests/standin/Dockerfile installs
+    dockerfile = DOCKERFILE.read_text()
+    assert "/usr/local/bin/vllm" in dockerfile and "/usr/local/bin/hf" in dockerfile
+    assert all(c["image"] == "qwen-vllm-standin:e2e" for c in containers.values())
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_the_standin_answers_the_operators_vllm_command():
+    server = next(c for c in sample_pod_containers().values() if c["command"][0] == "vllm")
+    args = list(server["args"])
+    port = free_port()
+    # The pod's address becomes loopback and its port a free one; every other flag is the operator's.
+    args[args.index("--host") + 1] = "127.0.0.1"
+    args[args.index("--port") + 1] = str(port)
+    env = {**os.environ, **{e["name"]: e["value"] for e in server["env"] if "value" in e}}
+    process = subprocess.Popen([str(STANDIN_DIR / "vllm"), *server["command"][1:], *args, "--stand-in-max-seconds", "60"],
+                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                health = urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+                break
+            except OSError:
+                assert process.poll() is None and time.monotonic() < deadline, process.stdout.read() if process.poll() is not None else "no /health in 20s"
+                time.sleep(0.2)
+        assert health.status == 200
+        models = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=5).read())
+        served = args[args.index("--served-model-name") + 1]
+        assert [m["id"] for m in models["data"]] == [served]
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
