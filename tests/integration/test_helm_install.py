@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import yaml
 from kubernetes import client
+from qwen_operator.builders.common import MANAGED_BY
 
 from conftest import REPO, Cluster, stop_operator, wait_until
 from support_helm import (
@@ -31,6 +32,7 @@ from support_helm import (
     helm_binary,
     other_operators_of_this_session,
     peering_members,
+    prometheus_operator_crd_files,
     set_cluster_role_rules,
     start_chart_operator,
     without_verb,
@@ -93,6 +95,22 @@ def chart_operators() -> Iterator[list[ChartOperator]]:
         assert "Traceback" not in operator.log_text(), operator.log_text()[-5000:]
 
 
+@pytest.fixture
+def prometheus_operator_crds(cluster: Cluster) -> Iterator[None]:
+    """The ServiceMonitor and PrometheusRule CRDs, so the operator makes those children too;
+    removed afterwards unless they were there before."""
+    files = prometheus_operator_crd_files()
+    names = [f"{f.name.removeprefix('monitoring.coreos.com_').removesuffix('.yaml')}.monitoring.coreos.com" for f in files]
+    already = {n for n in names if cluster.kubectl("get", "crd", n, "-o", "name", check=False).returncode == 0}
+    for file in files:
+        cluster.kubectl("apply", "--server-side", "--force-conflicts", "--field-manager", "qwen-tests", "-f", str(file))
+    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", *[f"crd/{n}" for n in names])
+    yield
+    added = [n for n in names if n not in already]
+    if added:
+        cluster.kubectl("delete", "crd", *added, "--wait=true", "--timeout=120s")
+
+
 def get_qwi(k8s, namespace: str, name: str) -> dict[str, Any]:
     return client.CustomObjectsApi(k8s).get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
 
@@ -152,6 +170,50 @@ def test_sample_becomes_ready_with_the_operator_under_the_chart_service_account(
     for kind, name in [("deployment", SAMPLE_NAME), ("service", SAMPLE_NAME), ("persistentvolumeclaim", f"{SAMPLE_NAME}-model-cache"), ("configmap", f"{SAMPLE_NAME}-dashboard")]:
         cluster.kubectl("get", kind, name, "-n", namespace)
     assert conditions(k8s, namespace, SAMPLE_NAME)["Degraded"]["status"] == "False"
+    assert operator.rbac_denials() == []
+
+
+# Every namespaced kind the chart's RBAC lets the operator write, as `kubectl get -o name` spells them.
+CHILD_KINDS = {"deployment.apps", "service", "persistentvolumeclaim", "configmap", "poddisruptionbudget.policy",
+               "networkpolicy.networking.k8s.io", "horizontalpodautoscaler.autoscaling",
+               "servicemonitor.monitoring.coreos.com", "prometheusrule.monitoring.coreos.com"}
+PRUNED_KINDS = {"horizontalpodautoscaler.autoscaling", "poddisruptionbudget.policy", "networkpolicy.networking.k8s.io",
+                "servicemonitor.monitoring.coreos.com"}
+
+
+def child_kinds(cluster: Cluster, namespace: str, name: str) -> set[str]:
+    """The kinds of the children the operator made for one QwenInference (by its labels)."""
+    selector = f"app.kubernetes.io/managed-by={MANAGED_BY},app.kubernetes.io/instance={name}"
+    listed = cluster.kubectl("get", ",".join(sorted(CHILD_KINDS)), "-n", namespace, "-l", selector, "-o", "name").stdout.split()
+    return {line.split("/", 1)[0] for line in listed}
+
+
+def test_every_child_kind_secret_reference_and_pruning_work_under_the_chart_rbac(cluster, k8s, install_chart, chart_operators, namespace, prometheus_operator_crds, tmp_path):
+    release = install_chart()
+    operator = start_chart_operator(cluster, release, tmp_path)
+    chart_operators.append(operator)
+    cluster.kubectl("create", "secret", "generic", "qwen-keys", "-n", namespace, "--from-literal=api-key=not-a-real-key")
+    spec = {
+        "auth": {"apiKeySecretRef": {"name": "qwen-keys", "key": "api-key"}},  # a Secret get
+        "autoscaling": {"enabled": True, "minReplicas": 1, "maxReplicas": 3},  # HPA, and a PDB (up to 3 replicas)
+        "networkPolicy": {"enabled": True},
+        "monitoring": {"serviceMonitor": True, "prometheusRule": True, "dashboard": True},
+    }
+    body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "QwenInference", "metadata": {"name": "full"}, "spec": spec}
+    client.CustomObjectsApi(k8s).create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
+    wait_until(lambda: child_kinds(cluster, namespace, "full") == CHILD_KINDS, 60,
+               f"all nine child kinds; have {child_kinds(cluster, namespace, 'full')}; denials {operator.rbac_denials()[-3:]}")
+
+    # Turning features off prunes their children: the delete verbs.
+    patch = {"spec": {"autoscaling": {"enabled": False}, "networkPolicy": {"enabled": False}, "monitoring": {"serviceMonitor": False}}}
+    client.CustomObjectsApi(k8s).patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "full", patch)
+    wait_until(lambda: child_kinds(cluster, namespace, "full") == CHILD_KINDS - PRUNED_KINDS, 60,
+               f"HPA, PDB, NetworkPolicy and ServiceMonitor pruned; have {child_kinds(cluster, namespace, 'full')}")
+    wait_ready(k8s, operator, namespace, "full")
+
+    assert api_requests(operator, "delete", "HorizontalPodAutoscaler", "2xx") == 1
+    assert conditions(k8s, namespace, "full")["Degraded"]["status"] == "False"
+    assert conditions(k8s, namespace, "full")["Monitoring"]["status"] == "True"
     assert operator.rbac_denials() == []
 
 
