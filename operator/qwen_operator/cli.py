@@ -35,12 +35,15 @@ def main(argv: list[str] | None = None) -> int:
     from qwen_operator import handlers  # noqa: F401  (registers the handlers)
 
     logging.getLogger("kubernetes.client.rest").setLevel(logging.WARNING)
+    # kopf pauses every operator of a peering when the top priority is shared, so each replica
+    # draws its own; the highest one is active and the others stand by.
+    priority = args.priority if args.priority is not None else random.randint(1, 1_000_000)
     kopf.run(
         standalone=args.standalone,
         peering_name=None if args.standalone else args.peering,
-        # kopf pauses every operator of a peering when the top priority is shared, so each replica
-        # draws its own; the highest one is active and the others stand by.
-        priority=args.priority if args.priority is not None else random.randint(1, 1_000_000),
+        priority=priority,
+        # What the operator's own resync loop needs to know of the scope and the peering.
+        memo=kopf.Memo(standalone=args.standalone, peering=args.peering, priority=priority, namespaces=list(args.namespace)),
         liveness_endpoint=args.liveness,
         clusterwide=not args.namespace,
         namespaces=args.namespace,

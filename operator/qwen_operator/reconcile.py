@@ -64,6 +64,10 @@ class CapabilityCache:
         self._value: Capabilities | None = None
         self._at = 0.0
 
+    def forget(self) -> None:
+        """Discover again on the next get(): an API that was there has gone (e.g. CRDs removed)."""
+        self._value = None
+
     def get(self) -> Capabilities:
         if self._value is None or time.monotonic() - self._at > self._ttl:
             served = self._api.served_resources("monitoring.coreos.com/v1") or set()
@@ -237,8 +241,16 @@ def reconcile(body: dict[str, Any], api: KubeApi, config: OperatorConfig, capabi
             result.outcome = "blocked"
 
     if spec is not None and model is not None and observation.blocking is None:
+        try:
+            live = list_children(api, owner, caps)
+        except KubeError as error:
+            if error.status != 404 or not caps.prometheus_operator:
+                raise
+            # The Prometheus Operator CRDs were removed since discovery: look again, carry on without.
+            capabilities.forget()
+            caps = capabilities.get()
+            live = list_children(api, owner, caps)
         desired = desired_children(owner, spec, model, config, caps)
-        live = list_children(api, owner, caps)
         to_apply, to_delete = plan(desired, live, owner)
         for manifest in to_apply:
             try:

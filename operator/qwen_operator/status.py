@@ -168,8 +168,8 @@ def compute_status(owner: Owner, served_model: str, observed: Observation, previ
         "endpoint": common.endpoint_url(owner),
         "model": served_model,
     }
-    if observed.autoscaling_enabled:
-        status["desiredReplicas"] = ((observed.hpa or {}).get("status") or {}).get("desiredReplicas", desired)
+    # None (not absent) when autoscaling is off, so the merge patch removes a value left from before.
+    status["desiredReplicas"] = ((observed.hpa or {}).get("status") or {}).get("desiredReplicas", desired) if observed.autoscaling_enabled else None
     return status
 
 
@@ -192,8 +192,8 @@ def autoscaling_condition(observed: Observation, generation: int) -> dict[str, A
 
 
 def status_changed(previous: dict[str, Any], new: dict[str, Any]) -> bool:
-    keys = set(new)
-    return any(previous.get(k) != new.get(k) for k in keys)
+    """True when writing new would change the stored status (a None in new means absent)."""
+    return any(previous.get(k) != v for k, v in new.items())
 
 
 def condition_transitions(previous: dict[str, Any], new: dict[str, Any]) -> list[dict[str, Any]]:

@@ -218,3 +218,17 @@ def test_missing_secret_blocks_until_it_appears(operator, k8s, namespace):
     assert "qwen-keys" in ready["message"]
     client.CoreV1Api(k8s).create_namespaced_secret(namespace, client.V1Secret(metadata=client.V1ObjectMeta(name="qwen-keys"), string_data={"api-key": "sk-test-0123456789"}))
     wait_condition(k8s, namespace, "keyed", "Ready", "True", timeout=operator.resync_seconds * 3 + 30)
+
+
+def test_resources_carry_no_finalizer_so_they_delete_without_the_operator(operator, k8s, namespace):
+    # kopf timers and daemons would add a finalizer, and a QwenInference (and its namespace) could then
+    # not be deleted while the operator is down or uninstalled. The resync rides kopf's re-lists instead.
+    create(k8s, namespace, qwi("plain", {}))
+    wait_condition(k8s, namespace, "plain", "Ready", "True")
+    reconciles = operator.metrics()
+    time.sleep(2 * operator.resync_seconds + 1)
+    assert sum(v for k, v in operator.metrics().items() if k.startswith("qwen_operator_reconciles_total")) > sum(
+        v for k, v in reconciles.items() if k.startswith("qwen_operator_reconciles_total")), "no resync ran"
+    body = get(k8s, namespace, "plain")
+    assert not body["metadata"].get("finalizers"), body["metadata"].get("finalizers")
+    assert not any(k.startswith("kopf.zalando.org") for k in body["metadata"].get("annotations", {}))

@@ -3,6 +3,11 @@
 Triggers: any event of a QwenInference, events of the pods and Deployments it owns (so status
 follows rollouts and crashes at once), and a periodic resync (drift repair, missed events).
 Runs for one resource are serialised, and a burst of triggers while one waits collapses into it.
+
+The resync is one operator-level loop (a thread), not a kopf timer: kopf timers and daemons put a
+finalizer on every resource, and a QwenInference (and its namespace) could then not be deleted
+while the operator is down or uninstalled. Every RESYNC_SECONDS the loop lists the watched
+QwenInferences and reconciles each; a standby replica (outranked in kopf's peering) skips it.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from qwen_operator.api.models import GROUP, PLURAL, VERSION
 from qwen_operator.builders.common import MANAGED_BY
 from qwen_operator.config import from_env
 from qwen_operator.k8s import client as kinds
+from qwen_operator.k8s import peering
 from qwen_operator.k8s.client import KubeApi
 from qwen_operator.reconcile import CapabilityCache, reconcile
 
@@ -51,7 +57,48 @@ def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     memo.guard = threading.Lock()
     if METRICS_PORT:
         start_http_server(METRICS_PORT, addr=METRICS_ADDRESS)
+    memo.resync = Resync(memo, RESYNC_SECONDS)
+    memo.resync.start()
     log.info("qwen-operator started: resync every %ss, metrics on %s:%s, vLLM image %s", RESYNC_SECONDS, METRICS_ADDRESS, METRICS_PORT, config.default_vllm_image)
+
+
+@kopf.on.cleanup()
+def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    if getattr(memo, "resync", None) is not None:
+        memo.resync.stop()
+
+
+class Resync(threading.Thread):
+    """Every interval: list the watched QwenInferences and reconcile each (drift repair, missed events)."""
+
+    def __init__(self, memo: kopf.Memo, interval: float):
+        super().__init__(name="qwen-resync", daemon=True)
+        self._memo, self._interval = memo, interval
+        self._stopped = threading.Event()
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    def active(self) -> bool:
+        memo = self._memo
+        if memo.get("standalone", True):
+            return True
+        scopes = memo.get("namespaces") or [None]
+        return all(peering.is_active(memo.api, memo.peering, memo.priority, namespace) for namespace in scopes)
+
+    def run(self) -> None:
+        while not self._stopped.wait(self._interval):
+            try:
+                if not self.active():
+                    continue
+                for namespace in self._memo.get("namespaces") or [None]:
+                    for body in self._memo.api.list(kinds.QWEN_INFERENCE, namespace):
+                        if self._stopped.is_set():
+                            return
+                        meta = body["metadata"]
+                        run_reconcile(meta["namespace"], meta["name"], self._memo, "resync")
+            except Exception as error:  # noqa: BLE001 - the loop must outlive any one bad round
+                log.warning("resync round stopped early, the next one runs in %ss: %s", self._interval, error)
 
 
 def run_reconcile(namespace: str, name: str, memo: kopf.Memo, trigger: str) -> None:
@@ -122,22 +169,18 @@ def qwen_inference_event(type: str | None, name: str, namespace: str, memo: kopf
     run_reconcile(namespace, name, memo, f"event {type or 'listed'}")
 
 
-@kopf.timer(GROUP, VERSION, PLURAL, interval=RESYNC_SECONDS)
-def resync(name: str, namespace: str, memo: kopf.Memo, **_: Any) -> None:
-    run_reconcile(namespace, name, memo, "resync")
-
-
 def _owner_name(labels: dict[str, str]) -> str | None:
     return labels.get("app.kubernetes.io/instance")
 
 
 @kopf.on.event("apps", "v1", "deployments", labels=MANAGED)
-def deployment_event(labels: dict[str, str], namespace: str, memo: kopf.Memo, **_: Any) -> None:
-    if owner := _owner_name(labels):
+def deployment_event(type: str | None, labels: dict[str, str], namespace: str, memo: kopf.Memo, **_: Any) -> None:
+    # type None is a re-list: the QwenInference's own re-list already resyncs its owner.
+    if type is not None and (owner := _owner_name(labels)):
         run_reconcile(namespace, owner, memo, "deployment event")
 
 
 @kopf.on.event("", "v1", "pods", labels=MANAGED)
-def pod_event(labels: dict[str, str], namespace: str, memo: kopf.Memo, **_: Any) -> None:
-    if owner := _owner_name(labels):
+def pod_event(type: str | None, labels: dict[str, str], namespace: str, memo: kopf.Memo, **_: Any) -> None:
+    if type is not None and (owner := _owner_name(labels)):
         run_reconcile(namespace, owner, memo, "pod event")
