@@ -5,7 +5,7 @@ VENV := .venv
 VENV_STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | sha1sum | cut -c1-12)
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: help venv tools cluster-up cluster-down demo demo-down test test-unit crds lock lint bench
+.PHONY: help venv tools cluster-up cluster-down demo demo-down test test-unit test-e2e kind-up kind-down crds lock lint bench
 
 help:
 	@echo "make demo     start the local control plane, the operator and examples/qwen3-0.6b-fp8.yaml"
@@ -43,6 +43,15 @@ test: venv tools
 
 test-unit: venv
 	$(VENV)/bin/python -m pytest tests/unit
+
+test-e2e: venv
+	$(VENV)/bin/python -m pytest -m kind tests/e2e
+
+kind-up: venv
+	hack/kind-up.sh
+
+kind-down:
+	hack/kind-down.sh
 
 crds: venv
 	$(VENV)/bin/python hack/gen-crd.py

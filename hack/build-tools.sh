@@ -10,9 +10,6 @@ set -euo pipefail
 HACK_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=versions.env
 source "$HACK_DIR/versions.env"
-# kind (the e2e tests' clusters, where Docker exists); its own default node image is pinned by
-# digest per kind release, so this one line pins the node's Kubernetes too (v0.33.0: v1.37.0).
-KIND_VERSION=${KIND_VERSION:-v0.33.0}
 
 CACHE_DIR=${QWEN_CACHE_DIR:-$HOME/.cache/qwen-operator}
 BIN_DIR=$CACHE_DIR/bin

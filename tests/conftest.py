@@ -4,6 +4,7 @@
 reused when one is already running (then it is left running afterwards). Tests that need it are
 marked `@pytest.mark.cluster` (the marker pulls the fixture in) or ask for it by name.
 `namespace`: a fresh namespace for one test, deleted afterwards.
+`operator`: `qwen-operator run --all-namespaces --standalone` as a subprocess, one per test module.
 """
 
 from __future__ import annotations
@@ -172,8 +173,10 @@ def stop_operator(running: RunningOperator) -> None:
         running.process.wait(timeout=10)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def operator(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> RunningOperator:
+    """One cluster-admin operator per test module, so modules that run the operator under other
+    credentials (tests/integration/test_helm_install.py) never have it reconciling beside them."""
     install_crds(cluster)
     running = start_operator(cluster, tmp_path_factory.mktemp("operator") / "operator.log", "--all-namespaces")
     try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,8 @@ pytestmark = pytest.mark.cluster
 
 GROUP, VERSION, PLURAL = "inference.qwenops.io", "v1alpha1", "qweninferences"
 FIELD_MANAGER = "qwen-operator"
-RESULTS_DIR = Path(os.environ.get("QWEN_BENCH_RESULTS", REPO / "bench" / "results"))
+# Figures go to a temporary folder unless QWEN_BENCH_RESULTS names one (bench/results holds a recorded run).
+RESULTS_DIR = Path(os.environ.get("QWEN_BENCH_RESULTS", Path(tempfile.gettempdir()) / "qwen-operator-results"))
 # Generous bounds: the chain is scrape (1s) + HPA sync (5s) + scheduling + kwok + status.
 SPIKE_TO_READY_BOUND_SECONDS = 90
 # The HPA removes at most one pod a minute after the stabilisation window: 4 -> 1 takes ~130s.

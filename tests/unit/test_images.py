@@ -22,7 +22,8 @@ HADOLINT = REPO / ".venv" / "bin" / "hadolint"
 OPERATOR_DOCKERFILE = REPO / "images" / "operator" / "Dockerfile"
 VLLM_DOCKERFILE = REPO / "images" / "vllm" / "Dockerfile"
 RUNTIME_LOCK_SCRIPT = REPO / "images" / "operator" / "runtime_lock.py"
-DOCKERFILES = [OPERATOR_DOCKERFILE, VLLM_DOCKERFILE]
+STANDIN_DOCKERFILE = REPO / "tests" / "standin" / "Dockerfile"
+DOCKERFILES = [OPERATOR_DOCKERFILE, VLLM_DOCKERFILE, STANDIN_DOCKERFILE]
 
 # Locked only for development: they must stay out of the operator image.
 DEV_ONLY_PACKAGES = {

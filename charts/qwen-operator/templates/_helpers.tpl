@@ -33,13 +33,16 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- end -}}
 
 {{/*
-The operator's RBAC rules, kept in this one place. Everything the operator reads or writes is
-listed here with exactly the verbs it uses; no wildcards.
+The operator's RBAC rules, kept in this one place. Everything the operator (its reconcile and
+kopf) reads or writes is listed here with exactly the verbs it uses; no wildcards, no `update`
+(nothing is ever PUT: children are server-side applied, which is a PATCH, and a PATCH that creates
+needs `create` too). tests/integration/test_helm_install.py runs the operator under these rules.
 
-  include "qwen-operator.rbacRules" (dict "scope" "namespaced")  rules for namespaced kinds
-                                                                 (a Role per watched namespace)
-  include "qwen-operator.rbacRules" (dict "scope" "cluster")     rules for cluster-scoped kinds
-  include "qwen-operator.rbacRules" (dict "scope" "all")         both (the cluster-mode ClusterRole)
+  include "qwen-operator.rbacRules" (dict "scope" "namespaced")  namespaced mode: the Role in each
+                                                                 watched namespace
+  include "qwen-operator.rbacRules" (dict "scope" "cluster")     namespaced mode: the ClusterRole
+                                                                 (cluster-scoped kinds only)
+  include "qwen-operator.rbacRules" (dict "scope" "all")         cluster mode: the one ClusterRole
 
 It renders a YAML list with a leading newline: use it as `... | trim | nindent 2` under `rules:`.
 */}}
@@ -50,63 +53,74 @@ It renders a YAML list with a leading newline: use it as `... | trim | nindent 2
 {{- fail (printf "qwen-operator.rbacRules: scope must be all, namespaced or cluster, not %q" .scope) -}}
 {{- end -}}
 {{- if $namespaced }}
-# The QwenInference resources: watched, patched (finalizers, kopf's progress annotations).
+# The QwenInference resources: watched and read fresh by kopf and the reconcile; kopf patches them.
 - apiGroups: ["inference.qwenops.io"]
   resources: ["qweninferences"]
-  verbs: ["get", "list", "watch", "patch", "update"]
+  verbs: ["get", "list", "watch", "patch"]
 - apiGroups: ["inference.qwenops.io"]
   resources: ["qweninferences/status"]
-  verbs: ["get", "patch", "update"]
-# The children it applies (server-side apply is a patch), prunes and repairs.
+  verbs: ["patch"]
+# The children: listed (to find what to prune), applied, pruned. kopf watches the Deployments; the
+# reconcile reads the Deployment, the HPA and a cache claim the spec names.
 - apiGroups: ["apps"]
   resources: ["deployments"]
-  verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 - apiGroups: [""]
-  resources: ["services", "persistentvolumeclaims", "configmaps"]
-  verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
-- apiGroups: ["policy"]
-  resources: ["poddisruptionbudgets"]
-  verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
-- apiGroups: ["networking.k8s.io"]
-  resources: ["networkpolicies"]
-  verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
+  resources: ["persistentvolumeclaims"]
+  verbs: ["get", "list", "create", "patch", "delete"]
 - apiGroups: ["autoscaling"]
   resources: ["horizontalpodautoscalers"]
-  verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
+  verbs: ["get", "list", "create", "patch", "delete"]
+- apiGroups: [""]
+  resources: ["services", "configmaps"]
+  verbs: ["list", "create", "patch", "delete"]
+- apiGroups: ["policy"]
+  resources: ["poddisruptionbudgets"]
+  verbs: ["list", "create", "patch", "delete"]
+- apiGroups: ["networking.k8s.io"]
+  resources: ["networkpolicies"]
+  verbs: ["list", "create", "patch", "delete"]
 - apiGroups: ["monitoring.coreos.com"]
   resources: ["servicemonitors", "prometheusrules"]
-  verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
-# Observed only: the vLLM pods, and the Secrets a spec refers to (it checks that they exist).
+  verbs: ["list", "create", "patch", "delete"]
+# Observed only: the vLLM pods (kopf watches them), and the Secrets a spec refers to (it checks
+# that they exist and hold the key; never listed, so no Secret it was not pointed at is read).
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["get", "list", "watch"]
+  verbs: ["list", "watch"]
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["get"]
-# Events about each QwenInference.
-- apiGroups: ["", "events.k8s.io"]
+# Events about each QwenInference (the reconcile's and kopf's, core/v1, created only).
+- apiGroups: [""]
   resources: ["events"]
-  verbs: ["create", "patch"]
-# kopf peering in namespaced mode.
+  verbs: ["create"]
+{{- if eq .scope "namespaced" }}
+# kopf peering in namespaced mode: a KopfPeering in each watched namespace.
 - apiGroups: ["kopf.dev"]
   resources: ["kopfpeerings"]
   verbs: ["get", "list", "watch", "patch"]
 {{- end }}
+{{- end }}
 {{- if $cluster }}
-# Discovery of optional integrations (is the ServiceMonitor CRD there?) and kopf's resource scan.
+# kopf's resource scan (and discovery of optional integrations) watches the CRDs.
 - apiGroups: ["apiextensions.k8s.io"]
   resources: ["customresourcedefinitions"]
-  verbs: ["get", "list", "watch"]
-# The GPU capability check (compute capability labels of the nodes).
+  verbs: ["list", "watch"]
+# The GPU capability check reads the compute capability labels of the nodes its pods run on.
 - apiGroups: [""]
   resources: ["nodes"]
-  verbs: ["get", "list", "watch"]
-# kopf: namespace patterns, and peering in cluster mode.
+  verbs: ["get"]
+{{- if eq .scope "cluster" }}
+# kopf watches the namespaces it was given by name (namespaced mode only).
 - apiGroups: [""]
   resources: ["namespaces"]
-  verbs: ["get", "list", "watch"]
+  verbs: ["list", "watch"]
+{{- else }}
+# kopf peering in cluster mode: one ClusterKopfPeering.
 - apiGroups: ["kopf.dev"]
   resources: ["clusterkopfpeerings"]
   verbs: ["get", "list", "watch", "patch"]
+{{- end }}
 {{- end }}
 {{- end -}}
