@@ -240,6 +240,7 @@ def reconcile(body: dict[str, Any], api: KubeApi, config: OperatorConfig, capabi
         if observation.blocking is not None:
             result.outcome = "blocked"
 
+    listed_deployment: dict[str, Any] | None = None  # the Deployment as listed, when this run left it alone
     if spec is not None and model is not None and observation.blocking is None:
         try:
             live = list_children(api, owner, caps)
@@ -262,9 +263,11 @@ def reconcile(body: dict[str, Any], api: KubeApi, config: OperatorConfig, capabi
         for manifest in to_delete:
             api.delete(kind_of(manifest), owner.namespace, manifest["metadata"]["name"], manifest["metadata"].get("uid"))
             result.pruned.append("/".join(key(manifest)))
+        if not any(m["kind"] == "Deployment" for m in to_apply):
+            listed_deployment = next((o for o in live if o["kind"] == "Deployment" and o["metadata"]["name"] == owner.name), None)
 
     if spec is not None:
-        observe(api, owner, spec, model, caps, observation)
+        observe(api, owner, spec, model, caps, observation, listed_deployment)
 
     new_status = status_lib.compute_status(owner, model.served_name if model else "", observation, previous_status, now_rfc3339())
     if status_lib.status_changed(previous_status, new_status):
@@ -288,8 +291,9 @@ def list_children(api: KubeApi, owner: Owner, caps: Capabilities) -> list[dict[s
     return found
 
 
-def observe(api: KubeApi, owner: Owner, spec: QwenInferenceSpec, model: ResolvedModel | None, caps: Capabilities, observation: status_lib.Observation) -> None:
-    observation.deployment = api.get(kinds.DEPLOYMENT, owner.namespace, owner.name)
+def observe(api: KubeApi, owner: Owner, spec: QwenInferenceSpec, model: ResolvedModel | None, caps: Capabilities,
+            observation: status_lib.Observation, listed_deployment: dict[str, Any] | None = None) -> None:
+    observation.deployment = listed_deployment or api.get(kinds.DEPLOYMENT, owner.namespace, owner.name)
     observation.autoscaling_enabled = spec.autoscaling.enabled
     if spec.autoscaling.enabled:
         observation.hpa = api.get(kinds.HPA, owner.namespace, owner.name)
