@@ -80,6 +80,10 @@ INVALID_SPECS = [
         UNPROCESSABLE, "engine.extraArgs may not set a flag the spec owns", id="extra-args-api-key",
     ),
     pytest.param(
+        {"engine": {"extraArgs": ["--revision=v2"]}},
+        UNPROCESSABLE, "engine.extraArgs may not set a flag the spec owns", id="extra-args-revision",
+    ),
+    pytest.param(
         {"engine": {"extraArgs": ["--enable-prefix-caching", "--port=9000"]}},
         UNPROCESSABLE, "engine.extraArgs may not set a flag the spec owns", id="extra-args-port-with-equals",
     ),

@@ -41,6 +41,8 @@ DENIED_EXTRA_ARGS: dict[str, str] = {
     "--max-model-len": "spec.model.maxModelLen",
     "--gpu-memory-utilization": "spec.engine.gpuMemoryUtilization",
     "--max-num-seqs": "spec.engine.maxNumSeqs",
+    "--max-num-batched-tokens": "spec.engine.maxNumBatchedTokens",
+    "--revision": "spec.model.revision",
     "--quantization": "spec.model.quantization",
     "--kv-cache-dtype": "spec.engine.kvCacheDtype",
     "--reasoning-parser": "spec.model.thinking.reasoningParser",
