@@ -190,6 +190,23 @@ def now_rfc3339() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def judge_spec(spec: QwenInferenceSpec) -> tuple[ResolvedModel, list[status_lib.Problem]]:
+    """What only the operator can judge of a spec: the model (or SpecError) and non-blocking warnings.
+
+    An FP8 model pinned only to GPUs below compute capability 8.0 cannot run at all (blocking);
+    pinned to 8.0-8.8 it runs weight-only (a warning).
+    """
+    model = resolve_model(spec)
+    products = spec.resources.gpu.products
+    message = check_gpu_fp8(model, products)
+    if message is None:
+        return model, []
+    unusable = [p for p in products if (gpu := lookup_gpu(p)) is not None and gpu.compute_capability < (8, 0)]
+    if len(unusable) == len(products):
+        raise SpecError("GPUIncompatible", message)
+    return model, [status_lib.Problem("GPUWithoutNativeFP8", message)]
+
+
 def check_references(api: KubeApi, owner: Owner, spec: QwenInferenceSpec) -> status_lib.Problem | None:
     """A Secret or PVC the spec names that does not exist (yet): the rollout waits for it."""
     secret_refs = [("spec.model.source.tokenSecretRef", spec.model.source.token_secret_ref), ("spec.auth.apiKeySecretRef", spec.auth.api_key_secret_ref)]
@@ -199,7 +216,7 @@ def check_references(api: KubeApi, owner: Owner, spec: QwenInferenceSpec) -> sta
         secret = api.get(kinds.SECRET, owner.namespace, ref.name)
         if secret is None:
             return status_lib.Problem("SecretNotFound", f"{path}: Secret {ref.name} does not exist in namespace {owner.namespace}; create it and the rollout continues")
-        if ref.key not in (secret.get("data") or {}) and ref.key not in (secret.get("stringData") or {}):
+        if ref.key not in (secret.get("data") or {}):  # stringData is write-only: stored Secrets hold data
             return status_lib.Problem("SecretKeyNotFound", f"{path}: Secret {ref.name} has no key {ref.key}")
     claims = [("spec.model.source.cache.existingClaim", spec.model.source.cache.existing_claim if spec.model.source.cache.enabled else None)]
     if spec.model.source.pvc is not None:
@@ -220,13 +237,8 @@ def reconcile(body: dict[str, Any], api: KubeApi, config: OperatorConfig, capabi
     spec: QwenInferenceSpec | None = None
     try:
         spec = QwenInference.model_validate(body).spec
-        model = resolve_model(spec)
-        fp8 = check_gpu_fp8(model, spec.resources.gpu.products)
-        unusable = [p for p in spec.resources.gpu.products if (g := lookup_gpu(p)) and g.compute_capability < (8, 0)]
-        if fp8 and unusable and len(unusable) == len(spec.resources.gpu.products):
-            raise SpecError("GPUIncompatible", fp8)
-        if fp8:
-            observation.warnings.append(status_lib.Problem("GPUWithoutNativeFP8", fp8))
+        model, warnings = judge_spec(spec)
+        observation.warnings.extend(warnings)
     except ValidationError as error:
         observation.blocking = status_lib.Problem("InvalidSpec", "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())[:1000])
         result.outcome = "spec_error"

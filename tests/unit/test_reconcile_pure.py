@@ -162,3 +162,26 @@ def test_autoscaling_condition_mirrors_the_hpa(hpa_conditions, status, reason):
     autoscaling = {c["type"]: c for c in result["conditions"]}["Autoscaling"]
     assert (autoscaling["status"], autoscaling["reason"]) == (status, reason)
     assert result["desiredReplicas"] == 3
+
+
+@pytest.mark.parametrize(
+    "products, outcome",
+    [
+        ([], None),
+        (["NVIDIA-L4"], None),
+        (["NVIDIA-A100-SXM4-80GB"], "GPUWithoutNativeFP8"),
+        (["Tesla-T4", "NVIDIA-L4"], "GPUWithoutNativeFP8"),  # it can still land on the L4
+        (["Tesla-T4"], "GPUIncompatible"),
+    ],
+)
+def test_judge_spec_blocks_fp8_only_where_it_cannot_run(products, outcome):
+    from qwen_operator.api.errors import SpecError
+    from qwen_operator.reconcile import judge_spec
+
+    spec = QwenInferenceSpec.model_validate({"resources": {"gpu": {"products": products}}})
+    try:
+        _, warnings = judge_spec(spec)
+    except SpecError as error:
+        assert error.reason == outcome == "GPUIncompatible"
+        return
+    assert [w.reason for w in warnings] == ([outcome] if outcome else [])
