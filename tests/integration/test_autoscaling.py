@@ -19,13 +19,13 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 from kubernetes.utils.quantity import parse_quantity
 
-from conftest import REPO, wait_until
+from conftest import wait_until
 from qwen_operator.builders.autoscaling import QUEUE_DEPTH_METRIC
+from qwen_resources import condition, create, get, patch_spec, wait_condition
 from support_metrics import CustomMetricsStack
 
 pytestmark = pytest.mark.cluster
 
-GROUP, VERSION, PLURAL = "inference.qwenops.io", "v1alpha1", "qweninferences"
 FIELD_MANAGER = "qwen-operator"
 # Figures go to a temporary folder unless QWEN_BENCH_RESULTS names one (bench/results holds a recorded run).
 RESULTS_DIR = Path(os.environ.get("QWEN_BENCH_RESULTS", Path(tempfile.gettempdir()) / "qwen-operator-results"))
@@ -56,32 +56,8 @@ def measured_namespace(custom_metrics, namespace) -> str:
     custom_metrics.unwatch(namespace)
 
 
-def qwi(name: str, spec: dict[str, Any]) -> dict[str, Any]:
-    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "QwenInference", "metadata": {"name": name}, "spec": spec}
-
-
-def create(k8s, namespace: str, body: dict[str, Any]) -> None:
-    client.CustomObjectsApi(k8s).create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
-
-
-def get(k8s, namespace: str, name: str) -> dict[str, Any]:
-    return client.CustomObjectsApi(k8s).get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
-
-
 def status(k8s, namespace: str, name: str) -> dict[str, Any]:
     return get(k8s, namespace, name).get("status") or {}
-
-
-def condition(k8s, namespace: str, name: str, type_: str) -> dict[str, Any] | None:
-    return next((c for c in status(k8s, namespace, name).get("conditions", []) if c["type"] == type_), None)
-
-
-def wait_condition(k8s, namespace: str, name: str, type_: str, state: str, reason: str | None = None, timeout: float = 90) -> dict[str, Any]:
-    def matches():
-        c = condition(k8s, namespace, name, type_)
-        return c if c and c["status"] == state and (reason is None or c["reason"] == reason) else None
-
-    return wait_until(matches, timeout, f"{type_}={state} on {namespace}/{name}; last: {condition(k8s, namespace, name, type_)}")
 
 
 def hpa(k8s, namespace: str, name: str) -> dict[str, Any]:
@@ -142,8 +118,8 @@ class Timeline:
 
 def test_queue_depth_scales_a_qweninference_up_to_max_and_back_down(operator, custom_metrics, k8s, measured_namespace):
     namespace, name = measured_namespace, "chat"
-    create(k8s, namespace, qwi(name, {"autoscaling": autoscaling_spec(1, 4)}))
-    wait_condition(k8s, namespace, name, "Ready", "True")
+    create(k8s, namespace, name, {"autoscaling": autoscaling_spec(1, 4)})
+    wait_condition(k8s, namespace, name, "Ready", "True", timeout=90)
     # ScalingActive=True needs the metric: the pod's stand-in scraped, the adapter relisted, the HPA synced.
     wait_condition(k8s, namespace, name, "Autoscaling", "True", timeout=120)
     assert status(k8s, namespace, name)["desiredReplicas"] == 1
@@ -166,7 +142,7 @@ def test_queue_depth_scales_a_qweninference_up_to_max_and_back_down(operator, cu
     wait_until(lambda: status(k8s, namespace, name).get("desiredReplicas") == 4, 3 * operator.resync_seconds + 5, "status.desiredReplicas 4")
     limited = wait_condition(k8s, namespace, name, "Autoscaling", "True", timeout=30)
     assert limited["reason"] in ("TooManyReplicas", "ValidMetricFound"), limited
-    assert wait_condition(k8s, namespace, name, "Ready", "True")["message"].startswith("4/4")
+    assert wait_condition(k8s, namespace, name, "Ready", "True", timeout=90)["message"].startswith("4/4")
 
     # While the load lasts, resync after resync, the operator leaves the HPA's replicas alone.
     hold_end = spike.start + SPIKE_HOLD_SECONDS
@@ -211,7 +187,7 @@ def test_queue_depth_scales_a_qweninference_up_to_max_and_back_down(operator, cu
 
 def test_operator_leaves_replicas_to_the_hpa_and_takes_them_back_when_autoscaling_stops(operator, custom_metrics, k8s, measured_namespace):
     namespace, name = measured_namespace, "owned"
-    create(k8s, namespace, qwi(name, {"replicas": 1, "autoscaling": autoscaling_spec(2, 3)}))
+    create(k8s, namespace, name, {"replicas": 1, "autoscaling": autoscaling_spec(2, 3)})
     # The HPA lifts the Deployment to minReplicas; the operator, which applies without replicas, lets it.
     wait_until(lambda: deployment(k8s, namespace, name).spec.replicas == 2, 60, "the HPA to raise replicas to minReplicas 2")
     # (The HPA writes through the scale subresource, which records no owner of spec.replicas.)
@@ -226,7 +202,7 @@ def test_operator_leaves_replicas_to_the_hpa_and_takes_them_back_when_autoscalin
     assert deployment(k8s, namespace, name).metadata.generation == generation
     assert FIELD_MANAGER not in replicas_owners(k8s, namespace, name)
 
-    client.CustomObjectsApi(k8s).patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name, {"spec": {"autoscaling": {"enabled": False}}})
+    patch_spec(k8s, namespace, name, {"autoscaling": {"enabled": False}})
     wait_until(lambda: deployment(k8s, namespace, name).spec.replicas == 1, 3 * operator.resync_seconds + 10, "the Deployment back at spec.replicas 1")
     assert replicas_owners(k8s, namespace, name).get(FIELD_MANAGER) == "Apply"
 
@@ -239,7 +215,7 @@ def test_operator_leaves_replicas_to_the_hpa_and_takes_them_back_when_autoscalin
 
     wait_until(hpa_gone, 3 * operator.resync_seconds + 10, "the HPA to be pruned")
     wait_until(lambda: condition(k8s, namespace, name, "Autoscaling") is None, 3 * operator.resync_seconds + 10, "the Autoscaling condition to go")
-    wait_condition(k8s, namespace, name, "Ready", "True")
+    wait_condition(k8s, namespace, name, "Ready", "True", timeout=90)
     wait_until(lambda: "desiredReplicas" not in status(k8s, namespace, name), 3 * operator.resync_seconds + 10,
                f"status.desiredReplicas (an HPA figure) to go; status: {status(k8s, namespace, name)}")
 
@@ -247,7 +223,7 @@ def test_operator_leaves_replicas_to_the_hpa_and_takes_them_back_when_autoscalin
 def test_autoscaling_condition_reports_the_hpa_failure_when_the_metric_is_missing(operator, custom_metrics, k8s, namespace):
     # This namespace is not watched: its pods get no stand-in, so Prometheus has no series for them.
     name = "unmeasured"
-    create(k8s, namespace, qwi(name, {"autoscaling": autoscaling_spec(1, 3)}))
+    create(k8s, namespace, name, {"autoscaling": autoscaling_spec(1, 3)})
     failed = wait_condition(k8s, namespace, name, "Autoscaling", "False", timeout=120)
     scaling_active = hpa_condition(k8s, namespace, name, "ScalingActive")
     assert scaling_active["status"] == "False"
@@ -258,7 +234,7 @@ def test_autoscaling_condition_reports_the_hpa_failure_when_the_metric_is_missin
 
 def test_the_adapter_serves_each_pods_queue_under_the_name_the_hpa_asks_for(operator, custom_metrics, k8s, measured_namespace):
     namespace, name = measured_namespace, "measured"
-    create(k8s, namespace, qwi(name, {"autoscaling": autoscaling_spec(2, 2)}))
+    create(k8s, namespace, name, {"autoscaling": autoscaling_spec(2, 2)})
     wait_until(lambda: len(custom_metrics.pod_ports(namespace)) == 2, 90, "two pods with stand-ins")
     asked_for = hpa(k8s, namespace, name)["spec"]["metrics"][0]["pods"]["metric"]["name"]
     assert asked_for == QUEUE_DEPTH_METRIC == "vllm_num_requests_waiting"

@@ -19,6 +19,7 @@ from kubernetes import client
 from qwen_operator.builders.common import MANAGED_BY
 
 from conftest import REPO, Cluster, stop_operator, wait_until
+from qwen_resources import condition, create, get, patch_spec
 from support_helm import (
     CHART,
     CHART_CRDS,
@@ -40,7 +41,6 @@ from support_helm import (
 
 pytestmark = pytest.mark.cluster
 
-GROUP, VERSION, PLURAL = "inference.qwenops.io", "v1alpha1", "qweninferences"
 SAMPLE = REPO / "examples" / "qwen3-0.6b-fp8.yaml"
 SAMPLE_NAME = yaml.safe_load(SAMPLE.read_text())["metadata"]["name"]
 
@@ -111,18 +111,9 @@ def prometheus_operator_crds(cluster: Cluster) -> Iterator[None]:
         cluster.kubectl("delete", "crd", *added, "--wait=true", "--timeout=120s")
 
 
-def get_qwi(k8s, namespace: str, name: str) -> dict[str, Any]:
-    return client.CustomObjectsApi(k8s).get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
-
-
-def ready_condition(k8s, namespace: str, name: str) -> dict[str, Any] | None:
-    status = get_qwi(k8s, namespace, name).get("status") or {}
-    return next((c for c in status.get("conditions", []) if c["type"] == "Ready"), None)
-
-
 def wait_ready(k8s, operator: ChartOperator, namespace: str, name: str, timeout: float = 60) -> None:
     try:
-        wait_until(lambda: (ready_condition(k8s, namespace, name) or {}).get("status") == "True", timeout, f"Ready=True on {namespace}/{name}")
+        wait_until(lambda: (condition(k8s, namespace, name, "Ready") or {}).get("status") == "True", timeout, f"Ready=True on {namespace}/{name}")
     except AssertionError as error:
         seen = {t: (c["status"], c["reason"], c["message"]) for t, c in conditions(k8s, namespace, name).items()}
         raise AssertionError(f"{error}\nconditions: {seen}\nRBAC denials in the operator's log: {operator.rbac_denials()[-5:]}") from None
@@ -136,7 +127,7 @@ def api_requests(operator: ChartOperator, verb: str, kind: str, code: str) -> fl
 
 
 def conditions(k8s, namespace: str, name: str) -> dict[str, dict[str, Any]]:
-    return {c["type"]: c for c in (get_qwi(k8s, namespace, name).get("status") or {}).get("conditions", [])}
+    return {c["type"]: c for c in (get(k8s, namespace, name).get("status") or {}).get("conditions", [])}
 
 
 def deployment_exists(k8s, namespace: str, name: str) -> bool:
@@ -199,14 +190,12 @@ def test_every_child_kind_secret_reference_and_pruning_work_under_the_chart_rbac
         "networkPolicy": {"enabled": True},
         "monitoring": {"serviceMonitor": True, "prometheusRule": True, "dashboard": True},
     }
-    body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "QwenInference", "metadata": {"name": "full"}, "spec": spec}
-    client.CustomObjectsApi(k8s).create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
+    create(k8s, namespace, "full", spec)
     wait_until(lambda: child_kinds(cluster, namespace, "full") == CHILD_KINDS, 60,
                f"all nine child kinds; have {child_kinds(cluster, namespace, 'full')}; denials {operator.rbac_denials()[-3:]}")
 
     # Turning features off prunes their children: the delete verbs.
-    patch = {"spec": {"autoscaling": {"enabled": False}, "networkPolicy": {"enabled": False}, "monitoring": {"serviceMonitor": False}}}
-    client.CustomObjectsApi(k8s).patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "full", patch)
+    patch_spec(k8s, namespace, "full", {"autoscaling": {"enabled": False}, "networkPolicy": {"enabled": False}, "monitoring": {"serviceMonitor": False}})
     wait_until(lambda: child_kinds(cluster, namespace, "full") == CHILD_KINDS - PRUNED_KINDS, 60,
                f"HPA, PDB, NetworkPolicy and ServiceMonitor pruned; have {child_kinds(cluster, namespace, 'full')}")
     wait_ready(k8s, operator, namespace, "full")
@@ -238,7 +227,7 @@ def test_namespaced_mode_reconciles_only_the_watched_namespace(cluster, k8s, ins
     resyncs = api_requests(operator, "get", "QwenInference", "2xx")
     wait_until(lambda: api_requests(operator, "get", "QwenInference", "2xx") >= resyncs + 2, 30, "two more resyncs")
 
-    assert "status" not in get_qwi(k8s, other_namespace, SAMPLE_NAME)
+    assert "status" not in get(k8s, other_namespace, SAMPLE_NAME)
     assert not deployment_exists(k8s, other_namespace, SAMPLE_NAME)
     assert f"{other_namespace}/" not in operator.log_text()
     assert conditions(k8s, namespace, SAMPLE_NAME)["Degraded"]["status"] == "False"

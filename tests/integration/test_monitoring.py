@@ -16,10 +16,10 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from conftest import REPO, wait_until
+from qwen_resources import GROUP, PLURAL, VERSION, condition, create, get, patch_spec, wait_condition
 
 pytestmark = pytest.mark.cluster
 
-GROUP, VERSION, PLURAL = "inference.qwenops.io", "v1alpha1", "qweninferences"
 MONITORING = ("monitoring.coreos.com", "v1")
 # The operator looks for the monitoring.coreos.com API at most once per 30s (reconcile.CapabilityCache).
 CAPABILITY_TTL_SECONDS = 30
@@ -55,30 +55,6 @@ def remove_prometheus_operator_crds(cluster) -> None:
         cluster.kubectl("delete", "crd", *names, "--wait=true", "--timeout=120s")
 
 
-def qwi(name: str, spec: dict[str, Any]) -> dict[str, Any]:
-    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "QwenInference", "metadata": {"name": name}, "spec": spec}
-
-
-def create(k8s, namespace: str, body: dict[str, Any]) -> None:
-    client.CustomObjectsApi(k8s).create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
-
-
-def get(k8s, namespace: str, name: str) -> dict[str, Any]:
-    return client.CustomObjectsApi(k8s).get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
-
-
-def condition(k8s, namespace: str, name: str, type_: str) -> dict[str, Any] | None:
-    return next((c for c in (get(k8s, namespace, name).get("status") or {}).get("conditions", []) if c["type"] == type_), None)
-
-
-def wait_condition(k8s, namespace: str, name: str, type_: str, state: str, reason: str | None = None, timeout: float = 60) -> dict[str, Any]:
-    def matches():
-        c = condition(k8s, namespace, name, type_)
-        return c if c and c["status"] == state and (reason is None or c["reason"] == reason) else None
-
-    return wait_until(matches, timeout, f"{type_}={state} {reason or ''} on {namespace}/{name}; last: {condition(k8s, namespace, name, type_)}")
-
-
 def monitoring_object(k8s, namespace: str, plural: str, name: str) -> dict[str, Any] | None:
     try:
         return client.CustomObjectsApi(k8s).get_namespaced_custom_object(*MONITORING, namespace, plural, name)
@@ -90,7 +66,7 @@ def monitoring_object(k8s, namespace: str, plural: str, name: str) -> dict[str, 
 
 def test_without_prometheus_operator_crds_monitoring_is_false_and_the_rest_works(operator, cluster, k8s, namespace):
     remove_prometheus_operator_crds(cluster)
-    create(k8s, namespace, qwi("plain", {}))
+    create(k8s, namespace, "plain", {})
     missing = wait_condition(k8s, namespace, "plain", "Monitoring", "False", "PrometheusOperatorMissing", timeout=CAPABILITY_TTL_SECONDS + 30)
     assert "monitoring.coreos.com/v1" in missing["message"]
     wait_condition(k8s, namespace, "plain", "Ready", "True")
@@ -105,7 +81,7 @@ def test_installing_the_crds_brings_the_service_monitor_and_rule_and_removing_th
     files = prometheus_operator_crd_files()
     remove_prometheus_operator_crds(cluster)
     name = "watched"
-    create(k8s, namespace, qwi(name, {}))
+    create(k8s, namespace, name, {})
     wait_condition(k8s, namespace, name, "Monitoring", "False", "PrometheusOperatorMissing", timeout=CAPABILITY_TTL_SECONDS + 30)
     owner_uid = get(k8s, namespace, name)["metadata"]["uid"]
 
@@ -144,7 +120,7 @@ def test_installing_the_crds_brings_the_service_monitor_and_rule_and_removing_th
             assert r["labels"]["namespace"] == namespace and r["expr"]
 
         # Turning the rule off prunes it; the ServiceMonitor stays.
-        client.CustomObjectsApi(k8s).patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name, {"spec": {"monitoring": {"prometheusRule": False}}})
+        patch_spec(k8s, namespace, name, {"monitoring": {"prometheusRule": False}})
         wait_until(lambda: monitoring_object(k8s, namespace, "prometheusrules", name) is None, 2 * operator.resync_seconds + 10, "the PrometheusRule to be pruned")
         assert monitoring_object(k8s, namespace, "servicemonitors", name) is not None
         assert condition(k8s, namespace, name, "Monitoring")["status"] == "True"
@@ -175,8 +151,8 @@ def total(metrics: dict[str, float], name: str, **labels: str) -> float:
 
 def test_the_operators_own_metrics_count_what_it_did(operator, k8s, namespace):
     before = operator.metrics()
-    create(k8s, namespace, qwi("counted", {}))
-    create(k8s, namespace, qwi("unknown", {"model": {"name": "someone/not-in-the-catalog"}}))
+    create(k8s, namespace, "counted", {})
+    create(k8s, namespace, "unknown", {"model": {"name": "someone/not-in-the-catalog"}})
     wait_condition(k8s, namespace, "counted", "Ready", "True")
     wait_condition(k8s, namespace, "unknown", "Ready", "False", "UnknownModel")
     time.sleep(2 * operator.resync_seconds)  # a few resyncs of the steady state

@@ -4,8 +4,6 @@ steady state, bad specs and cleanup (issue 3's acceptance)."""
 from __future__ import annotations
 
 import time
-from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
@@ -13,48 +11,11 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from conftest import REPO, start_operator, stop_operator, wait_until
+from qwen_resources import GROUP, PLURAL, VERSION, condition, create, events_for, get, patch_spec, pods, wait_condition
 
 pytestmark = pytest.mark.cluster
 
-GROUP, VERSION, PLURAL = "inference.qwenops.io", "v1alpha1", "qweninferences"
 SAMPLE = REPO / "examples" / "qwen3-0.6b-fp8.yaml"
-
-
-def qwi(name: str, spec: dict[str, Any]) -> dict[str, Any]:
-    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "QwenInference", "metadata": {"name": name}, "spec": spec}
-
-
-def create(k8s, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
-    return client.CustomObjectsApi(k8s).create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
-
-
-def get(k8s, namespace: str, name: str) -> dict[str, Any]:
-    return client.CustomObjectsApi(k8s).get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
-
-
-def patch_spec(k8s, namespace: str, name: str, spec: dict[str, Any]) -> None:
-    client.CustomObjectsApi(k8s).patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name, {"spec": spec})
-
-
-def condition(k8s, namespace: str, name: str, type_: str) -> dict[str, Any] | None:
-    status = get(k8s, namespace, name).get("status") or {}
-    return next((c for c in status.get("conditions", []) if c["type"] == type_), None)
-
-
-def wait_condition(k8s, namespace: str, name: str, type_: str, status: str, reason: str | None = None, timeout: float = 60) -> dict[str, Any]:
-    def matches():
-        c = condition(k8s, namespace, name, type_)
-        return c if c and c["status"] == status and (reason is None or c["reason"] == reason) else None
-
-    return wait_until(matches, timeout, f"{type_}={status}{f' ({reason})' if reason else ''} on {namespace}/{name}; last: {condition(k8s, namespace, name, type_)}")
-
-
-def events_for(k8s, namespace: str, name: str) -> list[client.CoreV1Event]:
-    return client.CoreV1Api(k8s).list_namespaced_event(namespace, field_selector=f"involvedObject.name={name},involvedObject.kind=QwenInference").items
-
-
-def pods(k8s, namespace: str, name: str) -> list[client.V1Pod]:
-    return client.CoreV1Api(k8s).list_namespaced_pod(namespace, label_selector=f"app.kubernetes.io/instance={name}").items
 
 
 def test_sample_becomes_ready_with_owned_deployment_and_service(operator, cluster, k8s, namespace):
@@ -87,7 +48,7 @@ def test_sample_becomes_ready_with_owned_deployment_and_service(operator, cluste
 
 
 def test_kubectl_scale_changes_the_replicas(operator, cluster, k8s, namespace):
-    create(k8s, namespace, qwi("scaled", {}))
+    create(k8s, namespace, "scaled", {})
     wait_condition(k8s, namespace, "scaled", "Ready", "True")
     cluster.kubectl("scale", "qwi", "scaled", "-n", namespace, "--replicas=3")
     wait_until(lambda: client.AppsV1Api(k8s).read_namespaced_deployment("scaled", namespace).spec.replicas == 3, 30, "Deployment replicas 3")
@@ -96,7 +57,7 @@ def test_kubectl_scale_changes_the_replicas(operator, cluster, k8s, namespace):
 
 
 def test_crash_looping_pod_turns_ready_false_and_degraded(operator, k8s, namespace):
-    create(k8s, namespace, qwi("crashy", {}))
+    create(k8s, namespace, "crashy", {})
     wait_condition(k8s, namespace, "crashy", "Ready", "True")
     pod = pods(k8s, namespace, "crashy")[0]
     client.CoreV1Api(k8s).patch_namespaced_pod(pod.metadata.name, namespace, {"metadata": {"labels": {"stage.qwenops.io/crash-loop": "true"}}})
@@ -108,14 +69,14 @@ def test_crash_looping_pod_turns_ready_false_and_degraded(operator, k8s, namespa
 
 
 def test_ninety_nine_gpus_report_unschedulable(operator, k8s, namespace):
-    create(k8s, namespace, qwi("greedy", {"resources": {"gpu": {"count": 99}}}))
+    create(k8s, namespace, "greedy", {"resources": {"gpu": {"count": 99}}})
     ready = wait_condition(k8s, namespace, "greedy", "Ready", "False", "Unschedulable")
     assert "Insufficient nvidia.com/gpu" in ready["message"]
     assert condition(k8s, namespace, "greedy", "Degraded")["reason"] == "Unschedulable"
 
 
 def test_model_loading_is_reported_while_the_startup_probe_runs(operator, k8s, namespace):
-    create(k8s, namespace, qwi("loading", {}))
+    create(k8s, namespace, "loading", {})
     wait_condition(k8s, namespace, "loading", "Ready", "True")
     pod = pods(k8s, namespace, "loading")[0]
     client.CoreV1Api(k8s).patch_namespaced_pod(pod.metadata.name, namespace, {"metadata": {"labels": {"stage.qwenops.io/model-loading": "true"}}})
@@ -125,7 +86,7 @@ def test_model_loading_is_reported_while_the_startup_probe_runs(operator, k8s, n
 
 
 def test_deleting_the_resource_removes_everything_it_made(operator, k8s, namespace):
-    create(k8s, namespace, qwi("doomed", {"replicas": 2}))
+    create(k8s, namespace, "doomed", {"replicas": 2})
     wait_condition(k8s, namespace, "doomed", "Ready", "True")
     core, apps, policy = client.CoreV1Api(k8s), client.AppsV1Api(k8s), client.PolicyV1Api(k8s)
     selector = "app.kubernetes.io/instance=doomed"
@@ -147,7 +108,7 @@ def test_deleting_the_resource_removes_everything_it_made(operator, k8s, namespa
 
 
 def test_deleted_and_edited_children_return_to_the_spec(operator, k8s, namespace):
-    create(k8s, namespace, qwi("drift", {}))
+    create(k8s, namespace, "drift", {})
     wait_condition(k8s, namespace, "drift", "Ready", "True")
     core, apps = client.CoreV1Api(k8s), client.AppsV1Api(k8s)
     original = apps.read_namespaced_deployment("drift", namespace).spec.template.spec.containers[0]
@@ -164,7 +125,7 @@ def test_deleted_and_edited_children_return_to_the_spec(operator, k8s, namespace
 
 
 def test_resync_of_an_unchanged_resource_makes_no_writes(operator, cluster, k8s, namespace, tmp_path):
-    create(k8s, namespace, qwi("steady", {"replicas": 2}))
+    create(k8s, namespace, "steady", {"replicas": 2})
     wait_condition(k8s, namespace, "steady", "Ready", "True")
     selector = "app.kubernetes.io/instance=steady"
 
@@ -197,7 +158,7 @@ def test_resync_of_an_unchanged_resource_makes_no_writes(operator, cluster, k8s,
 
 
 def test_unknown_model_is_reported_not_retried_and_recovers_when_fixed(operator, k8s, namespace):
-    create(k8s, namespace, qwi("mystery", {"model": {"name": "someone/not-in-the-catalog"}}))
+    create(k8s, namespace, "mystery", {"model": {"name": "someone/not-in-the-catalog"}})
     ready = wait_condition(k8s, namespace, "mystery", "Ready", "False", "UnknownModel")
     assert "maxModelLen" in ready["message"]
     assert condition(k8s, namespace, "mystery", "Degraded")["status"] == "True"
@@ -213,7 +174,7 @@ def test_unknown_model_is_reported_not_retried_and_recovers_when_fixed(operator,
 
 
 def test_missing_secret_blocks_until_it_appears(operator, k8s, namespace):
-    create(k8s, namespace, qwi("keyed", {"auth": {"apiKeySecretRef": {"name": "qwen-keys", "key": "api-key"}}}))
+    create(k8s, namespace, "keyed", {"auth": {"apiKeySecretRef": {"name": "qwen-keys", "key": "api-key"}}})
     ready = wait_condition(k8s, namespace, "keyed", "Ready", "False", "SecretNotFound")
     assert "qwen-keys" in ready["message"]
     client.CoreV1Api(k8s).create_namespaced_secret(namespace, client.V1Secret(metadata=client.V1ObjectMeta(name="qwen-keys"), string_data={"api-key": "sk-test-0123456789"}))
@@ -223,7 +184,7 @@ def test_missing_secret_blocks_until_it_appears(operator, k8s, namespace):
 def test_resources_carry_no_finalizer_so_they_delete_without_the_operator(operator, k8s, namespace):
     # kopf timers and daemons would add a finalizer, and a QwenInference (and its namespace) could then
     # not be deleted while the operator is down or uninstalled. The resync rides kopf's re-lists instead.
-    create(k8s, namespace, qwi("plain", {}))
+    create(k8s, namespace, "plain", {})
     wait_condition(k8s, namespace, "plain", "Ready", "True")
     reconciles = operator.metrics()
     time.sleep(2 * operator.resync_seconds + 1)

@@ -13,32 +13,26 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from conftest import wait_until
+from qwen_resources import condition, create, events_for, get, live_pods, patch_spec, wait_condition, wait_ready
 from support_production import (
     BF16_MODEL,
     FP8_MODEL,
     MAJOR_LABEL,
     PRODUCT_LABEL,
-    condition,
     container,
-    create,
     create_pvc,
     create_secret,
     delete_node_and_wait,
     deployment_or_none,
     env_of,
-    events_for,
     fake_gpu_node,
     gpu_nodes,
     gpus_in_use,
     mount_path,
     node_is_ready,
     node_labels,
-    patch_spec,
-    pods_of,
     pvcs_of,
     volume,
-    wait_condition,
-    wait_ready,
 )
 
 pytestmark = pytest.mark.cluster
@@ -57,7 +51,7 @@ def resync_window(operator) -> float:
 def test_cache_is_a_bound_pvc_per_resource_mounted_as_the_hf_cache(operator, k8s, namespace):
     create(k8s, namespace, "cached", {"model": {"source": {"cache": {"size": "7Gi"}}}})
     wait_ready(k8s, namespace, "cached")
-    owner_uid = client.CustomObjectsApi(k8s).get_namespaced_custom_object("inference.qwenops.io", "v1alpha1", namespace, "qweninferences", "cached")["metadata"]["uid"]
+    owner_uid = get(k8s, namespace, "cached")["metadata"]["uid"]
 
     (pvc,) = pvcs_of(k8s, namespace, "cached")
     assert pvc.metadata.name == "cached-model-cache"
@@ -67,7 +61,7 @@ def test_cache_is_a_bound_pvc_per_resource_mounted_as_the_hf_cache(operator, k8s
     # The claim is applied before the Deployment, so no pod ever met a missing claim.
     assert not [e.message for e in events_for(k8s, namespace, "cached") if e.reason == "Unschedulable"]
 
-    for pod in pods_of(k8s, namespace, "cached"):
+    for pod in live_pods(k8s, namespace, "cached"):
         assert volume(pod.spec, "model-cache").persistent_volume_claim.claim_name == "cached-model-cache"
         server = container(pod.spec)
         assert mount_path(server, "model-cache") == HF_CACHE_PATH
@@ -83,7 +77,7 @@ def test_a_shared_existing_claim_is_used_and_no_own_pvc_is_made(operator, k8s, n
     create(k8s, namespace, "second", spec)
     for name in ("first", "second"):
         wait_ready(k8s, namespace, name)
-        pods = pods_of(k8s, namespace, name)
+        pods = live_pods(k8s, namespace, name)
         assert pods and all(volume(p.spec, "model-cache").persistent_volume_claim.claim_name == "shared-cache" for p in pods)
         assert pvcs_of(k8s, namespace, name) == []
     claims = {c.metadata.name for c in client.CoreV1Api(k8s).list_namespaced_persistent_volume_claim(namespace).items}
@@ -93,7 +87,7 @@ def test_a_shared_existing_claim_is_used_and_no_own_pvc_is_made(operator, k8s, n
 def test_disabled_cache_downloads_into_an_empty_dir_without_a_pvc(operator, k8s, namespace):
     create(k8s, namespace, "nocache", {"model": {"source": {"cache": {"enabled": False, "size": "5Gi"}}}})
     wait_ready(k8s, namespace, "nocache")
-    (pod,) = pods_of(k8s, namespace, "nocache")
+    (pod,) = live_pods(k8s, namespace, "nocache")
     cache = volume(pod.spec, "model-cache")
     assert cache.persistent_volume_claim is None and cache.empty_dir.size_limit == "5Gi"
     assert mount_path(container(pod.spec), "model-cache") == HF_CACHE_PATH
@@ -105,7 +99,7 @@ def test_preloaded_pvc_is_the_model_source_without_download(operator, k8s, names
     create_pvc(k8s, namespace, "weights", size="10Gi", access_mode="ReadOnlyMany")
     create(k8s, namespace, "preloaded", {"model": {"source": {"pvc": {"claimName": "weights", "path": "qwen3/0.6b-fp8"}}}})
     wait_ready(k8s, namespace, "preloaded")
-    (pod,) = pods_of(k8s, namespace, "preloaded")
+    (pod,) = live_pods(k8s, namespace, "preloaded")
     server = container(pod.spec)
     assert server.args[0] == "/models/qwen3/0.6b-fp8"
     assert "--revision" not in server.args
@@ -131,7 +125,7 @@ def test_missing_existing_claim_blocks_until_it_is_created(operator, k8s, namesp
 
     create_pvc(k8s, namespace, "later-cache")
     wait_ready(k8s, namespace, "waiting", timeout=resync_window(operator))
-    (pod,) = pods_of(k8s, namespace, "waiting")
+    (pod,) = live_pods(k8s, namespace, "waiting")
     assert volume(pod.spec, "model-cache").persistent_volume_claim.claim_name == "later-cache"
     assert operator.process.poll() is None and operator.process.pid == pid  # the same operator, never restarted
 
@@ -143,7 +137,7 @@ def test_download_init_container_gets_the_hf_token_and_the_server_runs_offline(o
     create_secret(k8s, namespace, "hf-token", {"token": "hf_not_a_real_token"})
     create(k8s, namespace, "gated", {"model": {"revision": "v1.0", "source": {"tokenSecretRef": {"name": "hf-token", "key": "token"}}}})
     wait_ready(k8s, namespace, "gated")
-    (pod,) = pods_of(k8s, namespace, "gated")
+    (pod,) = live_pods(k8s, namespace, "gated")
     (download,) = pod.spec.init_containers
     assert download.name == "download-model"
     assert download.command == ["hf", "download", FP8_MODEL, "--revision", "v1.0"]
@@ -180,7 +174,7 @@ def test_api_key_comes_from_the_secret_and_probes_stay_on_health(operator, k8s, 
     create_secret(k8s, namespace, "qwen-keys", {"api-key": "sk-not-a-real-key"})
     create(k8s, namespace, "keyed", {"auth": {"apiKeySecretRef": {"name": "qwen-keys", "key": "api-key"}}})
     wait_ready(k8s, namespace, "keyed")
-    (pod,) = pods_of(k8s, namespace, "keyed")
+    (pod,) = live_pods(k8s, namespace, "keyed")
     server = container(pod.spec)
     key = env_of(server)["VLLM_API_KEY"]
     assert key.value is None
@@ -209,7 +203,7 @@ def test_pdb_exists_only_while_more_than_one_replica_is_wanted(operator, k8s, na
     (pdb,) = wait_until(lambda: pdbs(k8s, namespace, "budget"), resync_window(operator), "a PDB for 2 replicas")
     assert pdb.spec.max_unavailable == 1 and pdb.spec.min_available is None
     wait_ready(k8s, namespace, "budget")
-    pod_names = {p.metadata.name for p in pods_of(k8s, namespace, "budget")}
+    pod_names = {p.metadata.name for p in live_pods(k8s, namespace, "budget")}
     selected = client.CoreV1Api(k8s).list_namespaced_pod(namespace, label_selector=",".join(f"{k}={v}" for k, v in pdb.spec.selector.match_labels.items())).items
     assert {p.metadata.name for p in selected} == pod_names and len(pod_names) == 2
     wait_until(lambda: client.PolicyV1Api(k8s).read_namespaced_pod_disruption_budget("budget", namespace).status.disruptions_allowed == 1, 30, "the PDB to allow one disruption")
@@ -232,7 +226,7 @@ def test_rollout_keeps_every_replica_available_and_drains_in_time(operator, k8s,
     assert deployment.spec.strategy.type == "RollingUpdate"
     assert deployment.spec.strategy.rolling_update.max_unavailable == 0
 
-    for pod in pods_of(k8s, namespace, "rolling"):
+    for pod in live_pods(k8s, namespace, "rolling"):
         server = container(pod.spec)
         pre_stop = server.lifecycle.pre_stop.sleep.seconds
         shutdown = int(server.args[server.args.index("--shutdown-timeout") + 1])
@@ -265,7 +259,7 @@ def test_rollout_keeps_every_replica_available_and_drains_in_time(operator, k8s,
     finally:
         done.set()
         watcher.join(timeout=10)
-    assert all("128" in container(p.spec).args for p in pods_of(k8s, namespace, "rolling"))
+    assert all("128" in container(p.spec).args for p in live_pods(k8s, namespace, "rolling"))
     assert lowest["available"] == 4
 
 
@@ -287,7 +281,7 @@ def test_network_policy_only_when_enabled_and_pruned_when_disabled(operator, k8s
     patch_spec(k8s, namespace, "fenced", {"networkPolicy": {"enabled": True, "allowFrom": allow, "monitoringNamespace": "observability"}})
     (policy,) = wait_until(policies, resync_window(operator), "the NetworkPolicy")
     assert policy.spec.policy_types == ["Ingress"]
-    pod_labels = pods_of(k8s, namespace, "fenced")[0].metadata.labels
+    pod_labels = live_pods(k8s, namespace, "fenced")[0].metadata.labels
     assert policy.spec.pod_selector.match_labels.items() <= pod_labels.items()
 
     rules = [([p.to_dict() for p in rule._from], [(port.port, port.protocol) for port in rule.ports]) for rule in policy.spec.ingress]
@@ -324,7 +318,7 @@ def test_restricted_namespace_admits_the_pods(operator, k8s, namespace):
         assert d.status.ready_replicas == replicas
     assert failed_creates(k8s, namespace) == []
 
-    for pod in pods_of(k8s, namespace, "downloaded") + pods_of(k8s, namespace, "preloaded"):
+    for pod in live_pods(k8s, namespace, "downloaded") + live_pods(k8s, namespace, "preloaded"):
         assert pod.spec.security_context.run_as_non_root is True
         assert pod.spec.security_context.seccomp_profile.type == "RuntimeDefault"
         for c in pod.spec.containers + (pod.spec.init_containers or []):
@@ -391,7 +385,7 @@ def test_scheduling_fields_reach_the_pods(operator, k8s, namespace, priority_cla
         },
     })  # fmt: skip
     wait_ready(k8s, namespace, "placed")
-    pods = pods_of(k8s, namespace, "placed")
+    pods = live_pods(k8s, namespace, "placed")
     assert len(pods) == 3
     for pod in pods:
         spec = pod.spec
@@ -433,11 +427,11 @@ def fill_every_node_and_one_more(k8s, namespace: str, name: str, spec: dict, all
             90, "Ready=False Unschedulable for node affinity",
         )
     except AssertionError as error:
-        placed = sorted((p.metadata.name, p.spec.node_name) for p in pods_of(k8s, namespace, name))
+        placed = sorted((p.metadata.name, p.spec.node_name) for p in live_pods(k8s, namespace, name))
         raise AssertionError(f"{error}; Ready: {condition(k8s, namespace, name, 'Ready')}; pods on nodes: {placed}") from None
 
     def settled():
-        pods = pods_of(k8s, namespace, name)
+        pods = live_pods(k8s, namespace, name)
         scheduled = [p for p in pods if p.spec.node_name]
         pending = [p for p in pods if not p.spec.node_name]
         return (scheduled, pending) if len(pods) == replicas and pending and all(p.status.phase == "Running" for p in scheduled) else None
@@ -481,7 +475,7 @@ def test_fp8_model_pinned_to_t4_is_gpu_incompatible_and_never_rolled_out(operato
     wait_until(lambda: any(e.reason == "GPUIncompatible" and e.type == "Warning" for e in events_for(k8s, namespace, "oldgpu")), 30, "a GPUIncompatible event")
     time.sleep(2 * operator.resync_seconds + 1)  # resyncs pass and still roll nothing out
     assert deployment_or_none(k8s, namespace, "oldgpu") is None
-    assert pods_of(k8s, namespace, "oldgpu") == []
+    assert live_pods(k8s, namespace, "oldgpu") == []
 
     patch_spec(k8s, namespace, "oldgpu", {"resources": {"gpu": {"products": ["NVIDIA-L4"]}}})
     wait_ready(k8s, namespace, "oldgpu", timeout=resync_window(operator))
@@ -505,7 +499,7 @@ def test_fp8_model_on_a100_runs_but_is_degraded_weight_only(operator, k8s, names
     degraded = wait_condition(k8s, namespace, "ampere", "Degraded", "True", "GPUWithoutNativeFP8")
     assert "weight-only" in degraded["message"] and "NVIDIA-A100-SXM4-80GB" in degraded["message"]
     wait_ready(k8s, namespace, "ampere")  # a warning, not a block: it is deployed and serves
-    (pod,) = pods_of(k8s, namespace, "ampere")
+    (pod,) = live_pods(k8s, namespace, "ampere")
     assert pod.spec.node_name == a100_node
     assert condition(k8s, namespace, "ampere", "Degraded")["reason"] == "GPUWithoutNativeFP8"
     wait_until(lambda: any(e.reason == "GPUWithoutNativeFP8" and e.type == "Warning" for e in events_for(k8s, namespace, "ampere")), 30, "a GPUWithoutNativeFP8 event")

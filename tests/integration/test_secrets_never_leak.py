@@ -18,7 +18,8 @@ import pytest
 from kubernetes import client
 
 from conftest import start_operator, stop_operator, wait_until
-from support_production import create, create_secret, get, patch_spec, pods_of, raw_json, wait_condition, wait_ready
+from qwen_resources import create, get, live_pods, patch_spec, wait_condition, wait_ready
+from support_production import create_secret, raw_json
 
 pytestmark = pytest.mark.cluster
 
@@ -65,7 +66,7 @@ def test_api_key_and_hf_token_appear_only_in_their_secrets(operator, cluster, k8
         patch_spec(k8s, namespace, "guarded", {"replicas": 3, "networkPolicy": {"enabled": True}})
         wait_until(lambda: (get(k8s, namespace, "guarded").get("status") or {}).get("ready") == "3/3", 90, "3/3 ready")
 
-        crashing = pods_of(k8s, namespace, "guarded")[0].metadata.name
+        crashing = live_pods(k8s, namespace, "guarded")[0].metadata.name
         client.CoreV1Api(k8s).patch_namespaced_pod(crashing, namespace, {"metadata": {"labels": {"stage.qwenops.io/crash-loop": "true"}}})
         wait_condition(k8s, namespace, "guarded", "Degraded", "True", "CrashLoop")
         client.CoreV1Api(k8s).delete_namespaced_pod(crashing, namespace, grace_period_seconds=0)  # the fix: a fresh pod
