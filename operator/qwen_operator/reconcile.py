@@ -82,6 +82,7 @@ class ReconcileResult:
     pruned: list[str] = field(default_factory=list)
     status_written: bool = False
     outcome: str = "ok"  # ok | spec_error | blocked | apply_error
+    ready: tuple[str, str] = ("Unknown", "")  # the Ready condition's status and reason, for the metrics
 
 
 def owner_of(body: dict[str, Any]) -> Owner:
@@ -282,6 +283,8 @@ def reconcile(body: dict[str, Any], api: KubeApi, config: OperatorConfig, capabi
         observe(api, owner, spec, model, caps, observation, listed_deployment)
 
     new_status = status_lib.compute_status(owner, model.served_name if model else "", observation, previous_status, now_rfc3339())
+    ready = next(c for c in new_status["conditions"] if c["type"] == status_lib.READY)
+    result.ready = (ready["status"], ready["reason"])
     if status_lib.status_changed(previous_status, new_status):
         api.patch_status(kinds.QWEN_INFERENCE, owner.namespace, owner.name, new_status)
         result.status_written = True

@@ -133,9 +133,7 @@ def run_reconcile(namespace: str, name: str, memo: kopf.Memo, trigger: str) -> N
         finally:
             metrics.RECONCILES.labels(outcome).inc()
             metrics.RECONCILE_DURATION.observe(time.monotonic() - started)
-        ready = next((c for c in (memo.api.get(kinds.QWEN_INFERENCE, namespace, name) or body).get("status", {}).get("conditions", []) if c["type"] == "Ready"), None) if result.status_written else None
-        if ready is not None:
-            metrics.set_resource_ready(namespace, name, ready["status"], ready["reason"])
+        metrics.set_resource_ready(namespace, name, *result.ready)
 
 
 def post_event(api: KubeApi, body: dict[str, Any], type_: str, reason: str, message: str) -> None:
@@ -165,6 +163,8 @@ def post_event(api: KubeApi, body: dict[str, Any], type_: str, reason: str, mess
 def qwen_inference_event(type: str | None, name: str, namespace: str, memo: kopf.Memo, **_: Any) -> None:
     if type == "DELETED":
         metrics.set_resource_ready(namespace, name, None)
+        with memo.guard:
+            memo.locks.pop((namespace, name), None)
         return
     run_reconcile(namespace, name, memo, f"event {type or 'listed'}")
 
