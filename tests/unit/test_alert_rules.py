@@ -54,17 +54,6 @@ ALERT_NAMES = {
 }
 
 
-@pytest.fixture(scope="session")
-def promtool() -> str:
-    """promtool from PATH, installed by the project's script when missing."""
-    found = shutil.which("promtool")
-    if found is None:
-        subprocess.run([str(REPO / "hack" / "install-prometheus.sh")], check=True, timeout=900)
-        found = shutil.which("promtool")
-    assert found, "hack/install-prometheus.sh ran but promtool is still not on PATH"
-    return found
-
-
 def rules_file_content(spec: QwenInferenceSpec, budget: int, annotations: bool) -> dict[str, Any]:
     groups = build_prometheus_rule(OWNER, spec, SERVED_NAME, budget)["spec"]["groups"]
     if not annotations:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -187,15 +186,6 @@ def test_every_variable_a_query_uses_is_defined(dashboard: dict) -> None:
         used = set(re.findall(r"\$(\w+)", expr))
         assert used <= defined, f"{title}: undefined {used - defined}"
 
-
-@pytest.fixture(scope="session")
-def promtool() -> str:
-    found = shutil.which("promtool")
-    if found is None:
-        subprocess.run([str(REPO / "hack" / "install-prometheus.sh")], check=True, timeout=900)
-        found = shutil.which("promtool")
-    assert found, "hack/install-prometheus.sh ran but promtool is still not on PATH"
-    return found
 
 
 def test_every_dashboard_query_is_valid_promql(dashboard: dict, promtool: str, tmp_path: Path) -> None:
