@@ -23,9 +23,10 @@ from pathlib import Path
 
 from kubernetes import client, config
 
+from qwen_operator.k8s.client import WRITE_VERBS
+
 REPO = Path(__file__).resolve().parent.parent
 GROUP, VERSION, PLURAL = "inference.qwenops.io", "v1alpha1", "qweninferences"
-WRITE_VERBS = {"apply", "create", "patch", "patch_status", "delete"}
 
 
 def sh(*args: str) -> str:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from qwen_operator.k8s.client import WRITE_VERBS
 
 RECONCILES = Counter("qwen_operator_reconciles_total", "Reconciles of QwenInference resources, by result.", ["result"])
 RECONCILE_DURATION = Histogram(
@@ -22,16 +21,6 @@ def observe_request(verb: str, kind: str, code: int) -> None:
     API_REQUESTS.labels(verb, kind, str(code)).inc()
     if code == 0 or (code >= 400 and code != 404):
         API_ERRORS.labels(verb, kind, str(code)).inc()
-
-
-def write_requests() -> float:
-    """All write requests sent so far (apply, create, patch, delete), for tests and benchmarks."""
-    return sum(
-        sample.value
-        for metric in API_REQUESTS.collect()
-        for sample in metric.samples
-        if sample.name.endswith("_total") and sample.labels.get("verb") in WRITE_VERBS
-    )
 
 
 def set_resource_ready(namespace: str, name: str, ready: str | None, reason: str = "") -> None:

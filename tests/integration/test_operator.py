@@ -10,6 +10,7 @@ import yaml
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
+from qwen_operator.k8s.client import WRITE_VERBS
 from conftest import REPO, start_operator, stop_operator, wait_until
 from qwen_resources import GROUP, PLURAL, VERSION, condition, create, events_for, get, patch_spec, pods, wait_condition
 
@@ -150,7 +151,7 @@ def test_resync_of_an_unchanged_resource_makes_no_writes(operator, cluster, k8s,
         reads_after_first = watcher.requests({"get", "list"})
         time.sleep(3 * watcher.resync_seconds + 1)
         assert watcher.requests({"get", "list"}) > reads_after_first, "no resync happened during the observation window"
-        writes = watcher.requests({"apply", "create", "patch", "patch_status", "delete"})
+        writes = watcher.requests(set(WRITE_VERBS))
     finally:
         stop_operator(watcher)
     assert writes == 0, watcher.log_text()[-3000:]

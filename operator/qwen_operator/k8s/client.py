@@ -17,6 +17,7 @@ from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
 from kubernetes.client.rest import ApiException
 
+# The verbs of KubeApi that change the cluster, as counted in qwen_operator_api_requests_total.
 WRITE_VERBS = frozenset({"apply", "create", "delete", "patch", "patch_status"})
 
 
@@ -45,7 +46,6 @@ class Kind:
 
 QWEN_INFERENCE = Kind("inference.qwenops.io/v1alpha1", "QwenInference", "qweninferences")
 DEPLOYMENT = Kind("apps/v1", "Deployment", "deployments")
-REPLICA_SET = Kind("apps/v1", "ReplicaSet", "replicasets")
 SERVICE = Kind("v1", "Service", "services")
 POD = Kind("v1", "Pod", "pods")
 SECRET = Kind("v1", "Secret", "secrets")
@@ -61,7 +61,7 @@ PROMETHEUS_RULE = Kind("monitoring.coreos.com/v1", "PrometheusRule", "prometheus
 
 KINDS_BY_KEY: dict[tuple[str, str], Kind] = {
     (k.api_version, k.kind): k
-    for k in (QWEN_INFERENCE, DEPLOYMENT, REPLICA_SET, SERVICE, POD, SECRET, CONFIG_MAP, PVC, NODE, EVENT, PDB, NETWORK_POLICY, HPA, SERVICE_MONITOR, PROMETHEUS_RULE)
+    for k in (QWEN_INFERENCE, DEPLOYMENT, SERVICE, POD, SECRET, CONFIG_MAP, PVC, NODE, EVENT, PDB, NETWORK_POLICY, HPA, SERVICE_MONITOR, PROMETHEUS_RULE)
 }
 
 
