@@ -23,6 +23,7 @@ $(VENV_STAMP): requirements.lock pyproject.toml
 venv: $(VENV_STAMP)
 
 tools:
+	hack/install-node-packages.sh
 	hack/build-tools.sh all
 	hack/install-prometheus.sh
 

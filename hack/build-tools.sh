@@ -3,8 +3,12 @@
 # hack/versions.env, into ~/.cache/qwen-operator/bin/<name>-<version>/. Each binary is built once;
 # later calls find it in the cache and return at once.
 #
-#   hack/build-tools.sh [all|kubernetes|etcd|kwok|helm|prometheus-adapter|kind]...
+#   hack/build-tools.sh [all|cluster|node|kubernetes|etcd|kwok|helm|prometheus-adapter|kind|...]...
 #   hack/build-tools.sh path NAME      prints the cached path of one binary
+#
+# `node` is the real node's part (hack/cluster.sh, QWEN_REAL_NODE): kubelet and kube-proxy from the
+# same k8s.io/kubernetes module as the control plane, the pause binary compiled from that module's
+# build/pause/linux/pause.c, crictl, CoreDNS, and the fake GPU device plugin in hack/fake-gpu-plugin.
 set -euo pipefail
 
 HACK_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -26,6 +30,11 @@ bin_path() {
     helm) echo "$BIN_DIR/helm-$HELM_VERSION/helm" ;;
     prometheus-adapter) echo "$BIN_DIR/prometheus-adapter-$PROMETHEUS_ADAPTER_VERSION/adapter" ;;
     kind) echo "$BIN_DIR/kind-$KIND_VERSION/kind" ;;
+    kubelet|kube-proxy) echo "$BIN_DIR/kubernetes-node-$KUBERNETES_VERSION/$1" ;;
+    pause) echo "$BIN_DIR/pause-$KUBERNETES_VERSION/pause" ;;
+    crictl) echo "$BIN_DIR/crictl-$CRICTL_VERSION/crictl" ;;
+    coredns) echo "$BIN_DIR/coredns-$COREDNS_VERSION/coredns" ;;
+    fake-gpu-plugin) echo "$BIN_DIR/fake-gpu-plugin-$(fake_gpu_plugin_hash)/fake-gpu-plugin" ;;
     *) echo "unknown binary: $1" >&2; return 1 ;;
   esac
 }
@@ -38,12 +47,13 @@ install_dir() {
 }
 commit_dir() { rm -rf "$1"; mv "$2" "$1"; }
 
-build_kubernetes() {
-  local out=$BIN_DIR/kubernetes-$KUBERNETES_VERSION
-  if [[ -x $out/kube-apiserver && -x $out/kube-controller-manager && -x $out/kube-scheduler ]]; then return; fi
+# The wrapper module that builds commands of k8s.io/kubernetes: it requires the pinned version and
+# replaces each staging module (v0.0.0 in its go.mod) with the matching v0.X.Y release.
+kubernetes_wrapper_module() {
   local staging_version=v0.${KUBERNETES_VERSION#v1.}
   local mod=$BUILD_DIR/kubernetes-$KUBERNETES_VERSION
   mkdir -p "$mod"
+  [[ -f $mod/go.mod ]] && grep -q "require k8s.io/kubernetes $KUBERNETES_VERSION" "$mod/go.mod" && { echo "$mod"; return; }
   log "kubernetes $KUBERNETES_VERSION: writing wrapper module (staging modules => $staging_version)"
   local gomod_file
   gomod_file=$(mktemp)
@@ -59,6 +69,11 @@ build_kubernetes() {
     awk -v v="$staging_version" '$2=="v0.0.0" && $1 ~ /^k8s\.io\//{print "replace " $1 " => " $1 " " v}' "$gomod_file" | sort -u
   } >"$mod/go.mod"
   rm -f "$gomod_file"
+  echo "$mod"
+}
+
+# -ldflags that stamp the version: unstamped binaries report v0.0.0-master.
+kubernetes_ldflags() {
   local major=${KUBERNETES_VERSION#v}; major=${major%%.*}
   local minor=${KUBERNETES_VERSION#v*.}; minor=${minor%%.*}
   local date ld=""
@@ -67,12 +82,63 @@ build_kubernetes() {
     ld+=" -X $pkg.gitVersion=$KUBERNETES_VERSION -X $pkg.gitMajor=$major -X $pkg.gitMinor=$minor"
     ld+=" -X $pkg.gitTreeState=clean -X $pkg.gitCommit=module-proxy-$KUBERNETES_VERSION -X $pkg.buildDate=$date"
   done
-  local tmp; tmp=$(install_dir "$out")
-  for cmd in kube-apiserver kube-controller-manager kube-scheduler; do
+  echo "$ld"
+}
+
+build_kubernetes_commands() { # output-dir command...
+  local out=$1; shift
+  local cmd missing=0
+  for cmd in "$@"; do [[ -x $out/$cmd ]] || missing=1; done
+  ((missing)) || return 0
+  local mod ld tmp
+  mod=$(kubernetes_wrapper_module)
+  ld=$(kubernetes_ldflags)
+  tmp=$(install_dir "$out")
+  for cmd in "$@"; do
     log "kubernetes $KUBERNETES_VERSION: building $cmd (the first build takes many minutes)"
     (cd "$mod" && go build -mod=mod -trimpath -ldflags "-s -w $ld" -o "$tmp/$cmd" "k8s.io/kubernetes/cmd/$cmd")
   done
   commit_dir "$out" "$tmp"
+}
+
+build_kubernetes() {
+  build_kubernetes_commands "$BIN_DIR/kubernetes-$KUBERNETES_VERSION" kube-apiserver kube-controller-manager kube-scheduler
+}
+build_kubernetes_node() {
+  build_kubernetes_commands "$BIN_DIR/kubernetes-node-$KUBERNETES_VERSION" kubelet kube-proxy
+}
+
+# The pod sandbox's pause process, from the pinned module's own source, linked statically so that
+# the image needs nothing else (hack/images.sh packs it).
+build_pause() {
+  local out=$BIN_DIR/pause-$KUBERNETES_VERSION
+  [[ -x $out/pause ]] && return
+  local dir
+  dir=$(go mod download -json "k8s.io/kubernetes@$KUBERNETES_VERSION" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
+  [[ -f $dir/build/pause/linux/pause.c ]] || { echo "no build/pause/linux/pause.c in k8s.io/kubernetes@$KUBERNETES_VERSION" >&2; return 1; }
+  log "pause (k8s.io/kubernetes $KUBERNETES_VERSION): compiling"
+  local tmp; tmp=$(install_dir "$out")
+  gcc -Os -Wall -Werror -static -DVERSION="$KUBERNETES_VERSION" -o "$tmp/pause" "$dir/build/pause/linux/pause.c"
+  strip "$tmp/pause"
+  commit_dir "$out" "$tmp"
+}
+
+# The device plugin is this project's own module: its cache key is the hash of its files.
+fake_gpu_plugin_hash() { cat "$HACK_DIR"/fake-gpu-plugin/{go.mod,go.sum,main.go} | sha256sum | cut -c1-12; }
+build_fake_gpu_plugin() {
+  local out; out=$(dirname "$(bin_path fake-gpu-plugin)")
+  [[ -x $out/fake-gpu-plugin ]] && return
+  log "fake-gpu-plugin: building"
+  local tmp; tmp=$(install_dir "$out")
+  (cd "$HACK_DIR/fake-gpu-plugin" && go build -mod=readonly -trimpath -ldflags "-s -w" -o "$tmp/fake-gpu-plugin" .)
+  commit_dir "$out" "$tmp"
+}
+
+build_crictl() {
+  go_install crictl sigs.k8s.io/cri-tools/cmd/crictl "$CRICTL_VERSION" crictl "-X sigs.k8s.io/cri-tools/pkg/version.Version=$CRICTL_VERSION"
+}
+build_coredns() {
+  go_install coredns github.com/coredns/coredns "$COREDNS_VERSION" coredns
 }
 
 build_etcd() {
@@ -145,6 +211,15 @@ build_prometheus_adapter() {
   commit_dir "$out" "$tmp"
 }
 build_kind() { go_install kind sigs.k8s.io/kind "$KIND_VERSION" kind; }
+build_node() { build_pause; build_fake_gpu_plugin; build_crictl; build_coredns; build_kubernetes_node; }
+# `all` (make tools) builds the real node's part only where it could run: as root (with gcc for pause).
+build_node_if_possible() {
+  if [[ $(id -u) -ne 0 ]] || ! command -v gcc >/dev/null; then
+    log "skipping the real node's binaries (they need root and gcc; hack/cluster.sh runs without the real node)"
+    return
+  fi
+  build_node
+}
 
 main() {
   if [[ ${1:-} == path ]]; then bin_path "$2"; return; fi
@@ -154,7 +229,13 @@ main() {
   for t in "${targets[@]}"; do
     case "$t" in
       cluster) build_etcd; build_kwok; build_kubernetes ;;
-      all) build_etcd; build_kwok; build_kubernetes; build_helm; build_prometheus_adapter ;;
+      all) build_etcd; build_kwok; build_kubernetes; build_helm; build_prometheus_adapter; build_node_if_possible ;;
+      node) build_node ;;
+      kubelet|kube-proxy) build_kubernetes_node ;;
+      pause) build_pause ;;
+      crictl) build_crictl ;;
+      coredns) build_coredns ;;
+      fake-gpu-plugin) build_fake_gpu_plugin ;;
       kubernetes) build_kubernetes ;;
       etcd) build_etcd ;;
       kwok) build_kwok ;;

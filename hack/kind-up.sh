@@ -57,7 +57,12 @@ chmod 600 "$KUBECONFIG_FILE"
 log "building $OPERATOR_IMAGE (images/operator/Dockerfile)"
 docker build --file "$REPO/images/operator/Dockerfile" --tag "$OPERATOR_IMAGE" "$REPO"
 log "building $STANDIN_IMAGE (tests/standin/Dockerfile: a CPU stand-in for vLLM, not vLLM)"
-docker build --file "$REPO/tests/standin/Dockerfile" --tag "$STANDIN_IMAGE" "$REPO/tests/standin"
+# Its context is tests/standin plus vLLM's flag list, which the stand-in reads to refuse unknown flags.
+standin_context=$(mktemp -d)
+cp "$REPO/tests/standin/Dockerfile" "$REPO/tests/standin/vllm_standin.py" "$REPO/tests/standin/vllm" \
+  "$REPO/operator/qwen_operator/api/vllm_flags.yaml" "$standin_context/"
+docker build --file "$standin_context/Dockerfile" --tag "$STANDIN_IMAGE" "$standin_context"
+rm -rf "$standin_context"
 "$KIND" load docker-image --name "$CLUSTER_NAME" "$OPERATOR_IMAGE" "$STANDIN_IMAGE"
 
 # No GPU here: the node advertises nvidia.com/gpu the way the Kubernetes docs advertise an extended

@@ -1,6 +1,8 @@
-"""What can be checked of the kind stand-in image without Docker: its Dockerfile is hadolint-clean
+"""What can be checked of the stand-in image without a container: its Dockerfile is hadolint-clean
 and copies files that exist, and the stand-in it packs answers the exact command the operator
-gives the vLLM container of the e2e sample (run here on 127.0.0.1 instead of in a pod)."""
+gives the vLLM container of the e2e sample (run here on 127.0.0.1 instead of in a pod). The
+stand-in refuses flags the pinned vLLM does not know, so a flag the operator passes that vLLM
+renamed or removed fails here. tests/realnode runs the image itself."""
 
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ STANDIN_DIR = REPO / "tests" / "standin"
 DOCKERFILE = STANDIN_DIR / "Dockerfile"
 SAMPLE = Path(__file__).parent / "standin-sample.yaml"
 HADOLINT = REPO / ".venv" / "bin" / "hadolint"
+FLAGS_FILE = REPO / "operator" / "qwen_operator" / "api" / "vllm_flags.yaml"
 
 
 def sample_pod_containers() -> dict[str, dict]:
@@ -39,8 +42,9 @@ def test_standin_dockerfile_is_hadolint_clean_and_copies_existing_files():
     result = subprocess.run([str(HADOLINT), "--no-color", str(DOCKERFILE)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and not result.stdout.strip(), result.stdout + result.stderr
     copies = [line.split()[1:-1] for line in DOCKERFILE.read_text().splitlines() if line.startswith("COPY ")]
-    assert copies == [["vllm_standin.py", "vllm"]]
-    assert all((STANDIN_DIR / name).is_file() for name in copies[0])
+    assert copies == [["vllm_standin.py", "vllm", "vllm_flags.yaml"]]
+    # The context is this folder plus the operator's vLLM flag list (hack/images.sh, hack/kind-up.sh).
+    assert all((STANDIN_DIR / name).is_file() for name in copies[0][:2]) and FLAGS_FILE.is_file()
 
 
 def test_the_sample_runs_the_commands_the_image_provides():
@@ -58,16 +62,31 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_the_standin_answers_the_operators_vllm_command():
+def operator_command_here(tmp_path: Path, port: int) -> tuple[list[str], dict[str, str]]:
+    """The operator's vLLM command and environment, with the pod's address made loopback, its port a
+    free one and its volume paths (/scratch, /model-cache) folders under tmp_path."""
     server = next(c for c in sample_pod_containers().values() if c["command"][0] == "vllm")
     args = list(server["args"])
-    port = free_port()
-    # The pod's address becomes loopback and its port a free one; every other flag is the operator's.
     args[args.index("--host") + 1] = "127.0.0.1"
     args[args.index("--port") + 1] = str(port)
-    env = {**os.environ, **{e["name"]: e["value"] for e in server["env"] if "value" in e}}
-    process = subprocess.Popen([str(STANDIN_DIR / "vllm"), *server["command"][1:], *args, "--stand-in-max-seconds", "60"],
-                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    pod_env = {e["name"]: e["value"] for e in server["env"] if "value" in e}
+    for name, value in pod_env.items():
+        if value.startswith("/"):
+            pod_env[name] = str(tmp_path) + value
+    return [str(STANDIN_DIR / "vllm"), *server["command"][1:], *args], {**os.environ, **pod_env, "TMPDIR": str(tmp_path)}
+
+
+def test_a_flag_the_pinned_vllm_does_not_know_fails_the_command(tmp_path):
+    command, env = operator_command_here(tmp_path, free_port())
+    result = subprocess.run([*command, "--max-model-length", "8192"], env=env, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2 and "unrecognized arguments: --max-model-length" in result.stderr
+
+
+def test_the_standin_answers_the_operators_vllm_command(tmp_path):
+    port = free_port()
+    command, env = operator_command_here(tmp_path, port)
+    args = command[2:]
+    process = subprocess.Popen([*command, "--stand-in-max-seconds", "60"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 20
         while True:

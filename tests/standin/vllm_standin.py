@@ -1,5 +1,5 @@
-"""A stand-in for vLLM's OpenAI server, for tests: no model, no GPU, only the HTTP surface the
-operator, Prometheus and the autoscaler look at. It is NOT vLLM.
+"""A stand-in for vLLM's OpenAI server, for tests: no model, no GPU, only the HTTP surface and the
+process behaviour the operator, its probes, Prometheus and the autoscaler look at. It is NOT vLLM.
 
 Routes (as vLLM v0.19 serves them):
   GET  /health                  200 (or the status set through the control endpoint)
@@ -12,22 +12,43 @@ Routes (as vLLM v0.19 serves them):
                                 vllm:generation_tokens_total (counters),
                                 vllm:e2e_request_latency_seconds, vllm:time_to_first_token_seconds
                                 (histograms) and http_requests_total{handler,method,status}
-The API key (--api-key or VLLM_API_KEY) protects /v1/* only, as in vLLM.
+The API key (--api-key or VLLM_API_KEY) protects /v1/* only, as in vLLM; /health and /metrics stay open.
 
-Control endpoint, for tests (not part of vLLM):
+Like vLLM (`serve` only):
+  - it refuses command-line flags that vLLM (the version in vllm_flags.yaml, the operator's list)
+    does not know, with argparse's message and exit code 2; it accepts what vLLM's parser accepts
+    (--flag=value, underscores, unambiguous prefixes, short aliases, --no-<flag>, dotted JSON keys);
+  - it writes where vLLM writes before loading: the vLLM cache (VLLM_CACHE_ROOT, else
+    $XDG_CACHE_HOME/vllm, else ~/.cache/vllm), the Hugging Face home (HF_HOME, else
+    ~/.cache/huggingface), an IPC socket in the temp folder and a shared-memory segment in /dev/shm.
+    Any of those failing (a read-only root filesystem without the volumes) ends it with exit code 1;
+  - it "loads" for VLLM_STANDIN_LOAD_SECONDS (0) and only then listens, as vLLM binds its port after
+    loading the model;
+  - on SIGTERM it stops accepting connections and waits up to --shutdown-timeout for the requests
+    in flight, then exits.
+
+Fault switches, for tests (environment at start, or the control endpoint):
+  VLLM_STANDIN_CRASH_ON_START=N|always   exit 1 before listening on the first N starts (counted in the
+                                          vLLM cache folder, which survives container restarts), or always
+  VLLM_STANDIN_FAULT=hang|slow           hang: /health stays 200, completions never finish;
+                                          slow: completions take VLLM_STANDIN_SLOW_SECONDS (2)
+
+Control endpoint, for tests (not part of vLLM, no API key):
   PUT  /stand-in/queue?waiting=N[&running=M][&kv=F]   sets the gauges
   PUT  /stand-in/health?status=503                    makes /health answer that status
-  GET  /stand-in/state                                the current gauges as JSON
+  PUT  /stand-in/fault?mode=none|hang|slow|exit[&seconds=S][&crash_starts=N]
+                                                      sets the fault; exit ends the process now (exit
+                                                      code 1), after arranging N crashing starts
+  GET  /stand-in/state                                gauges, fault, requests in flight, uid, what it wrote
 
 Two ways to run it:
   vllm_standin.py serve MODEL [--port 8000] [--host H] [--served-model-name N] [--api-key K] [vLLM flags...]
-      one fake pod, as `vllm serve` is called (every flag it does not know, GPU ones included, is ignored);
-      tests/standin/vllm is a `vllm` executable that runs this. The host defaults to 127.0.0.1
-      (VLLM_STANDIN_HOST overrides it: an image for a kind cluster sets 0.0.0.0).
+      one fake pod, as `vllm serve` is called; tests/standin/vllm is a `vllm` executable that runs
+      this. The host defaults to 127.0.0.1 (VLLM_STANDIN_HOST overrides it: images set 0.0.0.0).
   vllm_standin.py pods --count N --served-model-name NAME [--ports-file PATH]
       N fake pods in one process, each on its own free port on 127.0.0.1; prints the ports as one
       JSON line ({"ports": [...]}) on stdout (and into --ports-file) once all listen.
-Both stop by themselves after --stand-in-max-seconds (default 7200).
+Both stop by themselves after --stand-in-max-seconds (default 7200), the stand-in's only own flag.
 """
 
 from __future__ import annotations
@@ -35,12 +56,23 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
+import socket
 import sys
+import tempfile
 import threading
 import time
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
+HERE = Path(__file__).resolve().parent
+# Next to this file in the image; in the repository, where the operator keeps it.
+FLAGS_FILE_CANDIDATES = (HERE / "vllm_flags.yaml", HERE.parent.parent / "operator" / "qwen_operator" / "api" / "vllm_flags.yaml")
+# Flags that take several values (nargs="+") in vLLM; every other valued flag takes one.
+MULTI_VALUE_FLAGS = {"--served-model-name", "--api-key", "--middleware", "--allowed-origins", "--allowed-methods", "--allowed-headers"}
+STAND_IN_FLAGS = {"--stand-in-max-seconds"}
 LATENCY_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0)
 TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
 CANNED_ANSWER = "stand-in"
@@ -83,6 +115,12 @@ class FakePod:
         self.e2e_latency = Histogram(LATENCY_BUCKETS)
         self.ttft = Histogram(TTFT_BUCKETS)
         self.created = int(time.time())
+        # Fault switches and process facts (see the module docstring).
+        self.fault = "none"
+        self.slow_seconds = 2.0
+        self.fault_changed = threading.Condition(self.lock)
+        self.in_flight = 0
+        self.facts: dict[str, object] = {}
 
     def count_http(self, handler: str, method: str, status: int) -> None:
         with self.lock:
@@ -115,7 +153,7 @@ class FakePod:
 
         with self.lock:
             family("vllm:num_requests_running", "gauge", "Number of requests in model execution batches.")
-            lines.append(f"vllm:num_requests_running{{{labels}}} {self.running}")
+            lines.append(f"vllm:num_requests_running{{{labels}}} {self.running + self.in_flight}")
             family("vllm:num_requests_waiting", "gauge", "Number of requests waiting to be processed.")
             lines.append(f"vllm:num_requests_waiting{{{labels}}} {self.waiting}")
             family("vllm:kv_cache_usage_perc", "gauge", "KV-cache usage. 1 means 100 percent usage.")
@@ -135,7 +173,7 @@ class FakePod:
         return "\n".join(lines) + "\n"
 
 
-def make_handler(pod: FakePod) -> type[BaseHTTPRequestHandler]:
+def make_handler(pod: FakePod, on_exit_fault=None) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         server_version = "vllm-stand-in"
 
@@ -153,57 +191,84 @@ def make_handler(pod: FakePod) -> type[BaseHTTPRequestHandler]:
             self._send(status, json.dumps(value).encode())
 
         def _authorized(self) -> bool:
+            # As vLLM's middleware: only /v1/* asks for the key.
+            if not urlsplit(self.path).path.startswith("/v1"):
+                return True
             return pod.api_key is None or self.headers.get("Authorization") == f"Bearer {pod.api_key}"
+
+        def _refuse_unauthorized(self, path: str, method: str) -> bool:
+            if self._authorized():
+                return False
+            pod.count_http(path, method, 401)
+            self._json(401, {"error": "Unauthorized"})
+            return True
 
         def do_GET(self) -> None:
             path = urlsplit(self.path).path
+            if self._refuse_unauthorized(path, "GET"):
+                return
             if path == "/health":
                 self._send(pod.health_status)
             elif path == "/metrics":
                 self._send(200, pod.metrics_text().encode(), "text/plain; version=0.0.4; charset=utf-8")
             elif path == "/v1/models":
-                if not self._authorized():
-                    self._json(401, {"error": "Unauthorized"})
-                else:
-                    self._json(200, {"object": "list", "data": [{
-                        "id": pod.served_name, "object": "model", "created": pod.created, "owned_by": "vllm",
-                        "root": pod.served_name, "parent": None, "max_model_len": pod.max_model_len,
-                    }]})
-                pod.count_http("/v1/models", "GET", 200 if self._authorized() else 401)
+                self._json(200, {"object": "list", "data": [{
+                    "id": pod.served_name, "object": "model", "created": pod.created, "owned_by": "vllm",
+                    "root": pod.served_name, "parent": None, "max_model_len": pod.max_model_len,
+                }]})
+                pod.count_http("/v1/models", "GET", 200)
             elif path == "/stand-in/state":
                 with pod.lock:
-                    self._json(200, {"waiting": pod.waiting, "running": pod.running, "kv": pod.kv_cache_usage, "health": pod.health_status})
+                    self._json(200, {
+                        "waiting": pod.waiting, "running": pod.running, "kv": pod.kv_cache_usage, "health": pod.health_status,
+                        "fault": pod.fault, "in_flight": pod.in_flight, **pod.facts,
+                    })
             else:
                 self._json(404, {"detail": "Not Found"})
 
+        def _wait_out_fault(self) -> None:
+            """hang: wait until the fault is cleared (a hung engine never answers); slow: take longer."""
+            with pod.lock:
+                while pod.fault == "hang":
+                    pod.fault_changed.wait()
+                delay = pod.slow_seconds if pod.fault == "slow" else 0.0
+            if delay:
+                time.sleep(delay)
+
         def do_POST(self) -> None:
             path = urlsplit(self.path).path
-            if path not in ("/v1/chat/completions", "/v1/completions"):
-                self._json(404, {"detail": "Not Found"})
-                return
             length = int(self.headers.get("Content-Length") or 0)
             try:
                 request = json.loads(self.rfile.read(length) or b"{}")
             except json.JSONDecodeError:
                 request = None
-            if not self._authorized():
-                pod.count_http(path, "POST", 401)
-                self._json(401, {"error": "Unauthorized"})
+            if self._refuse_unauthorized(path, "POST"):
+                return
+            if path not in ("/v1/chat/completions", "/v1/completions"):
+                self._json(404, {"detail": "Not Found"})
                 return
             if not isinstance(request, dict) or request.get("model") != pod.served_name:
                 pod.count_http(path, "POST", 404)
                 self._json(404, {"object": "error", "message": f"The model `{(request or {}).get('model')}` does not exist.", "code": 404})
                 return
-            prompt_tokens, completion_tokens = 8, 1
-            pod.record_completion(prompt_tokens, completion_tokens)
-            pod.count_http(path, "POST", 200)
-            usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens}
-            if path == "/v1/chat/completions":
-                choice = {"index": 0, "message": {"role": "assistant", "content": CANNED_ANSWER}, "finish_reason": "stop"}
-                self._json(200, {"id": "chatcmpl-stand-in", "object": "chat.completion", "created": int(time.time()), "model": pod.served_name, "choices": [choice], "usage": usage})
-            else:
-                choice = {"index": 0, "text": CANNED_ANSWER, "finish_reason": "stop"}
-                self._json(200, {"id": "cmpl-stand-in", "object": "text_completion", "created": int(time.time()), "model": pod.served_name, "choices": [choice], "usage": usage})
+            with pod.lock:
+                pod.in_flight += 1
+            try:
+                self._wait_out_fault()
+                prompt_tokens, completion_tokens = 8, 1
+                pod.record_completion(prompt_tokens, completion_tokens)
+                pod.count_http(path, "POST", 200)
+                usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens}
+                if path == "/v1/chat/completions":
+                    choice = {"index": 0, "message": {"role": "assistant", "content": CANNED_ANSWER}, "finish_reason": "stop"}
+                    self._json(200, {"id": "chatcmpl-stand-in", "object": "chat.completion", "created": int(time.time()), "model": pod.served_name, "choices": [choice], "usage": usage})
+                else:
+                    choice = {"index": 0, "text": CANNED_ANSWER, "finish_reason": "stop"}
+                    self._json(200, {"id": "cmpl-stand-in", "object": "text_completion", "created": int(time.time()), "model": pod.served_name, "choices": [choice], "usage": usage})
+            finally:
+                with pod.lock:
+                    pod.in_flight -= 1
+                    pod.fault_changed.notify_all()
 
         def do_PUT(self) -> None:
             url = urlsplit(self.path)
@@ -216,6 +281,21 @@ def make_handler(pod: FakePod) -> type[BaseHTTPRequestHandler]:
                         pod.kv_cache_usage = float(query.get("kv", pod.kv_cache_usage))
                 elif url.path == "/stand-in/health":
                     pod.health_status = int(query["status"])
+                elif url.path == "/stand-in/fault":
+                    mode = query["mode"]
+                    if mode not in ("none", "hang", "slow", "exit"):
+                        raise ValueError(f"unknown fault mode {mode!r}")
+                    if mode == "exit":
+                        if on_exit_fault is None:
+                            raise ValueError("exit is a fault of `serve` only")
+                        self._send(204)
+                        self.wfile.flush()
+                        on_exit_fault(int(query.get("crash_starts", 0)))
+                        return
+                    with pod.lock:
+                        pod.fault = mode
+                        pod.slow_seconds = float(query.get("seconds", pod.slow_seconds))
+                        pod.fault_changed.notify_all()
                 else:
                     self._json(404, {"detail": "Not Found"})
                     return
@@ -227,8 +307,8 @@ def make_handler(pod: FakePod) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-def start_pod(pod: FakePod, host: str, port: int) -> ThreadingHTTPServer:
-    server = ThreadingHTTPServer((host, port), make_handler(pod))
+def start_pod(pod: FakePod, host: str, port: int, on_exit_fault=None) -> ThreadingHTTPServer:
+    server = ThreadingHTTPServer((host, port), make_handler(pod, on_exit_fault))
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, name=f"stand-in-{server.server_address[1]}", daemon=True).start()
     return server
@@ -242,44 +322,296 @@ def stop_after(seconds: float) -> None:
         timer.start()
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="vllm", description="vLLM stand-in for tests (not vLLM)")
-    commands = parser.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("serve", help="one fake vLLM server, as `vllm serve MODEL` is called")
-    serve.add_argument("model")
-    # Loopback unless told otherwise: an image for a real cluster sets VLLM_STANDIN_HOST=0.0.0.0.
-    serve.add_argument("--host", default=os.environ.get("VLLM_STANDIN_HOST", "127.0.0.1"))
-    serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--served-model-name", nargs="+")
-    serve.add_argument("--api-key", default=os.environ.get("VLLM_API_KEY"))
-    serve.add_argument("--max-model-len", type=int, default=32768)
-    serve.add_argument("--stand-in-max-seconds", type=float, default=7200)
-    pods = commands.add_parser("pods", help="several fake pods, one port each, on 127.0.0.1")
-    pods.add_argument("--count", type=int, required=True)
-    pods.add_argument("--served-model-name", required=True)
-    pods.add_argument("--ports-file")
-    pods.add_argument("--stand-in-max-seconds", type=float, default=7200)
-    args, ignored = parser.parse_known_args(argv)
-    stop_after(args.stand_in_max_seconds)
+# ---- vLLM's command line --------------------------------------------------------------------------
 
-    if args.command == "serve":
-        served_name = args.served_model_name[0] if args.served_model_name else args.model
-        server = start_pod(FakePod(served_name, args.api_key, args.max_model_len), args.host, args.port)
-        note = f" (ignored flags: {' '.join(ignored)})" if ignored else ""
-        print(f"vLLM stand-in serving {served_name} on {args.host}:{server.server_address[1]}{note}", flush=True)
-    else:
-        servers = [start_pod(FakePod(args.served_model_name), "127.0.0.1", 0) for _ in range(args.count)]
-        line = json.dumps({"ports": [s.server_address[1] for s in servers]})
-        if args.ports_file:
-            with open(args.ports_file + ".tmp", "w") as f:
-                f.write(line + "\n")
-            os.replace(args.ports_file + ".tmp", args.ports_file)
-        print(line, flush=True)
+
+class UsageError(Exception):
+    """What vLLM's argparse would print before exiting with code 2."""
+
+
+@dataclass
+class VllmFlags:
+    """The flags of `vllm serve` at the pinned vLLM version (operator/qwen_operator/api/vllm_flags.yaml)."""
+
+    version: str
+    flags: set[str]
+    negatable: set[str]
+    aliases: dict[str, str]
+    removed: dict[str, str]
+
+    @classmethod
+    def load(cls, path: str | None = None) -> "VllmFlags":
+        import yaml  # the stand-in image has it (Debian's python3-yaml, or pip in the Dockerfile)
+
+        candidates = [Path(path)] if path else list(FLAGS_FILE_CANDIDATES)
+        found = next((p for p in candidates if p.is_file()), None)
+        if found is None:
+            raise SystemExit(f"vLLM stand-in: no vLLM flag list at {', '.join(map(str, candidates))}")
+        data = yaml.safe_load(found.read_text())
+        return cls(
+            version=str(data["vllm_version"]),
+            flags=set(data["flags"]),
+            negatable=set(data.get("negatable") or []),
+            aliases=dict(data.get("aliases") or {}),
+            removed=dict(data.get("removed") or {}),
+        )
+
+    def long_options(self) -> set[str]:
+        return self.flags | {"--no-" + flag[2:] for flag in self.negatable} | STAND_IN_FLAGS
+
+    def canonical(self, option: str) -> str:
+        """The long option an argv token names, as vLLM's parser resolves it (see vllm_flags.yaml)."""
+        known = self.long_options()
+        if option in known:
+            return option
+        if option in self.removed:
+            raise UsageError(f"unrecognized arguments: {option} ({self.removed[option]})")
+        # argparse's allow_abbrev: any unambiguous prefix of a long option.
+        matches = sorted(flag for flag in known if flag.startswith(option))
+        if len(matches) == 1:
+            return matches[0]
+        if len(matches) > 1:
+            raise UsageError(f"ambiguous option: {option} could match {', '.join(matches)}")
+        raise UsageError(f"unrecognized arguments: {option}")
+
+    def takes_no_value(self, option: str) -> bool:
+        return option in self.negatable or option.startswith("--no-") or option == "--help"
+
+    def parse(self, argv: list[str]) -> tuple[str | None, dict[str, list[str]]]:
+        """(the positional model, {canonical flag: values}) of `vllm serve ARGV`; UsageError as argparse."""
+        model: str | None = None
+        options: dict[str, list[str]] = {}
+        i = 0
+        while i < len(argv):
+            token = argv[i]
+            i += 1
+            if token.startswith("--") and len(token) > 2:
+                name, has_inline, inline = token.partition("=")
+                head, dot, _key = name.partition(".")
+                option = self.canonical(head.replace("_", "-"))
+            elif token.startswith("-") and len(token) > 1 and not _is_number(token):
+                name, has_inline, inline = token.partition("=")
+                head, dot, _key = name.partition(".")
+                if head.startswith("-O") and head != "-O":  # -O3 is --optimization-level 3
+                    head, has_inline, inline = "-O", "=", head[2:]
+                if head not in self.aliases:
+                    raise UsageError(f"unrecognized arguments: {token}")
+                option = self.aliases[head]
+            else:
+                if model is not None:
+                    raise UsageError(f"unrecognized arguments: {token}")
+                model = token
+                continue
+            if dot and option not in self.flags:
+                raise UsageError(f"unrecognized arguments: {token}")
+            if has_inline:
+                values = [inline]
+            elif self.takes_no_value(option):
+                values = []
+            else:
+                # The list has no types: a valued flag takes what follows up to the next option (a
+                # store_true flag such as --disable-log-stats is followed by one, or by nothing).
+                values = []
+                while i < len(argv) and (not argv[i].startswith("-") or _is_number(argv[i])):
+                    values.append(argv[i])
+                    i += 1
+                    if option not in MULTI_VALUE_FLAGS:
+                        break
+            options.setdefault(option, []).extend(values)
+        return model, options
+
+
+def _is_number(token: str) -> bool:
+    try:
+        float(token)
+        return True
+    except ValueError:
+        return False
+
+
+# ---- the process, as vLLM behaves -----------------------------------------------------------------
+
+
+def vllm_cache_root() -> Path:
+    if os.environ.get("VLLM_CACHE_ROOT"):
+        return Path(os.environ["VLLM_CACHE_ROOT"])
+    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(xdg) / "vllm"
+
+
+def hf_home() -> Path:
+    return Path(os.environ.get("HF_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "huggingface"))
+
+
+@dataclass
+class StartupWrites:
+    """What vLLM writes while starting, kept open (the IPC socket, the shared memory) until exit."""
+
+    paths: list[str] = field(default_factory=list)
+    ipc_socket: socket.socket | None = None
+    shared_memory: object | None = None
+
+    def close(self) -> None:
+        if self.ipc_socket is not None:
+            self.ipc_socket.close()
+            try:
+                os.unlink(self.paths[2])
+            except OSError:
+                pass
+        if self.shared_memory is not None:
+            self.shared_memory.close()
+            self.shared_memory.unlink()
+
+
+def write_where_vllm_writes() -> StartupWrites:
+    """The vLLM cache, the Hugging Face home, an IPC socket in the temp folder (vLLM's ZMQ sockets)
+    and a segment in /dev/shm. An OSError here is what a read-only root filesystem does to vLLM."""
+    from multiprocessing import shared_memory
+
+    writes = StartupWrites()
+    cache_file = vllm_cache_root() / "stand-in" / "compile-cache.json"
+    cache_file.parent.mkdir(parents=True, exist_ok=True)
+    cache_file.write_text("{}\n")
+    writes.paths.append(str(cache_file))
+    hub_lock = hf_home() / "hub" / ".locks" / "stand-in.lock"
+    hub_lock.parent.mkdir(parents=True, exist_ok=True)
+    hub_lock.write_text("")
+    writes.paths.append(str(hub_lock))
+    socket_path = os.path.join(tempfile.gettempdir(), f"vllm-stand-in-ipc-{os.getpid()}.sock")
+    writes.ipc_socket = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    writes.ipc_socket.bind(socket_path)
+    writes.paths.append(socket_path)
+    writes.shared_memory = shared_memory.SharedMemory(name=f"vllm_stand_in_{os.getpid()}", create=True, size=1 << 20)
+    writes.paths.append(f"/dev/shm/{writes.shared_memory.name}")
+    return writes
+
+
+def count_start() -> int:
+    """This start's number (1, 2, ...), kept in the vLLM cache folder, which outlives a container restart."""
+    counter = vllm_cache_root() / "stand-in" / "starts"
+    starts = int(counter.read_text() or 0) + 1 if counter.exists() else 1
+    counter.write_text(str(starts))
+    return starts
+
+
+def arrange_crashing_starts(current_start: int, count: int) -> None:
+    """The `count` starts after the current one crash (a marker in the vLLM cache folder)."""
+    (vllm_cache_root() / "stand-in" / "crash-until-start").write_text(str(current_start + count))
+
+
+def should_crash(starts: int) -> bool:
+    setting = os.environ.get("VLLM_STANDIN_CRASH_ON_START", "")
+    if setting == "always":
+        return True
+    if setting.isdigit() and starts <= int(setting):
+        return True
+    marker = vllm_cache_root() / "stand-in" / "crash-until-start"
+    return marker.exists() and starts <= int(marker.read_text() or 0)
+
+
+def serve(argv: list[str]) -> int:
+    flags = VllmFlags.load(os.environ.get("VLLM_STANDIN_FLAGS_FILE"))
+    try:
+        model, options = flags.parse(argv)
+        if model is None and "--model" in options:
+            model = options["--model"][-1]
+        if model is None:
+            raise UsageError("the following arguments are required: model_tag")
+    except UsageError as error:
+        print(f"usage: vllm serve [model_tag] [options]\nvllm serve: error: {error}", file=sys.stderr, flush=True)
+        return 2
+
+    def last(option: str, default: str | None = None) -> str | None:
+        return options[option][-1] if options.get(option) else default
+
+    max_seconds = float(last("--stand-in-max-seconds", "7200"))
+    stop_after(max_seconds)
+    host = last("--host", os.environ.get("VLLM_STANDIN_HOST", "127.0.0.1"))
+    port = int(last("--port", "8000"))
+    served_name = (options.get("--served-model-name") or [model])[0]
+    api_key = last("--api-key", os.environ.get("VLLM_API_KEY"))
+    shutdown_timeout = float(last("--shutdown-timeout", "0"))
+    print(f"vLLM stand-in (not vLLM; flags checked against vLLM {flags.version}) starting {model} as uid {os.getuid()}", flush=True)
+
+    try:
+        writes = write_where_vllm_writes()
+        starts = count_start()
+    except OSError as error:
+        print(f"vLLM stand-in: cannot write where vLLM writes: {error}", file=sys.stderr, flush=True)
+        return 1
+    if should_crash(starts):
+        print(f"vLLM stand-in: crashing on start {starts} (fault switch)", file=sys.stderr, flush=True)
+        writes.close()
+        return 1
+
+    load_seconds = float(os.environ.get("VLLM_STANDIN_LOAD_SECONDS", "0"))
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    if load_seconds > 0:
+        print(f"vLLM stand-in: loading for {load_seconds:g}s (not listening yet)", flush=True)
+        if stopping.wait(load_seconds):
+            writes.close()
+            return 0
+
+    pod = FakePod(served_name, api_key, int(last("--max-model-len", "32768")))
+    pod.fault = os.environ.get("VLLM_STANDIN_FAULT", "none")
+    pod.slow_seconds = float(os.environ.get("VLLM_STANDIN_SLOW_SECONDS", "2"))
+    pod.facts = {"uid": os.getuid(), "gid": os.getgid(), "start": starts, "written": writes.paths, "pid": os.getpid()}
+
+    def exit_now(crash_starts: int) -> None:
+        if crash_starts:
+            arrange_crashing_starts(starts, crash_starts)
+        print(f"vLLM stand-in: exiting now (fault switch; the next {crash_starts} starts crash)", file=sys.stderr, flush=True)
+        writes.close()
+        os._exit(1)
+
+    server = start_pod(pod, host, port, exit_now)
+    print(f"vLLM stand-in serving {served_name} on {host}:{server.server_address[1]}", flush=True)
+    stopping.wait()
+
+    # SIGTERM, as vLLM: no new connections, the requests in flight get up to --shutdown-timeout.
+    server.shutdown()
+    server.server_close()
+    deadline = time.monotonic() + shutdown_timeout
+    with pod.lock:
+        while pod.in_flight and time.monotonic() < deadline:
+            pod.fault_changed.wait(timeout=max(0.0, min(0.5, deadline - time.monotonic())))
+        left = pod.in_flight
+    print(f"vLLM stand-in: stopped on SIGTERM ({left} requests still in flight after the drain)", flush=True)
+    writes.close()
+    return 0
+
+
+def serve_pods(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="vllm_standin.py pods", description="several fake vLLM pods on 127.0.0.1 (not vLLM)")
+    parser.add_argument("--count", type=int, required=True)
+    parser.add_argument("--served-model-name", required=True)
+    parser.add_argument("--ports-file")
+    parser.add_argument("--stand-in-max-seconds", type=float, default=7200)
+    args = parser.parse_args(argv)
+    stop_after(args.stand_in_max_seconds)
+    servers = [start_pod(FakePod(args.served_model_name), "127.0.0.1", 0) for _ in range(args.count)]
+    line = json.dumps({"ports": [s.server_address[1] for s in servers]})
+    if args.ports_file:
+        with open(args.ports_file + ".tmp", "w") as f:
+            f.write(line + "\n")
+        os.replace(args.ports_file + ".tmp", args.ports_file)
+    print(line, flush=True)
     try:
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
         return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["serve"]:
+        return serve(argv[1:])
+    if argv[:1] == ["pods"]:
+        return serve_pods(argv[1:])
+    print("usage: vllm serve MODEL [vLLM flags] | vllm_standin.py pods --count N --served-model-name NAME (a stand-in, not vLLM)", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":
