@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 from prometheus_client import Counter, Gauge, Histogram
 
 
@@ -15,6 +17,7 @@ API_ERRORS = Counter("qwen_operator_api_errors_total", "Kubernetes API requests 
 MANAGED_RESOURCES = Gauge("qwen_operator_managed_resources", "QwenInference resources by the status and reason of their Ready condition.", ["ready", "reason"])
 
 _ready_by_resource: dict[tuple[str, str], tuple[str, str]] = {}
+_ready_lock = threading.Lock()  # workers set it concurrently; the gauge is rebuilt from the dict
 
 
 def observe_request(verb: str, kind: str, code: int) -> None:
@@ -25,13 +28,14 @@ def observe_request(verb: str, kind: str, code: int) -> None:
 
 def set_resource_ready(namespace: str, name: str, ready: str | None, reason: str = "") -> None:
     """Record (or with ready None, forget) one resource's Ready condition, and refresh the gauge."""
-    if ready is None:
-        _ready_by_resource.pop((namespace, name), None)
-    else:
-        _ready_by_resource[(namespace, name)] = (ready, reason)
-    counts: dict[tuple[str, str], int] = {}
-    for value in _ready_by_resource.values():
-        counts[value] = counts.get(value, 0) + 1
-    MANAGED_RESOURCES.clear()
-    for (status, why), count in counts.items():
-        MANAGED_RESOURCES.labels(status, why).set(count)
+    with _ready_lock:
+        if ready is None:
+            _ready_by_resource.pop((namespace, name), None)
+        else:
+            _ready_by_resource[(namespace, name)] = (ready, reason)
+        counts: dict[tuple[str, str], int] = {}
+        for value in _ready_by_resource.values():
+            counts[value] = counts.get(value, 0) + 1
+        MANAGED_RESOURCES.clear()
+        for (status, why), count in counts.items():
+            MANAGED_RESOURCES.labels(status, why).set(count)

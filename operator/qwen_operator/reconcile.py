@@ -12,6 +12,10 @@ Ready=False with a reason and an Event; nothing is retried in a loop and nothing
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -23,7 +27,7 @@ from pydantic import ValidationError
 
 from qwen_operator import status as status_lib
 from qwen_operator.api.errors import SpecError
-from qwen_operator.api.models import QwenInference, QwenInferenceSpec
+from qwen_operator.api.models import QwenInference, QwenInferenceSpec, name_problem
 from qwen_operator.builders import common
 from qwen_operator.builders.autoscaling import build_hpa
 from qwen_operator.builders.common import Owner
@@ -76,13 +80,28 @@ class CapabilityCache:
         return self._value
 
 
+# Annotation on every child: a hash of what the operator applied. A child is applied again when
+# the hash of the desired object differs (so a removed optional field is rolled out too, which a
+# field-by-field comparison of the desired object cannot see), or when it drifted from it.
+DESIRED_HASH_ANNOTATION = "qwenops.io/desired-hash"
+# The field manager that holds a Deployment's replicas for a moment while the HPA takes them over.
+HPA_HANDOVER_MANAGER = "qwen-operator-hpa-handover"
+# Kinds whose objects are deleted and made again when an apply is refused because of the live object
+# (an immutable field, a list entry edited by hand). Never the PVC: it holds the model cache.
+RECREATABLE_KINDS = frozenset({"Deployment", "Service", "PodDisruptionBudget", "NetworkPolicy", "HorizontalPodAutoscaler",
+                               "ConfigMap", "ServiceMonitor", "PrometheusRule"})
+APPLY_RETRY_SECONDS = 30.0  # a child that could not be applied is tried again this soon, not at the next resync
+
+
 @dataclass
 class ReconcileResult:
     applied: list[str] = field(default_factory=list)
     pruned: list[str] = field(default_factory=list)
+    recreated: list[str] = field(default_factory=list)
     status_written: bool = False
-    outcome: str = "ok"  # ok | spec_error | blocked | apply_error
+    outcome: str = "ok"  # ok | spec_error | blocked | apply_error | conflict
     ready: tuple[str, str] = ("Unknown", "")  # the Ready condition's status and reason, for the metrics
+    retry_after: float | None = None  # run again this soon: something failed that may pass
 
 
 def owner_of(body: dict[str, Any]) -> Owner:
@@ -152,17 +171,85 @@ def key(manifest: dict[str, Any]) -> tuple[str, str]:
     return manifest["kind"], manifest["metadata"]["name"]
 
 
+def desired_hash(manifest: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:20]
+
+
+def with_desired_hash(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The manifest with the hash of itself in its annotations."""
+    digest = desired_hash(manifest)
+    meta = dict(manifest["metadata"])
+    meta["annotations"] = {**(meta.get("annotations") or {}), DESIRED_HASH_ANNOTATION: digest}
+    return {**manifest, "metadata": meta}
+
+
 def owned_by(manifest: dict[str, Any], owner: Owner) -> bool:
-    return any(ref.get("uid") == owner.uid for ref in manifest["metadata"].get("ownerReferences", []))
+    """True when owner is the object's controller."""
+    return any(ref.get("uid") == owner.uid and ref.get("controller") for ref in manifest["metadata"].get("ownerReferences") or [])
 
 
-def plan(desired: list[dict[str, Any]], live: list[dict[str, Any]], owner: Owner) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(to apply, to delete): desired children that differ from live, and owned live children not desired."""
+def ownership(manifest: dict[str, Any]) -> str:
+    """Who controls a live object, in words, for a NameConflict message."""
+    refs = manifest["metadata"].get("ownerReferences") or []
+    controller = next((r for r in refs if r.get("controller")), None)
+    if controller is None:
+        return "it has no controlling owner (it was made by hand or by another tool)"
+    return f"it is controlled by {controller.get('kind')} {controller.get('name')} (uid {controller.get('uid')})"
+
+
+@dataclass
+class Plan:
+    """What to do with the children: each list holds manifests, each conflict a Problem naming the object."""
+
+    apply: list[dict[str, Any]] = field(default_factory=list)
+    delete: list[dict[str, Any]] = field(default_factory=list)
+    conflicts: list[status_lib.Problem] = field(default_factory=list)
+
+
+def plan(desired: list[dict[str, Any]], live: list[dict[str, Any]], owner: Owner) -> Plan:
+    """Desired children (with their hash annotation) that are missing, changed or drifted; owned live
+    children no longer desired; and desired names taken by an object this QwenInference does not
+    control, which are left alone."""
     live_by_key = {key(obj): obj for obj in live}
     wanted = {key(obj) for obj in desired}
-    to_apply = [obj for obj in desired if not is_subset(obj, live_by_key.get(key(obj)))]
-    to_delete = [obj for obj in live if key(obj) not in wanted and owned_by(obj, owner)]
-    return to_apply, to_delete
+    result = Plan()
+    for manifest in desired:
+        manifest = with_desired_hash(manifest)
+        current = live_by_key.get(key(manifest))
+        if current is not None and not owned_by(current, owner):
+            kind, name = key(manifest)
+            result.conflicts.append(status_lib.Problem(
+                "NameConflict",
+                f"{kind} {owner.namespace}/{name} already exists and {ownership(current)}; the operator never adopts, "
+                f"changes or deletes it. Rename the QwenInference or remove that {kind}",
+            ))
+            continue
+        live_hash = ((current or {}).get("metadata", {}).get("annotations") or {}).get(DESIRED_HASH_ANNOTATION)
+        if current is None or live_hash != manifest["metadata"]["annotations"][DESIRED_HASH_ANNOTATION] or not is_subset(manifest, current):
+            result.apply.append(manifest)
+    result.delete = [obj for obj in live if key(obj) not in wanted and owned_by(obj, owner)]
+    return result
+
+
+def owns_replicas(deployment: dict[str, Any], manager: str) -> bool:
+    """True when manager applied the Deployment's spec.replicas (server-side apply managedFields)."""
+    for entry in deployment.get("metadata", {}).get("managedFields") or []:
+        if entry.get("manager") == manager and entry.get("operation") == "Apply":
+            if "f:replicas" in ((entry.get("fieldsV1") or {}).get("f:spec") or {}):
+                return True
+    return False
+
+
+def hpa_handover(deployment: dict[str, Any]) -> dict[str, Any]:
+    """The apply that lets another manager hold spec.replicas at its live value, so the operator's
+    next apply (without replicas) does not reset them: the documented server-side apply handover."""
+    meta = deployment["metadata"]
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": meta["name"], "namespace": meta["namespace"]},
+        "spec": {"replicas": deployment.get("spec", {}).get("replicas", 1)},
+    }
 
 
 def gpu_warnings(model: ResolvedModel, pods: list[dict[str, Any]], nodes: dict[str, dict[str, Any]]) -> list[status_lib.Problem]:
@@ -191,12 +278,16 @@ def now_rfc3339() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def judge_spec(spec: QwenInferenceSpec) -> tuple[ResolvedModel, list[status_lib.Problem]]:
+def judge_spec(name: str, spec: QwenInferenceSpec) -> tuple[ResolvedModel, list[status_lib.Problem]]:
     """What only the operator can judge of a spec: the model (or SpecError) and non-blocking warnings.
 
-    An FP8 model pinned only to GPUs below compute capability 8.0 cannot run at all (blocking);
-    pinned to 8.0-8.8 it runs weight-only (a warning).
+    A name whose children would be invalid (admission refuses those; objects stored before that
+    rule existed are caught here). An FP8 model pinned only to GPUs below compute capability 8.0
+    cannot run at all (blocking); pinned to 8.0-8.8 it runs weight-only (a warning).
     """
+    problem = name_problem(name)
+    if problem is not None:
+        raise SpecError("InvalidName", problem)
     model = resolve_model(spec)
     products = spec.resources.gpu.products
     message = check_gpu_fp8(model, products)
@@ -208,8 +299,19 @@ def judge_spec(spec: QwenInferenceSpec) -> tuple[ResolvedModel, list[status_lib.
     return model, [status_lib.Problem("GPUWithoutNativeFP8", message)]
 
 
+def secret_value(secret: dict[str, Any], key_name: str) -> str | None:
+    """The decoded value of one key of a stored Secret (None when absent or not valid base64)."""
+    encoded = (secret.get("data") or {}).get(key_name)  # stringData is write-only: stored Secrets hold data
+    if encoded is None:
+        return None
+    try:
+        return base64.b64decode(encoded, validate=True).decode("utf-8", errors="replace")
+    except (binascii.Error, ValueError):
+        return None
+
+
 def check_references(api: KubeApi, owner: Owner, spec: QwenInferenceSpec) -> status_lib.Problem | None:
-    """A Secret or PVC the spec names that does not exist (yet): the rollout waits for it."""
+    """A Secret or PVC the spec names that does not exist (yet), or an unusable key: the rollout waits."""
     secret_refs = [("spec.model.source.tokenSecretRef", spec.model.source.token_secret_ref), ("spec.auth.apiKeySecretRef", spec.auth.api_key_secret_ref)]
     for path, ref in secret_refs:
         if ref is None:
@@ -217,8 +319,12 @@ def check_references(api: KubeApi, owner: Owner, spec: QwenInferenceSpec) -> sta
         secret = api.get(kinds.SECRET, owner.namespace, ref.name)
         if secret is None:
             return status_lib.Problem("SecretNotFound", f"{path}: Secret {ref.name} does not exist in namespace {owner.namespace}; create it and the rollout continues")
-        if ref.key not in (secret.get("data") or {}):  # stringData is write-only: stored Secrets hold data
+        value = secret_value(secret, ref.key)
+        if value is None:
             return status_lib.Problem("SecretKeyNotFound", f"{path}: Secret {ref.name} has no key {ref.key}")
+        if not value.strip():
+            # vLLM turns authentication off for an empty key: never roll that out.
+            return status_lib.Problem("SecretKeyEmpty", f"{path}: key {ref.key} of Secret {ref.name} is empty; put a non-empty value in it and the rollout continues")
     claims = [("spec.model.source.cache.existingClaim", spec.model.source.cache.existing_claim if spec.model.source.cache.enabled else None)]
     if spec.model.source.pvc is not None:
         claims.append(("spec.model.source.pvc.claimName", spec.model.source.pvc.claim_name))
@@ -229,7 +335,10 @@ def check_references(api: KubeApi, owner: Owner, spec: QwenInferenceSpec) -> sta
 
 
 def reconcile(body: dict[str, Any], api: KubeApi, config: OperatorConfig, capabilities: CapabilityCache, post_event) -> ReconcileResult:
-    """Reconciles one QwenInference (body as the API server sent it). post_event(type, reason, message)."""
+    """Reconciles one QwenInference (body as the API server sent it). post_event(type, reason, message).
+
+    Raises KubeError for failures that may pass (no answer, 429, 5xx): the caller retries with backoff.
+    """
     result = ReconcileResult()
     owner = owner_of(body)
     previous_status = body.get("status") or {}
@@ -238,7 +347,7 @@ def reconcile(body: dict[str, Any], api: KubeApi, config: OperatorConfig, capabi
     spec: QwenInferenceSpec | None = None
     try:
         spec = QwenInference.model_validate(body).spec
-        model, warnings = judge_spec(spec)
+        model, warnings = judge_spec(owner.name, spec)
         observation.warnings.extend(warnings)
     except ValidationError as error:
         observation.blocking = status_lib.Problem("InvalidSpec", "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())[:1000])
@@ -253,7 +362,7 @@ def reconcile(body: dict[str, Any], api: KubeApi, config: OperatorConfig, capabi
         if observation.blocking is not None:
             result.outcome = "blocked"
 
-    listed_deployment: dict[str, Any] | None = None  # the Deployment as listed, when this run left it alone
+    live: list[dict[str, Any]] = []
     if spec is not None and model is not None and observation.blocking is None:
         try:
             live = list_children(api, owner, caps)
@@ -265,22 +374,28 @@ def reconcile(body: dict[str, Any], api: KubeApi, config: OperatorConfig, capabi
             caps = capabilities.get()
             live = list_children(api, owner, caps)
         desired = desired_children(owner, spec, model, config, caps)
-        to_apply, to_delete = plan(desired, live, owner)
-        for manifest in to_apply:
-            try:
-                api.apply(manifest)
-                result.applied.append("/".join(key(manifest)))
-            except KubeError as error:
+        live += names_taken(api, owner, desired, live)
+        actions = plan(desired, live, owner)
+        observation.conflicts = actions.conflicts
+        if actions.conflicts:
+            result.outcome = "conflict"
+        live_by_key = {key(obj): obj for obj in live}
+        for manifest in actions.apply:
+            problem = apply_child(api, manifest, live_by_key.get(key(manifest)), spec, result)
+            if problem is not None:
                 result.outcome = "apply_error"
-                observation.warnings.append(status_lib.Problem("ApplyFailed", f"{manifest['kind']} {manifest['metadata']['name']}: {error.message}"[:1000]))
-        for manifest in to_delete:
+                result.retry_after = APPLY_RETRY_SECONDS
+                observation.apply_failures.append(problem)
+        for manifest in actions.delete:
             api.delete(kind_of(manifest), owner.namespace, manifest["metadata"]["name"], manifest["metadata"].get("uid"))
             result.pruned.append("/".join(key(manifest)))
-        if not any(m["kind"] == "Deployment" for m in to_apply):
-            listed_deployment = next((o for o in live if o["kind"] == "Deployment" and o["metadata"]["name"] == owner.name), None)
+        touched = {k for k in result.applied + result.recreated}
+        deployment_key = ("Deployment", owner.name)
+        if "/".join(deployment_key) not in touched:
+            observation.deployment = live_by_key.get(deployment_key)
 
     if spec is not None:
-        observe(api, owner, spec, model, caps, observation, listed_deployment)
+        observe(api, owner, spec, model, caps, observation)
 
     new_status = status_lib.compute_status(owner, model.served_name if model else "", observation, previous_status, now_rfc3339())
     ready = next(c for c in new_status["conditions"] if c["type"] == status_lib.READY)
@@ -295,6 +410,47 @@ def reconcile(body: dict[str, Any], api: KubeApi, config: OperatorConfig, capabi
     return result
 
 
+def apply_child(api: KubeApi, manifest: dict[str, Any], live: dict[str, Any] | None, spec: QwenInferenceSpec,
+                result: ReconcileResult) -> status_lib.Problem | None:
+    """Applies one child; None when it is now as desired, else the Problem that stops it.
+
+    Transient API failures propagate (the whole reconcile is retried). A refusal caused by the live
+    object (an immutable field, a list entry edited by hand) is repaired by deleting and making the
+    child again, but only when the desired object is valid on its own (a server-side dry run), so a
+    bad spec never costs a running child.
+    """
+    kind, name = key(manifest)
+    if kind == "Deployment" and live is not None and spec.autoscaling.enabled and owns_replicas(live, api.field_manager):
+        # Hand replicas over before the apply that leaves them out, or they would reset to 1.
+        api.apply(hpa_handover(live), field_manager=HPA_HANDOVER_MANAGER)
+    try:
+        api.apply(manifest)
+        result.applied.append(f"{kind}/{name}")
+        return None
+    except KubeError as error:
+        if error.transient:
+            raise
+        first_error = error
+    if live is not None and kind in RECREATABLE_KINDS and first_error.status in (409, 422):
+        try:
+            api.create_dry_run(kind_of(manifest), manifest["metadata"]["namespace"], manifest)
+        except KubeError as error:
+            if error.transient:
+                raise
+            return status_lib.Problem("ApplyFailed", f"{kind} {name} is invalid: {error.message}"[:1000])
+        log.info("recreating %s %s/%s: the API refused the apply because of the live object: %s", kind, live["metadata"]["namespace"], name, first_error.message)
+        api.delete(kind_of(manifest), live["metadata"]["namespace"], name, live["metadata"].get("uid"))
+        try:
+            api.apply(manifest)
+            result.recreated.append(f"{kind}/{name}")
+            return None
+        except KubeError as error:
+            if error.transient:
+                raise
+            first_error = error
+    return status_lib.Problem("ApplyFailed", f"{kind} {name} could not be applied: {first_error.message}"[:1000])
+
+
 def list_children(api: KubeApi, owner: Owner, caps: Capabilities) -> list[dict[str, Any]]:
     selector = f"app.kubernetes.io/managed-by={common.MANAGED_BY},app.kubernetes.io/instance={owner.name}"
     found = []
@@ -306,18 +462,45 @@ def list_children(api: KubeApi, owner: Owner, caps: Capabilities) -> list[dict[s
     return found
 
 
+def names_taken(api: KubeApi, owner: Owner, desired: list[dict[str, Any]], live: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Objects without the operator's labels that hold the name of a desired child not listed as live.
+
+    Only children not found by label are read (on creation, or when someone else made an object of
+    that name), so a steady state makes no extra reads.
+    """
+    listed = {key(obj) for obj in live}
+    found = []
+    for manifest in desired:
+        if key(manifest) in listed:
+            continue
+        obj = api.get(kind_of(manifest), owner.namespace, manifest["metadata"]["name"])
+        if obj is not None:
+            obj.setdefault("apiVersion", manifest["apiVersion"])
+            obj.setdefault("kind", manifest["kind"])
+            found.append(obj)
+    return found
+
+
 def observe(api: KubeApi, owner: Owner, spec: QwenInferenceSpec, model: ResolvedModel | None, caps: Capabilities,
-            observation: status_lib.Observation, listed_deployment: dict[str, Any] | None = None) -> None:
-    observation.deployment = listed_deployment or api.get(kinds.DEPLOYMENT, owner.namespace, owner.name)
+            observation: status_lib.Observation) -> None:
+    """Fills in what the status needs: the Deployment (only one this QwenInference controls), its
+    pods, the HPA, the nodes of FP8 pods and the monitoring condition."""
+    if observation.deployment is None:
+        observation.deployment = api.get(kinds.DEPLOYMENT, owner.namespace, owner.name)
+    if observation.deployment is not None and not owned_by(observation.deployment, owner):
+        observation.deployment = None  # someone else's Deployment of that name (a NameConflict): never its status
     observation.autoscaling_enabled = spec.autoscaling.enabled
     if spec.autoscaling.enabled:
-        observation.hpa = api.get(kinds.HPA, owner.namespace, owner.name)
+        hpa = api.get(kinds.HPA, owner.namespace, owner.name)
+        observation.hpa = hpa if hpa is not None and owned_by(hpa, owner) else None
         replicas = ((observation.deployment or {}).get("spec") or {}).get("replicas")
         observation.desired_replicas = replicas if replicas is not None else spec.autoscaling.min_replicas
     else:
         observation.desired_replicas = spec.replicas
     if observation.deployment is not None:
-        observation.pods = api.list(kinds.POD, owner.namespace, common.selector_string(owner))
+        # Only pods the operator's template made (managed-by), not someone else's pods with like labels.
+        selector = common.selector_string(owner) + f",app.kubernetes.io/managed-by={common.MANAGED_BY}"
+        observation.pods = api.list(kinds.POD, owner.namespace, selector)
         node_names = {p.get("spec", {}).get("nodeName") for p in observation.pods} - {None, ""}
         if model is not None and model.is_fp8 and node_names:
             observation.nodes = {n: node for n in node_names if (node := api.get(kinds.NODE, None, n)) is not None}
@@ -338,7 +521,7 @@ def event_for(condition: dict[str, Any]) -> tuple[str, str, str] | None:
     """The Event a condition transition deserves: Warnings for problems, Normal for recoveries."""
     type_, status, reason, message = condition["type"], condition["status"], condition["reason"], condition["message"]
     if type_ == status_lib.READY:
-        return ("Normal" if status == "True" else "Warning" if reason not in ("ModelLoading", "ModelDownloading", "ReplicasNotReady", "VolumePending") else "Normal", reason, message)
+        return ("Normal" if status == "True" or reason in status_lib.PROGRESS_REASONS else "Warning", reason, message)
     if type_ == status_lib.DEGRADED and status == "True":
         return ("Warning", reason, message)
     if type_ in (status_lib.MONITORING, status_lib.AUTOSCALING):

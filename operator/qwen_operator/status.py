@@ -19,6 +19,13 @@ SERVER_CONTAINER = "vllm"
 # A pod whose container restarted this often without becoming ready is called crash looping even
 # before the kubelet reports CrashLoopBackOff.
 CRASH_LOOP_RESTARTS = 3
+# Container waiting reasons that mean the container cannot start as configured (not a passing state).
+CONTAINER_START_FAILURES = frozenset({
+    "ImagePullBackOff", "ErrImagePull", "ErrImageNeverPull", "InvalidImageName", "ImageInspectError",
+    "CreateContainerConfigError", "CreateContainerError", "RunContainerError", "PreStartHookError", "PostStartHookError",
+})
+# Ready=False reasons that are steps of a normal rollout: their Events are Normal, not Warning.
+PROGRESS_REASONS = frozenset({"ModelLoading", "ModelDownloading", "ReplicasNotReady", "VolumePending", "RollingOut", "ScaledToZero"})
 
 
 @dataclass(frozen=True)
@@ -42,6 +49,8 @@ class Observation:
     autoscaling_enabled: bool = False
     monitoring_condition: tuple[str, str, str] | None = None  # (status, reason, message)
     blocking: Problem | None = None  # a spec/reference problem: nothing new was rolled out
+    conflicts: list[Problem] = field(default_factory=list)  # children whose names someone else's objects hold
+    apply_failures: list[Problem] = field(default_factory=list)  # children the API refused to bring to the desired state
     warnings: list[Problem] = field(default_factory=list)  # e.g. FP8 on a weight-only GPU
 
 
@@ -78,7 +87,7 @@ def pod_problems(pods: list[dict[str, Any]]) -> tuple[Problem | None, Problem | 
                     f"container {container['name']} in pod {name} keeps restarting ({waiting.get('reason', 'restarting')}{detail}); "
                     f"see kubectl logs {name} -c {container['name']} --previous",
                 )
-            elif waiting.get("reason") in ("ImagePullBackOff", "ErrImagePull", "CreateContainerConfigError", "InvalidImageName"):
+            elif waiting.get("reason") in CONTAINER_START_FAILURES:
                 crash = crash or Problem(waiting["reason"], f"container {container['name']} in pod {name}: {waiting.get('message', waiting['reason'])}")
         for container in status.get("containerStatuses", []):
             if container.get("name") == SERVER_CONTAINER and "running" in container.get("state", {}) and not container.get("started", True):
@@ -105,6 +114,33 @@ def merge_conditions(previous: list[dict[str, Any]], current: list[dict[str, Any
     return merged
 
 
+def rollout_complete(deployment: dict[str, Any] | None, desired: int) -> bool:
+    """The Deployment controller has seen the current template, and every replica runs it and is
+    ready, with no old pod left: updated = ready = available = replicas = desired."""
+    if deployment is None or desired <= 0:
+        return False
+    generation = deployment.get("metadata", {}).get("generation", 0)
+    status = deployment.get("status") or {}
+    if status.get("observedGeneration", 0) < generation:
+        return False
+    if ((deployment.get("spec") or {}).get("replicas", desired)) != desired:
+        return False
+    counts = [status.get(k, 0) for k in ("replicas", "updatedReplicas", "readyReplicas", "availableReplicas")]
+    return all(count == desired for count in counts)
+
+
+def deployment_failure(deployment: dict[str, Any] | None) -> Problem | None:
+    """What the Deployment itself reports as failing: ReplicaFailure (e.g. a missing PriorityClass or
+    a quota, copied up from its ReplicaSet) or a rollout past its progress deadline."""
+    for condition in ((deployment or {}).get("status") or {}).get("conditions", []):
+        if condition.get("type") == "ReplicaFailure" and condition.get("status") == "True":
+            return Problem("ReplicaFailure", f"the Deployment cannot create pods ({condition.get('reason', 'ReplicaFailure')}): {condition.get('message', '')}".strip())
+    for condition in ((deployment or {}).get("status") or {}).get("conditions", []):
+        if condition.get("type") == "Progressing" and condition.get("reason") == "ProgressDeadlineExceeded":
+            return Problem("ProgressDeadlineExceeded", condition.get("message", "the rollout did not finish in time"))
+    return None
+
+
 def compute_status(owner: Owner, served_model: str, observed: Observation, previous: dict[str, Any], now: str) -> dict[str, Any]:
     generation = owner.generation
     deployment_status = (observed.deployment or {}).get("status", {})
@@ -113,17 +149,15 @@ def compute_status(owner: Owner, served_model: str, observed: Observation, previ
     updated = deployment_status.get("updatedReplicas", 0)
     desired = observed.desired_replicas
     unschedulable, crash, loading = pod_problems(observed.pods)
-    deadline = next(
-        (c for c in deployment_status.get("conditions", []) if c.get("type") == "Progressing" and c.get("reason") == "ProgressDeadlineExceeded"),
-        None,
-    )
-    failure = observed.blocking or unschedulable or crash
-    if failure is None and deadline is not None:
-        failure = Problem("ProgressDeadlineExceeded", deadline.get("message", "the rollout did not finish in time"))
-    all_ready = desired > 0 and ready_replicas >= desired and updated >= desired and replicas <= desired + 1
+    # Most telling first: a spec or reference problem, a name held by someone else, a child the API
+    # refuses, then what the Deployment and its pods report.
+    failure = (observed.blocking or next(iter(observed.conflicts), None) or next(iter(observed.apply_failures), None)
+               or deployment_failure(observed.deployment) or unschedulable or crash)
+    stopped = observed.blocking or next(iter(observed.conflicts), None) or next(iter(observed.apply_failures), None)
+    all_ready = rollout_complete(observed.deployment, desired)
 
-    if observed.blocking is not None:
-        ready = _condition(READY, False, observed.blocking.reason, observed.blocking.message, generation)
+    if stopped is not None:
+        ready = _condition(READY, False, stopped.reason, stopped.message, generation)
     elif all_ready:
         ready = _condition(READY, True, "Ready", f"{ready_replicas}/{desired} replicas ready; serving {served_model}", generation)
     elif desired == 0:
@@ -132,11 +166,15 @@ def compute_status(owner: Owner, served_model: str, observed: Observation, previ
         ready = _condition(READY, False, failure.reason, failure.message, generation)
     elif loading is not None:
         ready = _condition(READY, False, loading.reason, loading.message, generation)
+    elif observed.deployment is not None and ready_replicas >= desired:
+        ready = _condition(READY, False, "RollingOut", f"rolling out the current spec: {updated}/{desired} replicas updated, {ready_replicas} ready, {replicas} running", generation)
     else:
         ready = _condition(READY, False, "ReplicasNotReady", f"{ready_replicas}/{desired} replicas ready", generation)
 
     if observed.blocking is not None:
         progressing = _condition(PROGRESSING, False, "Blocked", "fix the spec or the missing reference; nothing new was rolled out", generation)
+    elif stopped is not None:
+        progressing = _condition(PROGRESSING, False, stopped.reason, stopped.message, generation)
     elif all_ready:
         progressing = _condition(PROGRESSING, False, "Complete", "the rollout is complete", generation)
     elif failure is not None:
@@ -189,6 +227,28 @@ def autoscaling_condition(observed: Observation, generation: int) -> dict[str, A
         return _condition(AUTOSCALING, True, limited.get("reason", "ScalingLimited"), f"ScalingLimited: {limited.get('message', '')}", generation)
     active = hpa_conditions.get("ScalingActive", {})
     return _condition(AUTOSCALING, True, active.get("reason", "ScalingActive"), active.get("message", "the HPA is scaling on queue depth"), generation)
+
+
+def failure_status(owner: Owner, previous: dict[str, Any], problem: Problem, now: str) -> dict[str, Any]:
+    """The previous status with Ready=False and Degraded=True for a failure the reconcile could not
+    finish over (an API refusal, an unexpected error); counts and other conditions are kept as seen."""
+    generation = owner.generation
+    replaced = {
+        READY: _condition(READY, False, problem.reason, problem.message, generation),
+        DEGRADED: _condition(DEGRADED, True, problem.reason, problem.message, generation),
+    }
+    kept = [c for c in previous.get("conditions", []) if c.get("type") not in replaced]
+    conditions = merge_conditions(previous.get("conditions", []), list(replaced.values()), now) + kept
+    status = {
+        "observedGeneration": previous.get("observedGeneration"),
+        "conditions": conditions,
+        "replicas": previous.get("replicas", 0),
+        "readyReplicas": previous.get("readyReplicas", 0),
+        "ready": previous.get("ready", "0/0"),
+        "selector": common.selector_string(owner),
+        "endpoint": common.endpoint_url(owner),
+    }
+    return status
 
 
 def status_changed(previous: dict[str, Any], new: dict[str, Any]) -> bool:

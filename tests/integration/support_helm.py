@@ -233,9 +233,10 @@ def set_cluster_role_rules(cluster: Cluster, name: str, rules: list[dict[str, An
     cluster.kubectl("patch", "clusterrole", name, "--type=json", "-p", json.dumps(patch))
 
 
-def can_i(cluster: Cluster, release: Release, verb: str, resource: str, namespace: str) -> bool:
+def can_i(cluster: Cluster, release: Release, verb: str, resource: str, namespace: str, subresource: str | None = None) -> bool:
     """Whether the chart's ServiceAccount may `verb` `resource` in `namespace` (the API server's answer)."""
-    result = cluster.kubectl("auth", "can-i", verb, resource, "-n", namespace,
+    extra = [f"--subresource={subresource}"] if subresource else []
+    result = cluster.kubectl("auth", "can-i", verb, resource, *extra, "-n", namespace,
                              f"--as=system:serviceaccount:{release.namespace}:{release.fullname}", check=False)
     return result.stdout.strip() == "yes"
 

@@ -142,6 +142,7 @@ def test_sample_becomes_ready_with_the_operator_under_the_chart_service_account(
         assert owner == release.name, (crd, owner)
     # The ServiceAccount holds what the operator needs and not more.
     assert can_i(cluster, release, "patch", "deployments.apps", namespace)
+    assert can_i(cluster, release, "update", "qweninferences.inference.qwenops.io", namespace, subresource="finalizers")  # blockOwnerDeletion on OpenShift
     assert not can_i(cluster, release, "list", "secrets", namespace)
     assert not can_i(cluster, release, "create", "pods", namespace)
 
@@ -211,6 +212,7 @@ def test_namespaced_mode_reconciles_only_the_watched_namespace(cluster, k8s, ins
     # A Role in the watched namespace, nothing namespaced anywhere else.
     cluster.kubectl("get", "role", release.fullname, "-n", namespace)
     assert can_i(cluster, release, "patch", "deployments.apps", namespace)
+    assert can_i(cluster, release, "update", "qweninferences.inference.qwenops.io", namespace, subresource="finalizers")  # blockOwnerDeletion on OpenShift
     assert not can_i(cluster, release, "patch", "deployments.apps", other_namespace)
     assert not can_i(cluster, release, "list", "qweninferences.inference.qwenops.io", other_namespace)
 

@@ -30,10 +30,11 @@ MODES = {"default": [], "namespaced": NAMESPACED_MODE}
 # RBAC must change this table too, where a reviewer sees it. Measured, not guessed:
 # tests/integration/test_helm_install.py runs the operator under the chart's rules. Never `update`
 # (nothing is PUT); server-side apply is a PATCH, and one that creates needs `create` too.
-APPLIED = {"list", "create", "patch", "delete"}
+APPLIED = {"get", "list", "create", "patch", "delete"}
 NAMESPACED_GRANTS = {
     ("inference.qwenops.io", "qweninferences"): {"get", "list", "watch", "patch"},
     ("inference.qwenops.io", "qweninferences/status"): {"patch"},
+    ("inference.qwenops.io", "qweninferences/finalizers"): {"update"},
     ("apps", "deployments"): APPLIED | {"get", "watch"},
     ("", "persistentvolumeclaims"): APPLIED | {"get"},
     ("autoscaling", "horizontalpodautoscalers"): APPLIED | {"get"},

@@ -135,9 +135,14 @@ def test_every_spec_field_has_a_description(spec_schema: dict[str, Any]) -> None
 
 def test_optional_fields_are_plain_and_unset(spec_schema: dict[str, Any]) -> None:
     image = node_at(spec_schema, "engine.image")
-    assert image == {"type": "string", "maxLength": 512, "description": image["description"]}
+    assert image == {"type": "string", "minLength": 1, "maxLength": 512, "pattern": r"^[^\s]+$", "description": image["description"]}
     assert "default" not in node_at(spec_schema, "model.maxModelLen")
-    assert node_at(spec_schema, "scheduling.affinity")["x-kubernetes-preserve-unknown-fields"] is True
+    # Pass-through pod fields carry Kubernetes' own schema (hack/gen-k8s-schemas.py), not "anything".
+    affinity = node_at(spec_schema, "scheduling.affinity")
+    assert "x-kubernetes-preserve-unknown-fields" not in affinity
+    assert set(affinity["properties"]) == {"nodeAffinity", "podAffinity", "podAntiAffinity"}
+    spread = node_at(spec_schema, "scheduling.topologySpreadConstraints")["items"]
+    assert set(spread["required"]) == {"maxSkew", "topologyKey", "whenUnsatisfiable"}
     assert node_at(spec_schema, "networkPolicy")["properties"]["allowFrom"]["items"]["properties"]["podSelector"]["additionalProperties"] == {
         "type": "string"
     }

@@ -9,7 +9,9 @@ from qwen_operator.api.models import QwenInferenceSpec
 from qwen_operator.builders.common import Owner
 from qwen_operator.catalog import resolve_model
 from qwen_operator.config import OperatorConfig
-from qwen_operator.reconcile import Capabilities, desired_children, event_for, is_subset, plan
+from qwen_operator.reconcile import (
+    DESIRED_HASH_ANNOTATION, Capabilities, desired_children, event_for, hpa_handover, is_subset, owns_replicas, plan, with_desired_hash,
+)
 
 OWNER = Owner(name="chat", namespace="team-a", uid="uid-1", generation=3)
 NOW, LATER = "2026-01-01T00:00:00Z", "2026-01-01T00:05:00Z"
@@ -61,34 +63,82 @@ def test_autoscaling_hands_replicas_to_the_hpa():
 
 
 def as_live(manifest: dict, uid: str = OWNER.uid) -> dict:
+    """manifest as the API server would store it after the operator applied it."""
+    manifest = with_desired_hash(manifest)
     live = {**manifest, "metadata": {**manifest["metadata"], "uid": "child", "resourceVersion": "7"}, "status": {}}
     live["metadata"]["ownerReferences"] = [{**manifest["metadata"]["ownerReferences"][0], "uid": uid}]
     return live
 
 
+def kinds_in(manifests: list[dict]) -> list[str]:
+    return [c["kind"] for c in manifests]
+
+
 def test_plan_applies_only_what_differs_and_prunes_only_what_it_owns():
     desired = built({"replicas": 2})
     live = [as_live(c) for c in desired]
-    assert plan(desired, live, OWNER) == ([], [])
+    assert plan(desired, live, OWNER).apply == [] and plan(desired, live, OWNER).delete == []
 
     changed = built({"replicas": 3})
-    to_apply, to_delete = plan(changed, live, OWNER)
-    assert [c["kind"] for c in to_apply] == ["Deployment"] and to_delete == []
+    actions = plan(changed, live, OWNER)
+    assert kinds_in(actions.apply) == ["Deployment"] and actions.delete == []
+    assert actions.apply[0]["metadata"]["annotations"][DESIRED_HASH_ANNOTATION]
 
     fewer = built({"replicas": 1})
-    to_apply, to_delete = plan(fewer, live, OWNER)
-    assert [c["kind"] for c in to_delete] == ["PodDisruptionBudget"]
+    assert kinds_in(plan(fewer, live, OWNER).delete) == ["PodDisruptionBudget"]
 
+
+def test_plan_rolls_out_a_removed_optional_field():
+    """The desired object without tolerations is a subset of the live one with them: only the hash sees it."""
+    with_tolerations = built({"scheduling": {"tolerations": [{"key": "gpu", "operator": "Exists"}], "priorityClassName": "high"}})
+    live = [as_live(c) for c in with_tolerations]
+    without = built({})
+    deployment = next(c for c in without if c["kind"] == "Deployment")
+    assert is_subset(deployment, next(c for c in live if c["kind"] == "Deployment"))  # why a field diff is not enough
+    assert kinds_in(plan(without, live, OWNER).apply) == ["Deployment"]
+
+
+def test_plan_never_touches_an_object_it_does_not_control():
+    desired = built({"replicas": 2})
+    service = next(c for c in desired if c["kind"] == "Service")
+    users_service = {**service, "metadata": {"name": service["metadata"]["name"], "namespace": "team-a", "uid": "theirs"}}
+    other_owner = as_live(next(c for c in desired if c["kind"] == "Deployment"), uid="someone-else")
+    live = [as_live(c) for c in desired if c["kind"] not in ("Service", "Deployment")] + [users_service, other_owner]
+    actions = plan(desired, live, OWNER)
+    assert "Service" not in kinds_in(actions.apply) and "Deployment" not in kinds_in(actions.apply)
+    assert [p.reason for p in actions.conflicts] == ["NameConflict", "NameConflict"]
+    messages = " ".join(p.message for p in actions.conflicts)
+    assert "Service team-a/chat" in messages and "no controlling owner" in messages and "someone-else" in messages
+    assert actions.delete == []
+    # Owned by another QwenInference and no longer wanted: never pruned.
     strangers = [as_live(c, uid="someone-else") for c in desired if c["kind"] == "PodDisruptionBudget"]
-    assert plan(fewer, [as_live(c) for c in fewer] + strangers, OWNER)[1] == []
+    fewer = built({"replicas": 1})
+    assert plan(fewer, [as_live(c) for c in fewer] + strangers, OWNER).delete == []
+
+
+def test_hpa_handover_keeps_the_live_replicas_under_another_manager():
+    live = {"metadata": {"name": "chat", "namespace": "team-a", "managedFields": [
+        {"manager": "qwen-operator", "operation": "Apply", "fieldsV1": {"f:spec": {"f:replicas": {}, "f:template": {}}}},
+    ]}, "spec": {"replicas": 3}}
+    assert owns_replicas(live, "qwen-operator")
+    assert not owns_replicas(live, "someone")
+    assert hpa_handover(live) == {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "chat", "namespace": "team-a"}, "spec": {"replicas": 3}}
+    handed_over = {"metadata": {"managedFields": [{"manager": "qwen-operator", "operation": "Apply", "fieldsV1": {"f:spec": {"f:template": {}}}}]}}
+    assert not owns_replicas(handed_over, "qwen-operator")
 
 
 def pod(name: str, **status) -> dict:
     return {"metadata": {"name": name}, "spec": {"nodeName": "n1"}, "status": status}
 
 
-def deployment(replicas: int, ready: int, updated: int | None = None) -> dict:
-    return {"status": {"replicas": replicas, "readyReplicas": ready, "updatedReplicas": replicas if updated is None else updated}}
+def deployment(replicas: int, ready: int, updated: int | None = None, *, generation: int = 2, observed: int = 2,
+               spec_replicas: int | None = None, conditions: list[dict] | None = None) -> dict:
+    return {
+        "metadata": {"generation": generation},
+        "spec": {"replicas": replicas if spec_replicas is None else spec_replicas},
+        "status": {"observedGeneration": observed, "replicas": replicas, "readyReplicas": ready, "availableReplicas": ready,
+                   "updatedReplicas": replicas if updated is None else updated, "conditions": conditions or []},
+    }
 
 
 def conditions(observation: status_lib.Observation, previous: dict | None = None, now: str = NOW) -> dict[str, dict]:
@@ -116,7 +166,25 @@ DOWNLOADING = pod("p1", initContainerStatuses=[{"name": "download-model", "resta
         (status_lib.Observation(desired_replicas=0, deployment=deployment(0, 0)), "False", "ScaledToZero", "False"),
         (status_lib.Observation(desired_replicas=1, blocking=status_lib.Problem("UnknownModel", "set maxModelLen")), "False", "UnknownModel", "True"),
         # Rolling update: the old replica set still serves, but not everything is updated yet.
-        (status_lib.Observation(desired_replicas=2, deployment=deployment(3, 2, updated=1)), "False", "ReplicasNotReady", "False"),
+        (status_lib.Observation(desired_replicas=2, deployment=deployment(3, 2, updated=1)), "False", "RollingOut", "False"),
+        # A 1-replica rollout: the old pod serves while the new one loads.
+        (status_lib.Observation(desired_replicas=1, deployment=deployment(2, 1, updated=1, spec_replicas=1), pods=[LOADING]), "False", "ModelLoading", "False"),
+        # All counts fine, but the Deployment controller has not seen the new template yet.
+        (status_lib.Observation(desired_replicas=1, deployment=deployment(1, 1, generation=3, observed=2)), "False", "RollingOut", "False"),
+        # The last old pod is still terminating-but-counted: not complete.
+        (status_lib.Observation(desired_replicas=2, deployment=deployment(3, 3, updated=2, spec_replicas=2)), "False", "RollingOut", "False"),
+        # What the Deployment says fails (e.g. a missing PriorityClass) is the reason.
+        (status_lib.Observation(desired_replicas=1, deployment=deployment(0, 0, conditions=[
+            {"type": "ReplicaFailure", "status": "True", "reason": "FailedCreate", "message": 'pods "x" is forbidden: no PriorityClass with name high was found'}])),
+         "False", "ReplicaFailure", "True"),
+        (status_lib.Observation(desired_replicas=1, deployment=deployment(1, 0), pods=[pod("p1", containerStatuses=[
+            {"name": "vllm", "restartCount": 0, "ready": False, "state": {"waiting": {"reason": "CreateContainerError", "message": "no such file"}}}])]),
+         "False", "CreateContainerError", "True"),
+        # A child the API refuses, or a name someone else holds: Ready says so even when the pods are fine.
+        (status_lib.Observation(desired_replicas=1, deployment=deployment(1, 1), apply_failures=[status_lib.Problem("ApplyFailed", "Service chat: 422")]),
+         "False", "ApplyFailed", "True"),
+        (status_lib.Observation(desired_replicas=1, deployment=deployment(1, 1), conflicts=[status_lib.Problem("NameConflict", "Service x")]),
+         "False", "NameConflict", "True"),
     ],
 )
 def test_conditions_from_what_was_observed(observation, ready, reason, degraded):
@@ -180,8 +248,35 @@ def test_judge_spec_blocks_fp8_only_where_it_cannot_run(products, outcome):
 
     spec = QwenInferenceSpec.model_validate({"resources": {"gpu": {"products": products}}})
     try:
-        _, warnings = judge_spec(spec)
+        _, warnings = judge_spec("chat", spec)
     except SpecError as error:
         assert error.reason == outcome == "GPUIncompatible"
         return
     assert [w.reason for w in warnings] == ([outcome] if outcome else [])
+
+
+@pytest.mark.parametrize(
+    "name, reason",
+    [("chat", None), ("a" * 56, None), ("a" * 57, "InvalidName"), ("chat.v2", "InvalidName"), ("1chat", "InvalidName"), ("Chat", "InvalidName")],
+)
+def test_judge_spec_refuses_names_whose_children_would_be_invalid(name, reason):
+    from qwen_operator.api.errors import SpecError
+    from qwen_operator.reconcile import judge_spec
+
+    try:
+        judge_spec(name, QwenInferenceSpec())
+        found = None
+    except SpecError as error:
+        found = error.reason
+    assert found == reason
+
+
+def test_failure_status_keeps_counts_and_says_why():
+    healthy = status_lib.compute_status(OWNER, "m", status_lib.Observation(desired_replicas=1, deployment=deployment(1, 1)), {}, NOW)
+    failed = status_lib.failure_status(OWNER, healthy, status_lib.Problem("APIUnavailable", "503 x5"), LATER)
+    by_type = {c["type"]: c for c in failed["conditions"]}
+    assert (by_type["Ready"]["status"], by_type["Ready"]["reason"]) == ("False", "APIUnavailable")
+    assert (by_type["Degraded"]["status"], by_type["Degraded"]["reason"]) == ("True", "APIUnavailable")
+    assert by_type["Progressing"] == next(c for c in healthy["conditions"] if c["type"] == "Progressing")
+    assert failed["readyReplicas"] == 1 and status_lib.status_changed(healthy, failed)
+    assert not status_lib.status_changed(failed, status_lib.failure_status(OWNER, failed, status_lib.Problem("APIUnavailable", "503 x5"), LATER))

@@ -60,8 +60,14 @@ It renders a YAML list with a leading newline: use it as `... | trim | nindent 2
 - apiGroups: ["inference.qwenops.io"]
   resources: ["qweninferences/status"]
   verbs: ["patch"]
-# The children: listed (to find what to prune), applied, pruned. kopf watches the Deployments; the
-# reconcile reads the Deployment, the HPA and a cache claim the spec names.
+# Owner references with blockOwnerDeletion need update on the owner's finalizers where the
+# OwnerReferencesPermissionEnforcement admission plugin runs (OpenShift).
+- apiGroups: ["inference.qwenops.io"]
+  resources: ["qweninferences/finalizers"]
+  verbs: ["update"]
+# The children: listed (to find what to prune), applied, pruned; read by name before the first apply
+# (an object of that name made by someone else is a NameConflict, never taken over). kopf watches
+# the Deployments; the reconcile reads the Deployment, the HPA and a cache claim the spec names.
 - apiGroups: ["apps"]
   resources: ["deployments"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
@@ -73,16 +79,16 @@ It renders a YAML list with a leading newline: use it as `... | trim | nindent 2
   verbs: ["get", "list", "create", "patch", "delete"]
 - apiGroups: [""]
   resources: ["services", "configmaps"]
-  verbs: ["list", "create", "patch", "delete"]
+  verbs: ["get", "list", "create", "patch", "delete"]
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
-  verbs: ["list", "create", "patch", "delete"]
+  verbs: ["get", "list", "create", "patch", "delete"]
 - apiGroups: ["networking.k8s.io"]
   resources: ["networkpolicies"]
-  verbs: ["list", "create", "patch", "delete"]
+  verbs: ["get", "list", "create", "patch", "delete"]
 - apiGroups: ["monitoring.coreos.com"]
   resources: ["servicemonitors", "prometheusrules"]
-  verbs: ["list", "create", "patch", "delete"]
+  verbs: ["get", "list", "create", "patch", "delete"]
 # Observed only: the vLLM pods (kopf watches them), and the Secrets a spec refers to (it checks
 # that they exist and hold the key; never listed, so no Secret it was not pointed at is read).
 - apiGroups: [""]

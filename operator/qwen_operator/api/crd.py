@@ -21,7 +21,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import GenerateJsonSchema, NoDefault
 from pydantic_core import core_schema
 
-from qwen_operator.api.models import GROUP, KIND, PLURAL, SHORT_NAMES, SINGULAR, VERSION, QwenInferenceSpec, QwenInferenceStatus
+from qwen_operator.api.models import GROUP, KIND, NAME_RULES, PLURAL, SHORT_NAMES, SINGULAR, VERSION, QwenInferenceSpec, QwenInferenceStatus
 
 CRD_NAME = f"{PLURAL}.{GROUP}"
 CRD_FILE_NAME = f"{GROUP}_{PLURAL}.yaml"
@@ -125,6 +125,7 @@ def build_crd() -> dict[str, Any]:
             "spec": _spec_schema(),
             "status": _status_schema(),
         },
+        "x-kubernetes-validations": copy.deepcopy(NAME_RULES),
     }
     return {
         "apiVersion": "apiextensions.k8s.io/v1",

@@ -8,10 +8,15 @@ QwenInference it sees with them.
 
 from __future__ import annotations
 
+import copy
+import json
+from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
+
+from qwen_operator.api.extra_args import extra_args_problems, extra_args_rules
 
 GROUP = "inference.qwenops.io"
 VERSION = "v1alpha1"
@@ -22,6 +27,11 @@ SINGULAR = "qweninference"
 SHORT_NAMES = ["qwi", "qwen"]
 
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+# A QwenInference's name becomes its Service's name (RFC 1035 label: a letter first) and a label value
+# (63 characters at most). 7 characters are kept for the suffixes of the serving path's Services
+# ("-engine", "-router"), so the longest child name still fits.
+RESOURCE_NAME = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+MAX_RESOURCE_NAME_LENGTH = 56
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 # A Hugging Face repository id ("org/name"); a local path inside a volume is given via source.pvc.
 HF_REPO_ID = r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$"
@@ -29,29 +39,90 @@ QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|Ki|Mi|Gi|Ti|Pi)?$"
 DURATION = r"^[0-9]+(ms|s|m|h)$"
 ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 
-# Flags that extraArgs may not carry, because a spec field owns them or vLLM removed them.
-# Kept in one list so the CEL rule, the operator's own check and the README agree.
-DENIED_EXTRA_ARGS: dict[str, str] = {
-    "--model": "spec.model.name",
-    "--served-model-name": "spec.model.servedName",
-    "--host": "the operator (it always binds 0.0.0.0)",
-    "--port": "the operator (port 8000)",
-    "--api-key": "spec.auth.apiKeySecretRef (a key in args would leak)",
-    "--tensor-parallel-size": "spec.engine.tensorParallelSize",
-    "--max-model-len": "spec.model.maxModelLen",
-    "--gpu-memory-utilization": "spec.engine.gpuMemoryUtilization",
-    "--max-num-seqs": "spec.engine.maxNumSeqs",
-    "--max-num-batched-tokens": "spec.engine.maxNumBatchedTokens",
-    "--revision": "spec.model.revision",
-    "--quantization": "spec.model.quantization",
-    "--kv-cache-dtype": "spec.engine.kvCacheDtype",
-    "--reasoning-parser": "spec.model.thinking.reasoningParser",
-    "--tool-call-parser": "spec.model.toolCalling.parser",
-    "--download-dir": "the operator (model cache volume)",
-    "--shutdown-timeout": "spec.engine.shutdownTimeoutSeconds",
-    "--enable-reasoning": "nothing: vLLM removed it; set spec.model.thinking.reasoningParser",
-    "--disable-log-requests": "nothing: vLLM removed it (request logging is off by default)",
-}
+
+
+def name_problem(name: str) -> str | None:
+    """Why a QwenInference cannot have this name (its children would be invalid), or None."""
+    import re
+
+    if len(name) > MAX_RESOURCE_NAME_LENGTH:
+        return (f"metadata.name is {len(name)} characters long; a QwenInference name may have at most {MAX_RESOURCE_NAME_LENGTH}, "
+                "because it names the Service and labels of its children (63 characters at most, with room for suffixes)")
+    if not re.match(RESOURCE_NAME, name):
+        return (f"metadata.name {name!r} cannot name a Service: use lower-case letters, digits and '-', "
+                "starting with a letter and ending with a letter or digit (no dots)")
+    return None
+
+
+# CEL rules on the whole object, for the name: the same judgement as name_problem, at admission.
+NAME_RULES = [
+    {
+        "rule": f"self.metadata.name.size() <= {MAX_RESOURCE_NAME_LENGTH}",
+        "message": f"metadata.name may have at most {MAX_RESOURCE_NAME_LENGTH} characters: it names the Service and "
+        "labels of the QwenInference's children (63 characters at most, with room for suffixes)",
+    },
+    {
+        "rule": f"self.metadata.name.matches('{RESOURCE_NAME}')",
+        "message": "metadata.name must be a valid Service name: lower-case letters, digits and '-', starting with a "
+        "letter and ending with a letter or digit (no dots)",
+    },
+]
+
+
+# Kubernetes' own schemas of the pod fields passed through (hack/gen-k8s-schemas.py writes them from
+# the pinned k8s.io/kubernetes module's OpenAPI spec), so admission types them as the Pod API does.
+K8S_SCHEMAS: dict[str, Any] = json.loads((Path(__file__).parent / "k8s_schemas.json").read_text())["schemas"]
+
+
+def _k8s_schema(type_name: str, *, array: bool = False, max_items: int | None = None):
+    """json_schema_extra that replaces a pass-through field's schema with Kubernetes' schema of type_name."""
+
+    def replace(schema: dict[str, Any]) -> None:
+        description = schema.get("description")
+        schema.clear()
+        item = copy.deepcopy(K8S_SCHEMAS[type_name])
+        if array:
+            schema.update({"type": "array", "items": item})
+            if max_items is not None:
+                schema["maxItems"] = max_items
+        else:
+            schema.update(item)
+        if description:
+            schema["description"] = description
+
+    return replace
+
+
+_JSON_TYPES: dict[str, tuple[type, ...]] = {"object": (dict,), "array": (list,), "string": (str,), "integer": (int,), "number": (int, float), "boolean": (bool,)}
+
+
+def schema_errors(value: Any, schema: dict[str, Any], path: str) -> list[str]:
+    """Where value breaks a structural schema (types, required and unknown fields), as the API server
+    would judge it; for objects stored before the schema was tightened."""
+    expected = schema.get("type")
+    allowed = _JSON_TYPES.get(expected or "", (object,))
+    if isinstance(value, bool) and expected in ("integer", "number"):
+        allowed = ()
+    if not isinstance(value, allowed):
+        return [f"{path}: expected {expected}, got {type(value).__name__}"]
+    errors: list[str] = []
+    if expected == "object":
+        properties = schema.get("properties")
+        for name in schema.get("required", []):
+            if name not in value:
+                errors.append(f"{path}.{name}: required")
+        for name, item in value.items():
+            if properties is not None:
+                if name not in properties:
+                    errors.append(f"{path}.{name}: unknown field")
+                else:
+                    errors += schema_errors(item, properties[name], f"{path}.{name}")
+            elif isinstance(schema.get("additionalProperties"), dict):
+                errors += schema_errors(item, schema["additionalProperties"], f"{path}.{name}")
+    elif expected == "array" and "items" in schema:
+        for i, item in enumerate(value):
+            errors += schema_errors(item, schema["items"], f"{path}[{i}]")
+    return errors
 
 
 class _Model(BaseModel):
@@ -225,7 +296,8 @@ class EngineSpec(_Model):
     )
 
     image: str | None = Field(
-        default=None, max_length=512, description="vLLM image; defaults to the operator's pinned vllm/vllm-openai tag."
+        default=None, min_length=1, max_length=512, pattern=r"^[^\s]+$",
+        description="vLLM image; defaults to the operator's pinned vllm/vllm-openai tag. Leave it out for the default (an empty string is refused).",
     )
     gpu_memory_utilization: float = Field(
         default=0.9, ge=0.1, le=0.99, description="Fraction of GPU memory vLLM may use (--gpu-memory-utilization)."
@@ -250,18 +322,19 @@ class EngineSpec(_Model):
     extra_args: list[str] = Field(
         default_factory=list,
         max_length=64,
-        description="Extra vllm serve flags. Flags a spec field owns (e.g. --port, --api-key) are refused.",
-        json_schema_extra={
-            "items": {"type": "string", "maxLength": 512},
-            **_rules(
-                {
-                    "rule": "self.all(a, !(" + " || ".join(f"a == '{f}' || a.startsWith('{f}=')" for f in DENIED_EXTRA_ARGS) + "))",
-                    "message": "engine.extraArgs may not set a flag the spec owns or vLLM removed: "
-                    + ", ".join(DENIED_EXTRA_ARGS),
-                }
-            ),
-        },
+        description="Extra vllm serve flags, written in full. Flags a spec field owns (e.g. --port, --api-key, in any "
+        "spelling vLLM accepts), flags the pinned vLLM does not know, and --config are refused.",
+        json_schema_extra={"items": {"type": "string", "maxLength": 512}, "x-kubernetes-validations": extra_args_rules()},
     )
+
+    @field_validator("extra_args")
+    @classmethod
+    def _extra_args_are_allowed(cls, value: list[str]) -> list[str]:
+        problems = extra_args_problems(value)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return value
+
     env: list[EnvVar] = Field(default_factory=list, max_length=64, description="Extra environment variables for vLLM.")
 
 
@@ -359,16 +432,35 @@ class Toleration(_Model):
 
 class SchedulingSpec(_Model):
     node_selector: dict[str, str] = Field(default_factory=dict, description="Pod nodeSelector.")
-    tolerations: list[Toleration] = Field(default_factory=list, description="Pod tolerations.")
+    tolerations: list[Toleration] = Field(default_factory=list, max_length=64, description="Pod tolerations.")
     affinity: dict[str, Any] | None = Field(
-        default=None, description="Pod affinity (corev1 Affinity), passed through.", json_schema_extra={"x-kubernetes-preserve-unknown-fields": True}
+        default=None, description="Pod affinity (corev1 Affinity), passed through; typed by Kubernetes' own schema.",
+        json_schema_extra=_k8s_schema("Affinity"),
     )
     priority_class_name: str | None = Field(default=None, pattern=DNS_SUBDOMAIN, description="Pod priorityClassName.")
     topology_spread_constraints: list[dict[str, Any]] = Field(
         default_factory=list,
-        description="Pod topologySpreadConstraints (corev1), passed through.",
-        json_schema_extra={"items": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}},
+        max_length=32,
+        description="Pod topologySpreadConstraints (corev1), passed through; typed by Kubernetes' own schema.",
+        json_schema_extra=_k8s_schema("TopologySpreadConstraint", array=True, max_items=32),
     )
+
+    @field_validator("affinity")
+    @classmethod
+    def _affinity_is_an_affinity(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        errors = [] if value is None else schema_errors(value, K8S_SCHEMAS["Affinity"], "affinity")
+        if errors:
+            raise ValueError("; ".join(errors[:5]))
+        return value
+
+    @field_validator("topology_spread_constraints")
+    @classmethod
+    def _constraints_are_constraints(cls, value: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        schema = {"type": "array", "items": K8S_SCHEMAS["TopologySpreadConstraint"]}
+        errors = schema_errors(value, schema, "topologySpreadConstraints")
+        if errors:
+            raise ValueError("; ".join(errors[:5]))
+        return value
 
 
 class QwenInferenceSpec(_Model):

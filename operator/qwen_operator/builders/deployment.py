@@ -227,11 +227,27 @@ def probes(spec: QwenInferenceSpec, model: ResolvedModel) -> dict[str, Any]:
     }
 
 
+# With an API key, vLLM runs behind this guard: vLLM turns authentication off for an empty key, and
+# a Secret emptied after the rollout would reach a restarted container. The guard refuses to start
+# it instead (exit 78, EX_CONFIG), so the pod crash-loops visibly rather than serving without a key.
+REQUIRE_API_KEY_SCRIPT = (
+    'case "$VLLM_API_KEY" in *[![:space:]]*) exec vllm serve "$@" ;; esac; '
+    'echo "VLLM_API_KEY is empty: refusing to serve without authentication (spec.auth.apiKeySecretRef)" >&2; exit 78'
+)
+
+
+def server_command(spec: QwenInferenceSpec) -> list[str]:
+    """`vllm serve`, behind the API key guard when spec.auth is set (args follow as "$@")."""
+    if spec.auth.api_key_secret_ref is None:
+        return ["vllm", "serve"]
+    return ["/bin/sh", "-c", REQUIRE_API_KEY_SCRIPT, "vllm-serve"]
+
+
 def server_container(spec: QwenInferenceSpec, model: ResolvedModel, image: str) -> dict[str, Any]:
     container: dict[str, Any] = {
         "name": CONTAINER_NAME,
         "image": image,
-        "command": ["vllm", "serve"],
+        "command": server_command(spec),
         "args": vllm_args(spec, model),
         "ports": [{"name": API_PORT_NAME, "containerPort": API_PORT, "protocol": "TCP"}],
         "env": server_env(spec),

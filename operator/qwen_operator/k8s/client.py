@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 from urllib.parse import quote
 
+import urllib3
 from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
 from kubernetes.client.rest import ApiException
@@ -72,11 +73,17 @@ def kind_of(manifest: dict[str, Any]) -> Kind:
 class KubeError(Exception):
     """An API call failed; status is the HTTP status (0 when the server was not reached)."""
 
-    def __init__(self, status: int, reason: str, message: str):
+    def __init__(self, status: int, reason: str, message: str, retry_after: float | None = None):
         super().__init__(f"{status} {reason}: {message}")
         self.status = status
         self.reason = reason
         self.message = message
+        self.retry_after = retry_after  # seconds, from a Retry-After header (429, 503)
+
+    @property
+    def transient(self) -> bool:
+        """No answer, throttled, or a server-side failure: the same call may work later."""
+        return self.status == 0 or self.status == 429 or self.status >= 500
 
 
 RequestObserver = Callable[[str, str, int], None]  # (verb, kind, http status)
@@ -116,6 +123,9 @@ class KubeApi:
         except ApiException as error:
             status = error.status or 0
             raise _as_kube_error(error) from None
+        except (urllib3.exceptions.HTTPError, OSError) as error:
+            # Connection refused, reset, timed out: not an answer from the API server.
+            raise KubeError(0, "ConnectionError", f"{type(error).__name__}: {error}"[:500]) from None
         finally:
             self._observe(verb, kind.kind, status)
 
@@ -147,11 +157,15 @@ class KubeApi:
 
     # Writes
 
-    def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
-        """Server-side apply with forced ownership under the operator's field manager."""
+    @property
+    def field_manager(self) -> str:
+        return self._field_manager
+
+    def apply(self, manifest: dict[str, Any], field_manager: str | None = None, force: bool = True) -> dict[str, Any]:
+        """Server-side apply, by default with forced ownership under the operator's field manager."""
         kind = kind_of(manifest)
         meta = manifest["metadata"]
-        query = [("fieldManager", self._field_manager), ("force", "true")]
+        query = [("fieldManager", field_manager or self._field_manager), ("force", "true" if force else "false")]
         return self._request("apply", kind, "PATCH", kind.path(meta.get("namespace"), meta["name"]), query,
                              body=manifest, content_type="application/apply-patch+yaml")
 
@@ -172,6 +186,21 @@ class KubeApi:
     def create(self, kind: Kind, namespace: str, manifest: dict[str, Any]) -> dict[str, Any]:
         return self._request("create", kind, "POST", kind.path(namespace), body=manifest)
 
+    def create_dry_run(self, kind: Kind, namespace: str, manifest: dict[str, Any]) -> dict[str, Any]:
+        """Validates manifest as a new object (server-side dry run under a generated name: nothing is
+        stored, and an existing object of the same name does not matter). Raises KubeError if invalid."""
+        meta = {k: v for k, v in manifest["metadata"].items() if k not in ("name", "resourceVersion", "uid")}
+        body = {**manifest, "metadata": {**meta, "generateName": "qwen-dry-run-"}}
+        return self._request("dry_run", kind, "POST", kind.path(namespace), [("dryRun", "All")], body=body)
+
+
+def _retry_after(error: ApiException) -> float | None:
+    try:
+        value = (error.headers or {}).get("Retry-After")
+        return float(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+
 
 def _as_kube_error(error: ApiException) -> KubeError:
     message = error.reason or ""
@@ -183,4 +212,4 @@ def _as_kube_error(error: ApiException) -> KubeError:
             reason = parsed.get("reason", "")
         except (ValueError, AttributeError):
             message = str(error.body)[:500]
-    return KubeError(error.status or 0, reason, message)
+    return KubeError(error.status or 0, reason, message, _retry_after(error))

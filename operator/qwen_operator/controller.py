@@ -1,0 +1,158 @@
+"""The controller: a work queue of QwenInference keys, the workers that reconcile them, and the resync.
+
+Every trigger (a watch event of a QwenInference, its Deployment or its pods; the periodic resync)
+only queues the resource's key, so a burst of triggers costs one reconcile and one slow or broken
+resource never delays another. A worker reads the resource fresh and runs the one reconcile.
+
+Failures are kept per resource:
+- the API server unreachable, throttling (429) or failing (5xx): retried with exponential backoff
+  (honouring Retry-After), without flapping the status; only a failure that persists for
+  PERSISTENT_FAILURES runs in a row is reported, as Degraded with the reason APIUnavailable;
+- any other error, including a bug the spec tickles: Ready=False with the reason ReconcileError
+  and the error's words in the status, then retried with backoff. Never a crash, never a stall.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any, Callable
+
+from qwen_operator import metrics
+from qwen_operator import status as status_lib
+from qwen_operator.builders.common import MANAGED_BY
+from qwen_operator.config import OperatorConfig
+from qwen_operator.k8s import client as kinds
+from qwen_operator.k8s.client import KubeApi, KubeError
+from qwen_operator.reconcile import CapabilityCache, now_rfc3339, owner_of, reconcile
+from qwen_operator.workqueue import Retry, WorkQueue
+
+log = logging.getLogger("qwen_operator")
+
+Key = tuple[str, str]  # (namespace, name)
+PERSISTENT_FAILURES = 5  # transient failures in a row (about 15 s of backoff) before the status says so
+
+
+class Controller:
+    def __init__(self, api: KubeApi, config: OperatorConfig, capabilities: CapabilityCache, *, workers: int,
+                 resync_seconds: float, namespaces: list[str] | None = None, is_active: Callable[[], bool] = lambda: True,
+                 base_delay: float = 0.5, max_delay: float = 120.0):
+        self.api, self.config, self.capabilities = api, config, capabilities
+        self.namespaces = namespaces or []
+        self.is_active = is_active
+        self.resync_seconds = resync_seconds
+        self.queue: WorkQueue[Key] = WorkQueue(self.process, workers, base_delay, max_delay, name="reconcile")
+        self._stopped = threading.Event()
+        self._resync = threading.Thread(target=self._resync_loop, name="qwen-resync", daemon=True)
+
+    def start(self) -> None:
+        self.queue.start()
+        self._resync.start()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self.queue.stop()
+
+    def enqueue(self, namespace: str, name: str, delay: float = 0.0) -> None:
+        self.queue.add((namespace, name), delay)
+
+    def forget(self, namespace: str, name: str) -> None:
+        self.queue.forget((namespace, name))
+        metrics.set_resource_ready(namespace, name, None)
+
+    # The resync: every resource, queued; each runs (and fails) on its own.
+
+    def _resync_loop(self) -> None:
+        while not self._stopped.wait(self.resync_seconds):
+            try:
+                if not self.is_active():
+                    continue
+                for namespace in self.namespaces or [None]:
+                    for body in self.api.list(kinds.QWEN_INFERENCE, namespace):
+                        meta = body["metadata"]
+                        self.enqueue(meta["namespace"], meta["name"])
+            except Exception as error:  # noqa: BLE001 - the loop must outlive any one bad round
+                log.warning("resync round could not list QwenInferences, the next one runs in %ss: %s", self.resync_seconds, error)
+
+    # One run
+
+    def process(self, key: Key) -> None:
+        namespace, name = key
+        started = time.monotonic()
+        outcome = "error"
+        body: dict[str, Any] | None = None
+        try:
+            body = self.api.get(kinds.QWEN_INFERENCE, namespace, name)  # fresh, never a stale event body
+            if body is None or body["metadata"].get("deletionTimestamp"):
+                outcome = "gone"
+                self.forget(namespace, name)
+                return
+            result = reconcile(body, self.api, self.config, self.capabilities, lambda *event: post_event(self.api, body, *event))
+            outcome = result.outcome
+            metrics.set_resource_ready(namespace, name, *result.ready)
+            if result.applied or result.pruned or result.status_written:
+                log.info("reconciled %s/%s: applied %s, pruned %s, status %s", namespace, name,
+                         result.applied or "nothing", result.pruned or "nothing", "written" if result.status_written else "unchanged")
+            if result.retry_after is not None:
+                raise Retry("a child could not be brought to the desired state yet", result.retry_after)
+        except KubeError as error:
+            outcome = "api_error"
+            if error.status == 404:
+                return  # the resource (or its namespace) went away mid-run; its DELETED event forgets it
+            failures = self.queue.failures(key) + 1
+            log.warning("reconcile of %s/%s stopped on an API error (%d in a row), retrying with backoff: %s", namespace, name, failures, error)
+            if not error.transient:
+                self._report(body, "APIError", f"the API server refused a request: {error}")
+            elif failures >= PERSISTENT_FAILURES:
+                self._report(body, "APIUnavailable", f"the API server failed {failures} times in a row: {error}")
+            raise Retry(str(error), error.retry_after) from None
+        except Retry:
+            raise
+        except Exception as error:  # noqa: BLE001 - one resource's problem must never stop the operator
+            log.error("reconcile of %s/%s failed: %s: %s", namespace, name, type(error).__name__, error)
+            log.debug("reconcile failure details", exc_info=True)
+            self._report(body, "ReconcileError", f"the operator could not reconcile this resource ({type(error).__name__}: {error}); it retries with backoff")
+            raise Retry(str(error)) from None
+        finally:
+            metrics.RECONCILES.labels(outcome).inc()
+            metrics.RECONCILE_DURATION.observe(time.monotonic() - started)
+
+    def _report(self, body: dict[str, Any] | None, reason: str, message: str) -> None:
+        """Best effort: put a failure the reconcile itself could not record into the status."""
+        if body is None:
+            return
+        previous = body.get("status") or {}
+        new = status_lib.failure_status(owner_of(body), previous, status_lib.Problem(reason, message[:1000]), now_rfc3339())
+        if not status_lib.status_changed(previous, new):
+            return
+        meta = body["metadata"]
+        try:
+            self.api.patch_status(kinds.QWEN_INFERENCE, meta["namespace"], meta["name"], new)
+            metrics.set_resource_ready(meta["namespace"], meta["name"], "False", reason)
+            post_event(self.api, body, "Warning", reason, message)
+        except KubeError as error:
+            log.debug("could not report %s on %s/%s: %s", reason, meta["namespace"], meta["name"], error)
+
+
+def post_event(api: KubeApi, body: dict[str, Any], type_: str, reason: str, message: str) -> None:
+    meta = body["metadata"]
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    event = {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"generateName": f"{meta['name']}."[:200], "namespace": meta["namespace"]},
+        "involvedObject": {"apiVersion": body["apiVersion"], "kind": body["kind"], "name": meta["name"], "namespace": meta["namespace"], "uid": meta["uid"]},
+        "type": type_,
+        "reason": reason,
+        "message": message[:1000],
+        "source": {"component": MANAGED_BY},
+        "reportingComponent": MANAGED_BY,
+        "firstTimestamp": now,
+        "lastTimestamp": now,
+        "count": 1,
+    }
+    try:
+        api.create(kinds.EVENT, meta["namespace"], event)
+    except KubeError as error:
+        log.warning("could not post event %s on %s/%s: %s", reason, meta["namespace"], meta["name"], error)
