@@ -95,6 +95,36 @@ def to_structural(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def fractional_bounds_as_rules(node: dict[str, Any], path: str = "") -> dict[str, Any]:
+    """Moves fractional minimum/maximum of number fields into CEL rules, everywhere under node.
+
+    The API server checks an integer value (0 or 1, as YAML writes them) against minimum/maximum
+    truncated to integers: with minimum 0.1 and maximum 0.99, 0 passes and 1 is refused with
+    "should be less than or equal to 0". CEL compares the real numbers and words the message.
+    """
+    node = dict(node)
+    if node.get("type") == "number":
+        rules, words = [], []
+        for key, op, word in (("minimum", ">=", "at least"), ("maximum", "<=", "at most")):
+            bound = node.get(key)
+            if isinstance(bound, float) and not bound.is_integer():
+                exclusive = node.pop(f"exclusive{key.capitalize()}", False)
+                del node[key]
+                rules.append(f"self {op.rstrip('=') if exclusive else op} {bound}")
+                words.append(f"{'more than' if exclusive and key == 'minimum' else 'less than' if exclusive else word} {bound}")
+        if rules:
+            name = path.rsplit(".", 1)[-1] or "value"
+            node["x-kubernetes-validations"] = node.get("x-kubernetes-validations", []) + [
+                {"rule": " && ".join(f"double({r.split(' ', 1)[0]}) {r.split(' ', 1)[1]}" for r in rules),
+                 "message": f"{path.lstrip('.')} must be {' and '.join(words)}"}
+            ]
+    if "properties" in node:
+        node["properties"] = {k: fractional_bounds_as_rules(v, f"{path}.{k}") for k, v in node["properties"].items()}
+    if isinstance(node.get("items"), dict):
+        node["items"] = fractional_bounds_as_rules(node["items"], f"{path}[]")
+    return node
+
+
 def _status_schema() -> dict[str, Any]:
     schema = model_schema(QwenInferenceStatus)
     schema["description"] = "Observed state, written by the operator."
@@ -106,7 +136,7 @@ def _status_schema() -> dict[str, Any]:
 
 
 def _spec_schema() -> dict[str, Any]:
-    schema = model_schema(QwenInferenceSpec)
+    schema = fractional_bounds_as_rules(model_schema(QwenInferenceSpec), "spec")
     schema["description"] = "Desired state: which Qwen3 model to serve with vLLM, and how."
     schema["default"] = {}
     return schema

@@ -106,25 +106,24 @@ def _cel_name(var: str) -> str:
     )
 
 
-def extra_args_rules() -> list[dict[str, str]]:
-    """The CEL rules on engine.extraArgs: the same judgement as extra_args_problems."""
-    name = _cel_name("a")
+def extra_args_item_rules() -> list[dict[str, str]]:
+    """The CEL rules on each item of engine.extraArgs: the same judgement as extra_args_problems.
+    Per item (not over the list), so the message can name the flag at a cost the API server accepts."""
+    name = _cel_name("self")
     denied = _cel_map(list(DENIED_NAMES))
     allowed = _cel_map([n for n in KNOWN_NAMES if n not in DENIED_NAMES])
-    owned_list = ", ".join(f"{flag} ({owner})" for flag, owner in OWNED_FLAGS.items())
-    is_flag = f"a.matches('{FLAG_TOKEN}')"
+    is_flag = f"self.matches('{FLAG_TOKEN}')"
+    owned_list = ", ".join(OWNED_FLAGS)
     return [
         {
-            "rule": f"self.all(a, !{is_flag} || !({name} in {denied}))",
-            "messageExpression": "'engine.extraArgs may not set ' + self.filter(a, "
-            f"{is_flag} && {name} in {denied}).map(a, {name}).join(', ') + ': a spec field owns it. Owned flags (underscore spellings and "
-            f"short aliases too): {owned_list}'",
-            "message": f"engine.extraArgs may not set a flag a spec field owns: {owned_list}",
+            "rule": f"!{is_flag} || !({name} in {denied})",
+            "messageExpression": f"'engine.extraArgs may not set ' + {name} + ': a spec field or the operator owns it "
+            f"(owned, in every spelling vLLM accepts: {owned_list})'",
+            "message": f"engine.extraArgs may not set a flag a spec field or the operator owns: {owned_list}",
         },
         {
-            "rule": f"self.all(a, !{is_flag} || {name} in {denied} || {name} in {allowed})",
-            "messageExpression": "'engine.extraArgs: ' + self.filter(a, "
-            f"{is_flag} && !({name} in {denied}) && !({name} in {allowed})).map(a, {name}).join(', ') + ' is not a flag of vllm serve {VLLM_VERSION} "
+            "rule": f"!{is_flag} || {name} in {denied} || {name} in {allowed}",
+            "messageExpression": f"'engine.extraArgs: ' + {name} + ' is not a flag of vllm serve {VLLM_VERSION} "
             "(write flags in full: prefixes are refused; removed flags: " + ", ".join(REMOVED_FLAGS) + ")'",
             "message": f"engine.extraArgs holds a flag that vllm serve {VLLM_VERSION} does not know (write flags in full)",
         },

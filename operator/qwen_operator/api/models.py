@@ -16,7 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
 
-from qwen_operator.api.extra_args import extra_args_problems, extra_args_rules
+from qwen_operator.api.extra_args import extra_args_item_rules, extra_args_problems
 
 GROUP = "inference.qwenops.io"
 VERSION = "v1alpha1"
@@ -324,7 +324,7 @@ class EngineSpec(_Model):
         max_length=64,
         description="Extra vllm serve flags, written in full. Flags a spec field owns (e.g. --port, --api-key, in any "
         "spelling vLLM accepts), flags the pinned vLLM does not know, and --config are refused.",
-        json_schema_extra={"items": {"type": "string", "maxLength": 512}, "x-kubernetes-validations": extra_args_rules()},
+        json_schema_extra={"items": {"type": "string", "maxLength": 512, "x-kubernetes-validations": extra_args_item_rules()}},
     )
 
     @field_validator("extra_args")
