@@ -5,10 +5,16 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import random
+import socket
 import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Callable
+from urllib.parse import urlsplit
 
 import kopf
+
+log = logging.getLogger("qwen_operator")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -18,12 +24,51 @@ def build_parser() -> argparse.ArgumentParser:
     scope = run.add_mutually_exclusive_group()
     scope.add_argument("-A", "--all-namespaces", action="store_true", help="watch every namespace (the default)")
     scope.add_argument("-n", "--namespace", action="append", default=[], help="watch this namespace (repeatable)")
-    run.add_argument("--standalone", action="store_true", help="no peering: run even if other operators are active")
-    run.add_argument("--peering", default=os.environ.get("QWEN_OPERATOR_PEERING", "qwen-operator"), help="kopf peering name (only one operator with a name is active)")
-    run.add_argument("--priority", type=int, default=None, help="peering priority (default: random, so replicas never tie)")
-    run.add_argument("--liveness", default=os.environ.get("QWEN_OPERATOR_LIVENESS"), help="liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
+    run.add_argument("--standalone", action="store_true", help="run without leader election (the default; kept for scripts that pass it)")
+    election = run.add_argument_group("leader election (one active replica, the others stand by on a Lease)")
+    election.add_argument("--leader-elect", action="store_true", default=os.environ.get("QWEN_OPERATOR_LEADER_ELECT") == "true",
+                          help="take part in leader election on a coordination.k8s.io Lease")
+    election.add_argument("--lease-name", default=os.environ.get("QWEN_OPERATOR_LEASE_NAME", "qwen-operator"), help="name of the Lease")
+    election.add_argument("--lease-namespace", default=os.environ.get("POD_NAMESPACE"), help="namespace of the Lease (default: POD_NAMESPACE)")
+    election.add_argument("--lease-duration", type=float, default=float(os.environ.get("QWEN_OPERATOR_LEASE_DURATION", "10")),
+                          help="seconds a standby waits after the last renewal before it takes over (default 10)")
+    election.add_argument("--renew-deadline", type=float, default=float(os.environ.get("QWEN_OPERATOR_RENEW_DEADLINE", "7")),
+                          help="seconds the leader keeps trying to renew before it stops (default 7; below --lease-duration)")
+    election.add_argument("--retry-period", type=float, default=float(os.environ.get("QWEN_OPERATOR_RETRY_PERIOD", "2")),
+                          help="seconds between renewals and between attempts to take over (default 2)")
+    election.add_argument("--identity", default=os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}",
+                          help="this replica's name in the Lease (default: POD_NAME)")
+    run.add_argument("--liveness", default=os.environ.get("QWEN_OPERATOR_LIVENESS"), help="health endpoint, e.g. http://0.0.0.0:8080/healthz")
     run.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return parser
+
+
+class HealthServer:
+    """/healthz: 200 while this replica works (the leader's controller runs, or a standby's election
+    loop hears from the API server), 500 otherwise. The body says which role it has."""
+
+    def __init__(self, url: str, check: Callable[[], tuple[bool, str]]):
+        parts = urlsplit(url)
+        path = parts.path or "/healthz"
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - the http.server API
+                if self.path.split("?")[0] != path:
+                    self.send_error(404)
+                    return
+                ok, detail = check()
+                body = detail.encode()
+                self.send_response(200 if ok else 500)
+                self.send_header("Content-Type", "text/plain")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *_: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer((parts.hostname or "0.0.0.0", parts.port or 8080), Handler)
+        threading.Thread(target=self.server.serve_forever, name="healthz", daemon=True).start()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,22 +77,54 @@ def main(argv: list[str] | None = None) -> int:
     if not args.verbose:
         # kopf logs every handler run at INFO; with event-driven reconciles that is noise.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
-    from qwen_operator import handlers  # noqa: F401  (registers the handlers)
+    from qwen_operator import handlers, metrics  # noqa: F401  (registers the handlers)
+    from qwen_operator.config import from_env
+    from qwen_operator.k8s.client import KubeApi
+    from qwen_operator.k8s.leader import ElectionConfig, LeaderElector
 
     logging.getLogger("kubernetes.client.rest").setLevel(logging.WARNING)
-    # kopf pauses every operator of a peering when the top priority is shared, so each replica
-    # draws its own; the highest one is active and the others stand by.
-    priority = args.priority if args.priority is not None else random.randint(1, 1_000_000)
-    kopf.run(
-        standalone=args.standalone,
-        peering_name=None if args.standalone else args.peering,
-        priority=priority,
-        # What the operator's own resync loop needs to know of the scope and the peering.
-        memo=kopf.Memo(standalone=args.standalone, peering=args.peering, priority=priority, namespaces=list(args.namespace)),
-        liveness_endpoint=args.liveness,
-        clusterwide=not args.namespace,
-        namespaces=args.namespace,
-    )
+    metrics.start_server()
+    elector: LeaderElector | None = None
+    if args.leader_elect:
+        if not args.lease_namespace:
+            print("qwen-operator: --leader-elect needs --lease-namespace (or POD_NAMESPACE)", file=sys.stderr)
+            return 2
+        config = ElectionConfig(args.lease_name, args.lease_namespace, args.identity, args.lease_duration, args.renew_deadline, args.retry_period)
+        elector = LeaderElector(KubeApi.from_environment(from_env().field_manager, observe=metrics.observe_request), config)
+    started = threading.Event()
+
+    def health() -> tuple[bool, str]:
+        if elector is None or elector.is_leader.is_set():
+            return started.is_set(), "leader: reconciling" if started.is_set() else "starting"
+        alive = elector.clock() - elector.last_contact < 3 * elector.config.lease_duration
+        return alive, "standby: waiting for the Lease" if alive else "standby: the API server does not answer"
+
+    if args.liveness:
+        HealthServer(args.liveness, health)
+    if elector is not None:
+        metrics.LEADER.set(0)
+        log.info("leader election: %s waits for Lease %s/%s", args.identity, args.lease_namespace, args.lease_name)
+        if not elector.wait_for_leadership():
+            return 0
+        metrics.LEADER.set(1)
+
+        def lost() -> None:
+            # Stop acting at once: a standby may take the Lease soon after the renew deadline.
+            logging.shutdown()
+            os._exit(1)
+
+        elector.keep_renewing(lost)
+    started.set()
+    try:
+        kopf.run(
+            standalone=True,  # one active replica is the Lease's job, not kopf peering's
+            memo=kopf.Memo(namespaces=list(args.namespace)),
+            clusterwide=not args.namespace,
+            namespaces=args.namespace,
+        )
+    finally:
+        if elector is not None:
+            elector.release()
     return 0
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, Callable
+from typing import Any
 
 from qwen_operator import metrics
 from qwen_operator import status as status_lib
@@ -36,11 +36,9 @@ PERSISTENT_FAILURES = 5  # transient failures in a row (about 15 s of backoff) b
 
 class Controller:
     def __init__(self, api: KubeApi, config: OperatorConfig, capabilities: CapabilityCache, *, workers: int,
-                 resync_seconds: float, namespaces: list[str] | None = None, is_active: Callable[[], bool] = lambda: True,
-                 base_delay: float = 0.5, max_delay: float = 120.0):
+                 resync_seconds: float, namespaces: list[str] | None = None, base_delay: float = 0.5, max_delay: float = 120.0):
         self.api, self.config, self.capabilities = api, config, capabilities
         self.namespaces = namespaces or []
-        self.is_active = is_active
         self.resync_seconds = resync_seconds
         self.queue: WorkQueue[Key] = WorkQueue(self.process, workers, base_delay, max_delay, name="reconcile")
         self._stopped = threading.Event()
@@ -66,8 +64,6 @@ class Controller:
     def _resync_loop(self) -> None:
         while not self._stopped.wait(self.resync_seconds):
             try:
-                if not self.is_active():
-                    continue
                 for namespace in self.namespaces or [None]:
                     for body in self.api.list(kinds.QWEN_INFERENCE, namespace):
                         meta = body["metadata"]

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import threading
 
-from prometheus_client import Counter, Gauge, Histogram
+import os
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 
 RECONCILES = Counter("qwen_operator_reconciles_total", "Reconciles of QwenInference resources, by result.", ["result"])
@@ -15,6 +17,19 @@ RECONCILE_DURATION = Histogram(
 API_REQUESTS = Counter("qwen_operator_api_requests_total", "Kubernetes API requests the operator sent.", ["verb", "kind", "code"])
 API_ERRORS = Counter("qwen_operator_api_errors_total", "Kubernetes API requests that failed (HTTP >= 400 other than 404, or no answer).", ["verb", "kind", "code"])
 MANAGED_RESOURCES = Gauge("qwen_operator_managed_resources", "QwenInference resources by the status and reason of their Ready condition.", ["ready", "reason"])
+
+LEADER = Gauge("qwen_operator_leader", "1 while this replica holds the leader Lease (or runs without leader election), 0 while it stands by.")
+LEADER.set(1)
+
+METRICS_PORT = int(os.environ.get("QWEN_OPERATOR_METRICS_PORT", "9090"))
+METRICS_ADDRESS = os.environ.get("QWEN_OPERATOR_METRICS_ADDRESS", "0.0.0.0")
+
+
+def start_server() -> None:
+    """Serves /metrics on QWEN_OPERATOR_METRICS_ADDRESS:PORT (0 turns it off); standbys serve it too."""
+    if METRICS_PORT:
+        start_http_server(METRICS_PORT, addr=METRICS_ADDRESS)
+
 
 _ready_by_resource: dict[tuple[str, str], tuple[str, str]] = {}
 _ready_lock = threading.Lock()  # workers set it concurrently; the gauge is rebuilt from the dict

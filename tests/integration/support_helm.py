@@ -3,8 +3,8 @@
 The chart's own Deployment cannot run here (its pods are fake-Running under kwok), so the real
 operator runs as a local subprocess instead, with exactly the identity a pod of the chart would
 have: a token of the chart's ServiceAccount (TokenRequest), the args and literal env of the chart's
-Deployment, and peering (not --standalone), so that every API call, kopf's included, goes through
-the chart's RBAC.
+Deployment, and leader election on the chart's Lease (not --standalone), so that every API call,
+kopf's and the election's included, goes through the chart's RBAC.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ CHART = REPO / "charts" / "qwen-operator"
 BUILD_TOOLS = REPO / "hack" / "build-tools.sh"
 OPERATOR = REPO / ".venv" / "bin" / "qwen-operator"
 # The CRDs the chart installs with crds.enabled.
-CHART_CRDS = ("qweninferences.inference.qwenops.io", "clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev")
+CHART_CRDS = ("qweninferences.inference.qwenops.io",)
 # Every process a test starts stops by itself: helm calls, and the operator after this long.
 HELM_TIMEOUT_SECONDS = 180
 OPERATOR_MAX_SECONDS = 900
@@ -179,8 +179,8 @@ def start_chart_operator(cluster: Cluster, release: Release, work_dir: Path, res
         **{k: v for k, v in os.environ.items() if not k.startswith("KUBERNETES_")},
         **command.env,
         "KUBECONFIG": str(kubeconfig),
-        # What the chart's fieldRefs give a pod: its name (kopf's peering id) and namespace.
-        "POD_ID": pod_id,
+        # What the chart's fieldRefs give a pod: its name (its identity in the Lease) and namespace.
+        "POD_NAME": pod_id,
         "POD_NAMESPACE": release.namespace,
         "QWEN_OPERATOR_RESYNC_SECONDS": str(resync),
         "QWEN_OPERATOR_METRICS_PORT": str(metrics_port),
@@ -199,13 +199,10 @@ def start_chart_operator(cluster: Cluster, release: Release, work_dir: Path, res
     return running
 
 
-def peering_members(cluster: Cluster, peering: str, namespace: str | None) -> set[str]:
-    """The operator ids recorded in a kopf peering object (ClusterKopfPeering when namespace is None)."""
-    args = ["get", "kopfpeering", peering, "-n", namespace] if namespace else ["get", "clusterkopfpeering", peering]
-    result = cluster.kubectl(*args, "-o", "json", check=False)
-    if result.returncode != 0:
-        return set()
-    return set((json.loads(result.stdout).get("status") or {}).keys())
+def lease_holder(cluster: Cluster, release: Release) -> str:
+    """The identity holding the chart's leader-election Lease ("" when none)."""
+    result = cluster.kubectl("get", "lease", release.fullname, "-n", release.namespace, "-o", "jsonpath={.spec.holderIdentity}", check=False)
+    return result.stdout.strip() if result.returncode == 0 else ""
 
 
 def without_verb(rules: list[dict[str, Any]], api_group: str, resource: str, verb: str) -> list[dict[str, Any]]:

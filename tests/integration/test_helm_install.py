@@ -32,7 +32,7 @@ from support_helm import (
     cluster_role_rules,
     helm_binary,
     other_operators_of_this_session,
-    peering_members,
+    lease_holder,
     prometheus_operator_crd_files,
     set_cluster_role_rules,
     start_chart_operator,
@@ -149,9 +149,8 @@ def test_sample_becomes_ready_with_the_operator_under_the_chart_service_account(
     operator = start_chart_operator(cluster, release, tmp_path)
     chart_operators.append(operator)
     assert "--all-namespaces" in operator.args and "--standalone" not in operator.args
-    peering = chart_command(cluster, release).env["QWEN_OPERATOR_PEERING"]
-    # kopf records itself in the chart's ClusterKopfPeering: the peering RBAC works too.
-    wait_until(lambda: operator.pod_id in peering_members(cluster, peering, None), 30, f"{operator.pod_id} in ClusterKopfPeering {peering}")
+    # It holds the chart's Lease: the leader election RBAC works too.
+    wait_until(lambda: lease_holder(cluster, release) == operator.pod_id, 30, f"{operator.pod_id} holding Lease {release.fullname}")
 
     cluster.kubectl("apply", "-n", namespace, "-f", str(SAMPLE))
     wait_ready(k8s, operator, namespace, SAMPLE_NAME)
@@ -219,8 +218,7 @@ def test_namespaced_mode_reconciles_only_the_watched_namespace(cluster, k8s, ins
     operator = start_chart_operator(cluster, release, tmp_path)
     chart_operators.append(operator)
     assert operator.args[-2:] == ["--namespace", namespace] and "--all-namespaces" not in operator.args
-    wait_until(lambda: operator.pod_id in peering_members(cluster, "qwen-operator", namespace), 30,
-               f"{operator.pod_id} in the KopfPeering of {namespace}")
+    wait_until(lambda: lease_holder(cluster, release) == operator.pod_id, 30, f"{operator.pod_id} holding Lease {release.fullname}")
 
     cluster.kubectl("apply", "-n", other_namespace, "-f", str(SAMPLE))
     cluster.kubectl("apply", "-n", namespace, "-f", str(SAMPLE))

@@ -52,11 +52,8 @@ CLUSTER_SCOPED_GRANTS = {
     ("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"},
     ("", "nodes"): {"get"},
 }
-PEERING = {"get", "list", "watch", "patch"}
-# Per mode: kopf peers through a ClusterKopfPeering in cluster mode, a KopfPeering in each watched
-# namespace in namespaced mode, where it also watches the namespaces it was given.
-CLUSTER_MODE_GRANTS = NAMESPACED_GRANTS | CLUSTER_SCOPED_GRANTS | {("kopf.dev", "clusterkopfpeerings"): PEERING}
-NAMESPACED_MODE_ROLE_GRANTS = NAMESPACED_GRANTS | {("kopf.dev", "kopfpeerings"): PEERING}
+CLUSTER_MODE_GRANTS = NAMESPACED_GRANTS | CLUSTER_SCOPED_GRANTS
+NAMESPACED_MODE_ROLE_GRANTS = NAMESPACED_GRANTS
 NAMESPACED_MODE_CLUSTER_ROLE_GRANTS = CLUSTER_SCOPED_GRANTS | {("", "namespaces"): {"list", "watch"}}
 
 
@@ -185,7 +182,8 @@ def test_cluster_role_has_no_wildcards(helm: str) -> None:
 def test_cluster_mode_grants_exactly_what_the_operator_uses(helm: str) -> None:
     docs = documents(helm)
     assert grants(the(docs, "ClusterRole")["rules"]) == CLUSTER_MODE_GRANTS
-    assert "Role" not in kinds(docs) and "RoleBinding" not in kinds(docs)
+    # The only Role is the leader election's, in the release namespace.
+    assert [d["metadata"]["name"] for d in docs if d["kind"] in ("Role", "RoleBinding")] == [f"{the(docs, 'Deployment')['metadata']['name']}-leader-election"] * 2
     binding = the(docs, "ClusterRoleBinding")
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": the(docs, "ClusterRole")["metadata"]["name"]}
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": the(docs, "ServiceAccount")["metadata"]["name"], "namespace": NAMESPACE}]
@@ -195,7 +193,7 @@ def test_namespaced_mode_grants_namespaced_kinds_only_in_the_watched_namespaces(
     docs = documents(helm, *NAMESPACED_MODE)
     service_account = the(docs, "ServiceAccount")["metadata"]["name"]
     assert grants(the(docs, "ClusterRole")["rules"]) == NAMESPACED_MODE_CLUSTER_ROLE_GRANTS
-    assert sorted(d["metadata"]["namespace"] for d in docs if d["kind"] == "Role") == WATCHED
+    assert sorted(d["metadata"]["namespace"] for d in docs if d["kind"] == "Role" and not d["metadata"]["name"].endswith("-leader-election")) == WATCHED
     for namespace in WATCHED:
         role = the(docs, "Role", namespace=namespace)
         assert grants(role["rules"]) == NAMESPACED_MODE_ROLE_GRANTS
@@ -217,7 +215,9 @@ def operator_container(docs: list[dict[str, Any]]) -> dict[str, Any]:
 )
 def test_operator_args_follow_the_mode(helm: str, mode: str, watch_args: list[str]) -> None:
     container = operator_container(documents(helm, *MODES[mode]))
-    assert container["args"] == ["run", "--liveness", "http://0.0.0.0:8080/healthz", *watch_args]
+    args = container["args"]
+    assert args[:3] == ["run", "--liveness", "http://0.0.0.0:8080/healthz"]
+    assert args[-len(watch_args):] == watch_args
 
 
 def test_operator_deployment_is_two_replicas_probed_and_restricted(helm: str) -> None:
@@ -248,23 +248,31 @@ def test_resources_come_from_values(helm: str) -> None:
     assert container["resources"] == {"requests": {"cpu": "250m", "memory": "256Mi"}, "limits": {"cpu": "1", "memory": "1Gi"}}
 
 
-@pytest.mark.parametrize("peering_name", [None, "blue-team"])
-def test_peering_name_reaches_the_operator_and_the_peering_object(helm: str, peering_name: str | None) -> None:
-    docs = documents(helm, *(["--set", f"peering.name={peering_name}"] if peering_name else []))
-    expected = peering_name or "qwen-operator"
-    env = {var["name"]: var for var in operator_container(docs)["env"]}
-    assert env["QWEN_OPERATOR_PEERING"]["value"] == expected
-    assert env["POD_ID"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
-    peering = the(docs, "ClusterKopfPeering")
-    assert peering["metadata"]["name"] == expected
-    # A hook: on the first install its CRD comes from this same release.
-    assert peering["metadata"]["annotations"]["helm.sh/hook"] == "post-install,post-upgrade"
+@pytest.mark.parametrize("lease_name", [None, "blue-team"])
+def test_leader_election_on_a_lease_the_role_may_touch_only(helm: str, lease_name: str | None) -> None:
+    docs = documents(helm, *(["--set", f"leaderElection.leaseName={lease_name}"] if lease_name else []))
+    expected = lease_name or the(docs, "Deployment")["metadata"]["name"]
+    container = operator_container(docs)
+    args = container["args"]
+    assert "--leader-elect" in args and args[args.index("--lease-name") + 1] == expected
+    assert [args[args.index(flag) + 1] for flag in ("--lease-duration", "--renew-deadline", "--retry-period")] == ["10", "7", "2"]
+    env = {var["name"]: var for var in container["env"]}
+    assert env["POD_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert env["POD_NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+    role = next(d for d in docs if d["kind"] == "Role" and d["metadata"]["name"].endswith("-leader-election"))
+    assert role["metadata"]["namespace"] == NAMESPACE
+    assert role["rules"] == [
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "resourceNames": [expected], "verbs": ["get", "update"]},
+    ]
+    # No kopf peering objects or CRDs any more (they were helm hooks, recreated on upgrade and left by uninstall).
+    assert not {"ClusterKopfPeering", "KopfPeering"} & set(kinds(docs))
 
 
-def test_namespaced_mode_peers_in_each_watched_namespace(helm: str) -> None:
-    docs = documents(helm, *NAMESPACED_MODE)
-    assert "ClusterKopfPeering" not in kinds(docs)
-    assert sorted(d["metadata"]["namespace"] for d in docs if d["kind"] == "KopfPeering") == WATCHED
+def test_leader_election_can_be_turned_off(helm: str) -> None:
+    docs = documents(helm, "--set", "leaderElection.enabled=false", "--set", "replicaCount=1")
+    assert "--leader-elect" not in operator_container(docs)["args"]
+    assert not any(d["kind"] == "Role" for d in docs)
 
 
 def test_metrics_service_targets_the_metrics_port(helm: str) -> None:
@@ -284,7 +292,7 @@ def crd_names(docs: list[dict[str, Any]]) -> set[str]:
 
 def test_crds_are_templates_behind_crds_enabled_and_kept(helm: str) -> None:
     docs = documents(helm)
-    assert crd_names(docs) == {"qweninferences.inference.qwenops.io", "clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev"}
+    assert crd_names(docs) == {"qweninferences.inference.qwenops.io"}
     for crd in (d for d in docs if d["kind"] == "CustomResourceDefinition"):
         assert crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
     not_kept = documents(helm, "--set", "crds.keep=false")

@@ -101,12 +101,6 @@ It renders a YAML list with a leading newline: use it as `... | trim | nindent 2
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]
-{{- if eq .scope "namespaced" }}
-# kopf peering in namespaced mode: a KopfPeering in each watched namespace.
-- apiGroups: ["kopf.dev"]
-  resources: ["kopfpeerings"]
-  verbs: ["get", "list", "watch", "patch"]
-{{- end }}
 {{- end }}
 {{- if $cluster }}
 # kopf's resource scan (and discovery of optional integrations) watches the CRDs.
@@ -122,11 +116,11 @@ It renders a YAML list with a leading newline: use it as `... | trim | nindent 2
 - apiGroups: [""]
   resources: ["namespaces"]
   verbs: ["list", "watch"]
-{{- else }}
-# kopf peering in cluster mode: one ClusterKopfPeering.
-- apiGroups: ["kopf.dev"]
-  resources: ["clusterkopfpeerings"]
-  verbs: ["get", "list", "watch", "patch"]
 {{- end }}
 {{- end }}
+{{- end -}}
+
+{{/* The Lease the replicas elect a leader on. */}}
+{{- define "qwen-operator.leaseName" -}}
+{{- default (include "qwen-operator.fullname" .) .Values.leaderElection.leaseName -}}
 {{- end -}}

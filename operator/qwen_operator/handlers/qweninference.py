@@ -7,7 +7,8 @@ and retries failures per resource with backoff (qwen_operator/controller.py).
 
 The resync is an operator-level loop (a thread), not a kopf timer: kopf timers and daemons put a
 finalizer on every resource, and a QwenInference (and its namespace) could then not be deleted
-while the operator is down or uninstalled. A standby replica (outranked in kopf's peering) skips it.
+while the operator is down or uninstalled. With leader election (cli.py), a standby replica does
+not get this far: kopf and its handlers start only once it holds the Lease.
 """
 
 from __future__ import annotations
@@ -17,20 +18,16 @@ import os
 from typing import Any
 
 import kopf
-from prometheus_client import start_http_server
 
 from qwen_operator.api.models import GROUP, PLURAL, VERSION
 from qwen_operator.builders.common import MANAGED_BY
 from qwen_operator.config import from_env
 from qwen_operator.controller import Controller
-from qwen_operator.k8s import peering
 from qwen_operator.k8s.client import KubeApi
 from qwen_operator import metrics
 from qwen_operator.reconcile import CapabilityCache
 
 RESYNC_SECONDS = float(os.environ.get("QWEN_OPERATOR_RESYNC_SECONDS", "60"))
-METRICS_PORT = int(os.environ.get("QWEN_OPERATOR_METRICS_PORT", "9090"))
-METRICS_ADDRESS = os.environ.get("QWEN_OPERATOR_METRICS_ADDRESS", "0.0.0.0")
 WORKERS = int(os.environ.get("QWEN_OPERATOR_WORKERS", "8"))
 MANAGED = {"app.kubernetes.io/managed-by": MANAGED_BY}
 
@@ -49,20 +46,11 @@ def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     config = from_env()
     api = KubeApi.from_environment(config.field_manager, observe=metrics.observe_request)
     memo.api = api
-
-    def active() -> bool:
-        if memo.get("standalone", True):
-            return True
-        scopes = memo.get("namespaces") or [None]
-        return all(peering.is_active(api, memo.peering, memo.priority, namespace) for namespace in scopes)
-
     memo.controller = Controller(api, config, CapabilityCache(api), workers=WORKERS, resync_seconds=RESYNC_SECONDS,
-                                 namespaces=list(memo.get("namespaces") or []), is_active=active)
-    if METRICS_PORT:
-        start_http_server(METRICS_PORT, addr=METRICS_ADDRESS)
+                                 namespaces=list(memo.get("namespaces") or []))
     memo.controller.start()
     log.info("qwen-operator started: %d workers, resync every %ss, metrics on %s:%s, vLLM image %s",
-             WORKERS, RESYNC_SECONDS, METRICS_ADDRESS, METRICS_PORT, config.default_vllm_image)
+             WORKERS, RESYNC_SECONDS, metrics.METRICS_ADDRESS, metrics.METRICS_PORT, config.default_vllm_image)
 
 
 @kopf.on.cleanup()

@@ -19,7 +19,7 @@ from kubernetes import config as k8s_config
 from kubernetes.client.rest import ApiException
 
 # The verbs of KubeApi that change the cluster, as counted in qwen_operator_api_requests_total.
-WRITE_VERBS = frozenset({"apply", "create", "delete", "patch", "patch_status"})
+WRITE_VERBS = frozenset({"apply", "create", "delete", "patch", "patch_status", "replace"})
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,7 @@ NETWORK_POLICY = Kind("networking.k8s.io/v1", "NetworkPolicy", "networkpolicies"
 HPA = Kind("autoscaling/v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers")
 SERVICE_MONITOR = Kind("monitoring.coreos.com/v1", "ServiceMonitor", "servicemonitors")
 PROMETHEUS_RULE = Kind("monitoring.coreos.com/v1", "PrometheusRule", "prometheusrules")
+LEASE = Kind("coordination.k8s.io/v1", "Lease", "leases")
 
 KINDS_BY_KEY: dict[tuple[str, str], Kind] = {
     (k.api_version, k.kind): k
@@ -185,6 +186,10 @@ class KubeApi:
 
     def create(self, kind: Kind, namespace: str, manifest: dict[str, Any]) -> dict[str, Any]:
         return self._request("create", kind, "POST", kind.path(namespace), body=manifest)
+
+    def replace(self, kind: Kind, namespace: str | None, name: str, manifest: dict[str, Any]) -> dict[str, Any]:
+        """PUT: fails with 409 when manifest's resourceVersion is no longer the stored one."""
+        return self._request("replace", kind, "PUT", kind.path(namespace, name), body=manifest)
 
     def create_dry_run(self, kind: Kind, namespace: str, manifest: dict[str, Any]) -> dict[str, Any]:
         """Validates manifest as a new object (server-side dry run under a generated name: nothing is
