@@ -13,7 +13,11 @@
 #   QWEN_GPU_POOLS     fake GPU nodes as PRODUCT:COUNT[,PRODUCT:COUNT...] (NVIDIA-L4:3,Tesla-T4:1)
 #   QWEN_GPUS_PER_NODE GPUs each fake GPU node advertises (8)
 #   QWEN_CPU_NODES     CPU-only fake nodes (1)
-#   QWEN_APISERVER_PORT, QWEN_ETCD_PORT   loopback ports (16443, 23790)
+#   QWEN_APISERVER_PORT, QWEN_ETCD_PORT   loopback ports (16443, 23790); the real node's ports follow the apiserver's
+#   QWEN_REAL_NODE     auto (default: a real kubelet node where this machine can run one), 1 (required), 0 (none)
+#   QWEN_REAL_NODE_CIDR, QWEN_REAL_NODE_BRIDGE, QWEN_REAL_NODE_GPUS, QWEN_REAL_NODE_GPU_PRODUCT
+#                      the real node's pod network (10.85.0.0/24 on bridge qwen0) and fake GPUs (8 NVIDIA-L4)
+# The real node (hack/real-node.sh) runs real containers; it is described there.
 set -euo pipefail
 
 HACK_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -30,6 +34,7 @@ ETCD_PORT=${QWEN_ETCD_PORT:-23790}
 ETCD_PEER_PORT=$((ETCD_PORT + 10))
 SERVICE_CIDR=10.96.0.0/16
 POD_CIDR=10.244.0.0/16
+KWOK_NODE_IP=10.0.0.1
 
 PKI=$CLUSTER_DIR/pki
 LOGS=$CLUSTER_DIR/logs
@@ -64,14 +69,20 @@ running() {
 # One CA for everything; the admin client is in system:masters. A second CA signs the front proxy
 # client the aggregation layer uses to reach aggregated APIs (custom.metrics.k8s.io).
 make_pki() {
-  [[ -f $PKI/admin.crt && -f $PKI/front-proxy-client.crt && -f $PKI/sa.key ]] && return
+  if [[ -f $PKI/admin.crt && -f $PKI/front-proxy-client.crt && -f $PKI/sa.key ]]; then
+    # Certificates made before the real node existed lack its bridge address: make the server's again.
+    openssl x509 -in "$PKI/apiserver.crt" -noout -text | grep -q "IP Address:$NODE_IP\b" && return
+    rm -f "$PKI/apiserver.crt"
+  fi
   mkdir -p "$PKI"
   local o="$PKI"
   openssl_quiet() { openssl "$@" >/dev/null 2>&1 || { openssl "$@"; exit 1; }; }
-  openssl_quiet req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=qwen-local-ca" \
-    -keyout "$o/ca.key" -out "$o/ca.crt"
-  openssl_quiet req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=qwen-local-front-proxy-ca" \
-    -keyout "$o/front-proxy-ca.key" -out "$o/front-proxy-ca.crt"
+  if [[ ! -f $o/ca.crt ]]; then
+    openssl_quiet req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=qwen-local-ca" \
+      -keyout "$o/ca.key" -out "$o/ca.crt"
+    openssl_quiet req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=qwen-local-front-proxy-ca" \
+      -keyout "$o/front-proxy-ca.key" -out "$o/front-proxy-ca.crt"
+  fi
   sign() { # name subject ca [extfile]
     openssl_quiet req -newkey rsa:2048 -nodes -subj "$2" -keyout "$o/$1.key" -out "$o/$1.csr"
     local ext=()
@@ -81,15 +92,17 @@ make_pki() {
     rm -f "$o/$1.csr"
   }
   cat >"$o/apiserver.ext" <<EOF
-subjectAltName=IP:127.0.0.1,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local
+subjectAltName=IP:127.0.0.1,IP:10.96.0.1,IP:$NODE_IP,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local
 extendedKeyUsage=serverAuth
 EOF
   echo "extendedKeyUsage=clientAuth" >"$o/client.ext"
   sign apiserver "/CN=kube-apiserver" ca "$o/apiserver.ext"
-  sign admin "/O=system:masters/CN=qwen-admin" ca "$o/client.ext"
-  sign front-proxy-client "/CN=front-proxy-client" front-proxy-ca "$o/client.ext"
-  openssl_quiet genrsa -out "$o/sa.key" 2048
-  openssl_quiet rsa -in "$o/sa.key" -pubout -out "$o/sa.pub"
+  [[ -f $o/admin.crt ]] || sign admin "/O=system:masters/CN=qwen-admin" ca "$o/client.ext"
+  [[ -f $o/front-proxy-client.crt ]] || sign front-proxy-client "/CN=front-proxy-client" front-proxy-ca "$o/client.ext"
+  if [[ ! -f $o/sa.key ]]; then
+    openssl_quiet genrsa -out "$o/sa.key" 2048
+    openssl_quiet rsa -in "$o/sa.key" -pubout -out "$o/sa.pub"
+  fi
 }
 
 write_kubeconfig() {
@@ -204,9 +217,11 @@ nodes_manifest() {
 up() {
   if running; then
     log "reusing the running cluster (kubeconfig: $KUBECONFIG_FILE)"
+    real_node_up
     return
   fi
   # A partly running cluster (a component died) is restarted whole.
+  real_node_down
   stop_processes
   "$HACK_DIR/build-tools.sh" cluster
   local bin_k8s bin_etcd bin_kwok
@@ -231,7 +246,9 @@ up() {
     --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$APISERVER_PORT" \
     --etcd-servers "http://127.0.0.1:$ETCD_PORT" \
     --tls-cert-file "$PKI/apiserver.crt" --tls-private-key-file "$PKI/apiserver.key" \
-    --client-ca-file "$PKI/ca.crt" --authorization-mode RBAC \
+    --client-ca-file "$PKI/ca.crt" --authorization-mode Node,RBAC \
+    --kubelet-client-certificate "$PKI/admin.crt" --kubelet-client-key "$PKI/admin.key" \
+    --kubelet-preferred-address-types InternalIP \
     --service-account-issuer https://kubernetes.default.svc.cluster.local \
     --service-account-key-file "$PKI/sa.pub" --service-account-signing-key-file "$PKI/sa.key" \
     --service-cluster-ip-range "$SERVICE_CIDR" --allow-privileged=true \
@@ -258,12 +275,14 @@ up() {
   start kwok "$bin_kwok" --kubeconfig "$KUBECONFIG_FILE" \
     --config "$HACK_DIR/kwok/upstream-stages.yaml" --config "$HACK_DIR/kwok/qwen-stages.yaml" \
     --manage-all-nodes=false --manage-nodes-with-annotation-selector kwok.x-k8s.io/node=fake \
-    --cidr "$POD_CIDR" --node-ip 10.0.0.1 --node-lease-duration-seconds 40
+    --cidr "$POD_CIDR" --node-ip "$KWOK_NODE_IP" --node-lease-duration-seconds 40
 
   kc apply --server-side --field-manager qwen-cluster -f "$HACK_DIR/kwok/storage-class.yaml" >/dev/null
   nodes_manifest | kc apply --server-side --field-manager qwen-cluster -f - >/dev/null
   wait_for "default service account" 60 kc get serviceaccount default -n default -o name >/dev/null
   wait_for "fake nodes" 60 nodes_ready
+  log "control plane and kwok nodes up in $((SECONDS - t0))s"
+  real_node_up
   log "cluster up in $((SECONDS - t0))s: export KUBECONFIG=$KUBECONFIG_FILE"
 }
 
@@ -291,6 +310,7 @@ stop_processes() {
 }
 
 down() {
+  real_node_down
   stop_processes
   # Certificates are kept (they take a second to make); the data goes, so the next `up` is clean.
   rm -rf "$CLUSTER_DIR/etcd" "$LOGS"
@@ -302,6 +322,7 @@ status() {
   for c in "${COMPONENTS[@]}"; do
     if pid_alive "$c"; then echo "$c: running (pid $(cat "$PIDS/$c"))"; else echo "$c: stopped"; fi
   done
+  real_node_status
   if apiserver_ready; then
     echo "kubeconfig: $KUBECONFIG_FILE"
     kc get nodes -L nvidia.com/gpu.product -L nvidia.com/gpu.count
@@ -310,6 +331,9 @@ status() {
     return 1
   fi
 }
+
+# shellcheck source=real-node.sh
+source "$HACK_DIR/real-node.sh"
 
 case "${1:-}" in
   up) up ;;

@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the real node of hack/cluster.sh needs: containerd and runc (the
 # container runtime), containernetworking-plugins (bridge, host-local, portmap in /usr/lib/cni),
-# iptables (kubelet and kube-proxy program it), conntrack, socat (the apiserver's address on the pod
-# bridge), gcc and libc6-dev (the static pause binary), and for hack/images.sh debootstrap (with
-# Debian's archive keyring) and buildah. Idempotent and non-interactive; never
-# starts a service (hack/cluster.sh runs a private containerd).
+# iptables (kubelet and kube-proxy program it), nftables (down deletes the tables iptables made),
+# conntrack, socat (the apiserver's address on the pod bridge), gcc and libc6-dev (the static pause
+# binary), and for hack/images.sh debootstrap (with Debian's archive keyring) and buildah.
+# Idempotent and non-interactive; never starts a service (hack/cluster.sh runs a private containerd).
 #
 # Without root nothing can be installed, and nothing could run the node either: it says so and
 # exits 0, and hack/cluster.sh then runs without the real node (its tests skip, naming the reason).
 set -euo pipefail
 
-PACKAGES=(containerd runc containernetworking-plugins iptables conntrack socat gcc libc6-dev
+PACKAGES=(containerd runc containernetworking-plugins iptables nftables conntrack socat gcc libc6-dev
   debootstrap debian-archive-keyring buildah)
 
 log() { echo "[install-node-packages] $*" >&2; }

@@ -39,7 +39,8 @@ Control endpoint, for tests (not part of vLLM, no API key):
   PUT  /stand-in/fault?mode=none|hang|slow|exit[&seconds=S][&crash_starts=N]
                                                       sets the fault; exit ends the process now (exit
                                                       code 1), after arranging N crashing starts
-  GET  /stand-in/state                                gauges, fault, requests in flight, uid, what it wrote
+  GET  /stand-in/state                                gauges, fault, requests in flight, uid, what it
+                                                      wrote, whether its root filesystem is read-only
 
 Two ways to run it:
   vllm_standin.py serve MODEL [--port 8000] [--host H] [--served-model-name N] [--api-key K] [vLLM flags...]
@@ -550,13 +551,18 @@ def serve(argv: list[str]) -> int:
     if load_seconds > 0:
         print(f"vLLM stand-in: loading for {load_seconds:g}s (not listening yet)", flush=True)
         if stopping.wait(load_seconds):
+            # vLLM turns SIGTERM into KeyboardInterrupt: a load cut short is a failure, not a clean exit.
+            print("vLLM stand-in: terminated while loading", file=sys.stderr, flush=True)
             writes.close()
-            return 0
+            return 1
 
     pod = FakePod(served_name, api_key, int(last("--max-model-len", "32768")))
     pod.fault = os.environ.get("VLLM_STANDIN_FAULT", "none")
     pod.slow_seconds = float(os.environ.get("VLLM_STANDIN_SLOW_SECONDS", "2"))
-    pod.facts = {"uid": os.getuid(), "gid": os.getgid(), "start": starts, "written": writes.paths, "pid": os.getpid()}
+    pod.facts = {
+        "uid": os.getuid(), "gid": os.getgid(), "pid": os.getpid(), "start": starts, "written": writes.paths,
+        "root_read_only": bool(os.statvfs("/").f_flag & os.ST_RDONLY),
+    }
 
     def exit_now(crash_starts: int) -> None:
         if crash_starts:
