@@ -77,19 +77,19 @@ INVALID_SPECS = [
     ),
     pytest.param(
         {"engine": {"extraArgs": ["--api-key", "sk-123"]}},
-        UNPROCESSABLE, "engine.extraArgs may not set a flag the spec owns", id="extra-args-api-key",
+        UNPROCESSABLE, "engine.extraArgs may not set --api-key: a spec field or the operator owns it", id="extra-args-api-key",
     ),
     pytest.param(
         {"engine": {"extraArgs": ["--revision=v2"]}},
-        UNPROCESSABLE, "engine.extraArgs may not set a flag the spec owns", id="extra-args-revision",
+        UNPROCESSABLE, "engine.extraArgs may not set --revision: a spec field or the operator owns it", id="extra-args-revision",
     ),
     pytest.param(
         {"engine": {"extraArgs": ["--enable-prefix-caching", "--port=9000"]}},
-        UNPROCESSABLE, "engine.extraArgs may not set a flag the spec owns", id="extra-args-port-with-equals",
+        UNPROCESSABLE, "engine.extraArgs may not set --port: a spec field or the operator owns it", id="extra-args-port-with-equals",
     ),
     pytest.param(
         {"engine": {"extraArgs": ["--enable-reasoning"]}},
-        UNPROCESSABLE, "vLLM removed", id="extra-args-removed-flag",
+        UNPROCESSABLE, "--enable-reasoning is not a flag of vllm serve v0.19.1", id="extra-args-removed-flag",
     ),
     pytest.param(
         {"engine": {"extraArgs": [f"--flag-{i}" for i in range(65)]}},
@@ -141,7 +141,7 @@ INVALID_SPECS = [
     ),
     pytest.param(
         {"engine": {"gpuMemoryUtilization": 1.5}}, UNPROCESSABLE,
-        "spec.engine.gpuMemoryUtilization in body should be less than or equal to 0.99", id="gpu-memory-above-max",
+        "spec.engine.gpuMemoryUtilization must be at least 0.1 and at most 0.99", id="gpu-memory-above-max",
     ),
     pytest.param(
         {"model": {"maxModelLen": 100}}, UNPROCESSABLE, "spec.model.maxModelLen in body should be greater than or equal to 256",
@@ -202,6 +202,10 @@ def test_missing_spec_is_defaulted_too(custom, ns: str) -> None:
     assert dry_run_create(custom, ns, body)["spec"]["replicas"] == 1
 
 
+AFFINITY = {"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
+    {"weight": 5, "preference": {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a"]}]}}]}}
+
+
 def test_a_full_valid_spec_is_accepted(custom, ns: str) -> None:
     spec = {
         "model": {
@@ -212,17 +216,17 @@ def test_a_full_valid_spec_is_accepted(custom, ns: str) -> None:
             "toolCalling": {"enabled": True, "parser": "hermes"},
             "source": {"tokenSecretRef": {"name": "hf-token", "key": "token"}, "cache": {"storageClassName": "fast", "size": "50Gi"}},
         },
-        "engine": {"tensorParallelSize": 2, "extraArgs": ["--enable-prefix-caching", "--max-num-batched-tokens-x=1"],
+        "engine": {"tensorParallelSize": 2, "extraArgs": ["--enable-prefix-caching", "--max-loras=1"],
                    "env": [{"name": "VLLM_LOGGING_LEVEL", "value": "DEBUG"}]},
         "resources": {"gpu": {"count": 2, "products": ["NVIDIA-L4"]}, "cpu": "8", "memory": "32Gi"},
         "autoscaling": {"enabled": True, "minReplicas": 2, "maxReplicas": 2},
         "auth": {"apiKeySecretRef": {"name": "qwen-keys", "key": "api-key"}},
         "networkPolicy": {"enabled": True, "allowFrom": [{"namespaceSelector": {"team": "a"}}]},
-        "scheduling": {"affinity": {"nodeAffinity": {"anything": ["passes", "through"]}},
+        "scheduling": {"affinity": AFFINITY,
                        "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]},
     }
     created = dry_run_create(custom, ns, qwen("full", spec))
-    assert created["spec"]["scheduling"]["affinity"] == {"nodeAffinity": {"anything": ["passes", "through"]}}
+    assert created["spec"]["scheduling"]["affinity"] == AFFINITY  # passed through as written
     QwenInferenceSpec.model_validate(created["spec"])  # what the API server stores, the operator can parse
 
 

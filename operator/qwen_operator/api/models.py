@@ -78,7 +78,7 @@ def _k8s_schema(type_name: str, *, array: bool = False, max_items: int | None = 
     """json_schema_extra that replaces a pass-through field's schema with Kubernetes' schema of type_name."""
 
     def replace(schema: dict[str, Any]) -> None:
-        description = schema.get("description")
+        description, default = schema.get("description"), schema.get("default")
         schema.clear()
         item = copy.deepcopy(K8S_SCHEMAS[type_name])
         if array:
@@ -89,6 +89,8 @@ def _k8s_schema(type_name: str, *, array: bool = False, max_items: int | None = 
             schema.update(item)
         if description:
             schema["description"] = description
+        if default is not None:
+            schema["default"] = default
 
     return replace
 
