@@ -3,7 +3,7 @@
 # hack/versions.env, into ~/.cache/qwen-operator/bin/<name>-<version>/. Each binary is built once;
 # later calls find it in the cache and return at once.
 #
-#   hack/build-tools.sh [all|cluster|node|kubernetes|etcd|kwok|helm|prometheus-adapter|kind|...]...
+#   hack/build-tools.sh [all|cluster|node|lint|kubernetes|etcd|kwok|helm|prometheus-adapter|kind|...]...
 #   hack/build-tools.sh path NAME      prints the cached path of one binary
 #
 # `node` is the real node's part (hack/cluster.sh, QWEN_REAL_NODE): kubelet and kube-proxy from the
@@ -30,6 +30,8 @@ bin_path() {
     helm) echo "$BIN_DIR/helm-$HELM_VERSION/helm" ;;
     prometheus-adapter) echo "$BIN_DIR/prometheus-adapter-$PROMETHEUS_ADAPTER_VERSION/adapter" ;;
     kind) echo "$BIN_DIR/kind-$KIND_VERSION/kind" ;;
+    kube-score) echo "$BIN_DIR/kube-score-$KUBE_SCORE_VERSION/kube-score" ;;
+    kubeconform) echo "$BIN_DIR/kubeconform-$KUBECONFORM_VERSION/kubeconform" ;;
     kubelet|kube-proxy) echo "$BIN_DIR/kubernetes-node-$KUBERNETES_VERSION/$1" ;;
     pause) echo "$BIN_DIR/pause-$KUBERNETES_VERSION/pause" ;;
     crictl) echo "$BIN_DIR/crictl-$CRICTL_VERSION/crictl" ;;
@@ -211,6 +213,12 @@ build_prometheus_adapter() {
   commit_dir "$out" "$tmp"
 }
 build_kind() { go_install kind sigs.k8s.io/kind "$KIND_VERSION" kind; }
+# The linters of `make lint` (hack/lint.sh). kube-score stamps its version through -X main.version.
+build_kube_score() {
+  go_install kube-score github.com/zegl/kube-score/cmd/kube-score "$KUBE_SCORE_VERSION" kube-score "-X main.version=$KUBE_SCORE_VERSION"
+}
+build_kubeconform() { go_install kubeconform github.com/yannh/kubeconform/cmd/kubeconform "$KUBECONFORM_VERSION" kubeconform; }
+build_lint() { build_helm; build_kube_score; build_kubeconform; }
 build_node() { build_pause; build_fake_gpu_plugin; build_crictl; build_coredns; build_kubernetes_node; }
 # `all` (make tools) builds the real node's part only where it could run: as root (with gcc for pause).
 build_node_if_possible() {
@@ -229,7 +237,7 @@ main() {
   for t in "${targets[@]}"; do
     case "$t" in
       cluster) build_etcd; build_kwok; build_kubernetes ;;
-      all) build_etcd; build_kwok; build_kubernetes; build_helm; build_prometheus_adapter; build_node_if_possible ;;
+      all) build_etcd; build_kwok; build_kubernetes; build_helm; build_prometheus_adapter; build_lint; build_node_if_possible ;;
       node) build_node ;;
       kubelet|kube-proxy) build_kubernetes_node ;;
       pause) build_pause ;;
@@ -242,6 +250,9 @@ main() {
       helm) build_helm ;;
       prometheus-adapter) build_prometheus_adapter ;;
       kind) build_kind ;;
+      lint) build_lint ;;
+      kube-score) build_kube_score ;;
+      kubeconform) build_kubeconform ;;
       *) echo "unknown target: $t" >&2; exit 2 ;;
     esac
   done

@@ -32,11 +32,11 @@ CUSTOM_SPEC = QwenInferenceSpec.model_validate(
         "monitoring": {
             "alerts": {
                 "errorRatio": 0.5,
-                "latencyP95Seconds": 60,
                 "timeToFirstTokenP95Seconds": 10,
+                "interTokenLatencyP95Seconds": 0.5,
                 "queueDepth": 5,
                 "queueDuration": "2m",
-                "kvCacheUsage": 0.99,
+                "preemptionsPerMinute": 5,
             }
         }
     }
@@ -46,10 +46,10 @@ ALERT_NAMES = {
     "QwenInferenceDown",
     "QwenInferenceModelNotLoaded",
     "QwenInferenceHighErrorRate",
-    "QwenInferenceHighLatencyP95",
     "QwenInferenceHighTimeToFirstToken",
+    "QwenInferenceHighInterTokenLatency",
     "QwenInferenceQueueGrowing",
-    "QwenInferenceKVCacheNearlyFull",
+    "QwenInferencePreempting",
     "QwenInferenceCrashLooping",
 }
 
@@ -90,8 +90,8 @@ def test_promtool_check_rules_accepts_the_rendered_rules(promtool: str, tmp_path
 DEFAULT_FIXTURES = {
     "queue.yaml": {"QwenInferenceQueueGrowing"},
     "error_rate.yaml": {"QwenInferenceHighErrorRate"},
-    "kv_cache.yaml": {"QwenInferenceKVCacheNearlyFull"},
-    "latency.yaml": {"QwenInferenceHighLatencyP95", "QwenInferenceHighTimeToFirstToken"},
+    "preemptions.yaml": {"QwenInferencePreempting"},
+    "latency.yaml": {"QwenInferenceHighInterTokenLatency", "QwenInferenceHighTimeToFirstToken"},
     "down.yaml": {"QwenInferenceDown"},
     "model_not_loaded.yaml": {"QwenInferenceModelNotLoaded"},
     "crash_looping.yaml": {"QwenInferenceCrashLooping"},
@@ -126,8 +126,8 @@ def test_default_thresholds_contradict_the_custom_outcomes(promtool: str, tmp_pa
     assert failed_alertnames(result.stdout + result.stderr) == {
         "QwenInferenceQueueGrowing",
         "QwenInferenceHighErrorRate",
-        "QwenInferenceKVCacheNearlyFull",
-        "QwenInferenceHighLatencyP95",
+        "QwenInferencePreempting",
+        "QwenInferenceHighInterTokenLatency",
         "QwenInferenceHighTimeToFirstToken",
         "QwenInferenceModelNotLoaded",
         "QwenInferenceDown",
@@ -170,3 +170,16 @@ def test_startup_budget_sets_the_model_not_loaded_wait() -> None:
 @pytest.mark.parametrize(("seconds", "expected"), [(600, "10m"), (90, "90s"), (3600, "1h"), (5400, "90m"), (45, "45s")])
 def test_prometheus_duration(seconds: int, expected: str) -> None:
     assert prometheus_duration(seconds) == expected
+
+
+def test_no_alert_on_end_to_end_latency_or_a_full_kv_cache() -> None:
+    # Long reasoning is healthy and vLLM fills its KV cache on purpose: neither may page anyone.
+    rules = build_prometheus_rule(OWNER, DEFAULT_SPEC, SERVED_NAME, DEFAULT_BUDGET)["spec"]["groups"][0]["rules"]
+    for rule in rules:
+        assert "e2e_request_latency" not in rule["expr"] and "kv_cache_usage" not in rule["expr"], rule["alert"]
+
+
+def test_deprecated_thresholds_are_accepted_and_ignored() -> None:
+    # Objects stored before the change still carry latencyP95Seconds and kvCacheUsage (the old CRD defaulted them).
+    old = QwenInferenceSpec.model_validate({"monitoring": {"alerts": {"latencyP95Seconds": 30, "kvCacheUsage": 0.95}}})
+    assert build_prometheus_rule(OWNER, old, SERVED_NAME, DEFAULT_BUDGET) == build_prometheus_rule(OWNER, DEFAULT_SPEC, SERVED_NAME, DEFAULT_BUDGET)

@@ -307,8 +307,21 @@ def test_preloaded_model_from_pvc(path: str, model_arg: str) -> None:
     assert init_containers(d) == []
     volumes = {v["name"]: v for v in pod(d)["volumes"]}
     assert volumes["model-source"]["persistentVolumeClaim"] == {"claimName": "weights", "readOnly": True}
-    assert "persistentVolumeClaim" not in volumes["model-cache"]
+    assert "model-cache" not in volumes
+    assert "/model-cache" not in [m["mountPath"] for m in server(d)["volumeMounts"]]
     assert {"name": "model-source", "mountPath": "/models", "readOnly": True} in server(d)["volumeMounts"]
+
+
+def test_model_baked_into_the_image() -> None:
+    d = build(make_spec(model={"name": "Qwen/Qwen3-0.6B-FP8", "source": {"bakedIntoImage": True}}))
+    assert init_containers(d) == []
+    assert args(d)[0] == "Qwen/Qwen3-0.6B-FP8"
+    env = env_of(server(d))
+    assert "HF_HOME" not in env  # the image's own HF_HOME holds the model
+    assert env["HF_HUB_OFFLINE"]["value"] == "1"
+    assert "model-cache" not in {v["name"] for v in pod(d)["volumes"]}
+    assert "/model-cache" not in [m["mountPath"] for m in server(d)["volumeMounts"]]
+
 
 
 def test_writable_dirs_and_shared_memory() -> None:
@@ -316,8 +329,33 @@ def test_writable_dirs_and_shared_memory() -> None:
     volumes = {v["name"]: v for v in pod(d)["volumes"]}
     mounts = {m["mountPath"]: m["name"] for m in server(d)["volumeMounts"]}
     assert volumes[mounts["/dev/shm"]]["emptyDir"] == {"medium": "Memory"}
-    assert "emptyDir" in volumes[mounts["/tmp"]]
-    assert "emptyDir" in volumes[mounts["/scratch"]]
+    # Size limits: the kubelet evicts a pod that outgrows them instead of letting it fill the node's disk.
+    assert volumes[mounts["/tmp"]]["emptyDir"] == {"sizeLimit": "1Gi"}
+    assert volumes[mounts["/scratch"]]["emptyDir"] == {"sizeLimit": "8Gi"}
+
+
+@pytest.mark.parametrize(
+    ("source", "model", "cache_volume", "ephemeral"),
+    [
+        # Cache on: the pod writes only scratch (8) + tmp (1) + logs (1).
+        ({}, "Qwen/Qwen3-0.6B-FP8", None, "10Gi"),
+        # Cache off: the download goes into the pod; cache.size covers a small model...
+        ({"cache": {"enabled": False}}, "Qwen/Qwen3-0.6B-FP8", "20Gi", "30Gi"),
+        # ...and the catalog's weights (61 GiB, +10% for the download's temporary files) raise it for a large one.
+        ({"cache": {"enabled": False}}, "Qwen/Qwen3-32B", "68Gi", "78Gi"),
+        ({"cache": {"enabled": False, "size": "100Gi"}}, "Qwen/Qwen3-32B", "100Gi", "110Gi"),
+        ({"bakedIntoImage": True}, "Qwen/Qwen3-0.6B-FP8", None, "10Gi"),
+    ],
+)
+def test_ephemeral_storage_covers_the_emptydirs_and_the_model(source: dict[str, Any], model: str, cache_volume: str | None, ephemeral: str) -> None:
+    d = build(make_spec(model={"name": model, "source": source}, engine={"tensorParallelSize": 2} if "32B" in model else {},
+                        resources={"gpu": {"count": 2}} if "32B" in model else {}))
+    volumes = {v["name"]: v for v in pod(d)["volumes"]}
+    if cache_volume is not None:
+        assert volumes["model-cache"]["emptyDir"] == {"sizeLimit": cache_volume}
+    for container in pod(d)["containers"] + init_containers(d):
+        assert container["resources"]["requests"]["ephemeral-storage"] == ephemeral
+        assert container["resources"]["limits"]["ephemeral-storage"] == ephemeral
 
 
 # --- probes, drain, resources ----------------------------------------------------------------
@@ -335,13 +373,35 @@ def test_writable_dirs_and_shared_memory() -> None:
 )
 def test_startup_probe_threshold_from_budget(spec_fields: dict[str, Any], threshold: int) -> None:
     probe = server(build(make_spec(**spec_fields)))["startupProbe"]
-    assert probe == {"httpGet": {"path": "/health", "port": "http"}, "periodSeconds": 10, "failureThreshold": threshold}
+    assert probe["failureThreshold"] == threshold
+    assert probe["periodSeconds"] == 10
+    assert probe["timeoutSeconds"] >= 5
 
 
-def test_readiness_and_liveness() -> None:
-    c = server(build())
-    assert c["readinessProbe"] == {"httpGet": {"path": "/health", "port": "http"}, "periodSeconds": 5, "failureThreshold": 3}
-    assert c["livenessProbe"] == {"httpGet": {"path": "/health", "port": "http"}, "periodSeconds": 10, "timeoutSeconds": 5, "failureThreshold": 3}
+@pytest.mark.parametrize(
+    ("spec_fields", "readiness", "liveness"),
+    [
+        # The catalog's defaults: readiness (timeout, threshold) (5, 3) every 10 s; liveness (10, 6) every 20 s.
+        ({}, (5, 3), (10, 6)),
+        # Large models batch more per step and answer /health later: the catalog gives them 10 s.
+        ({"model": {"name": "Qwen/Qwen3-32B"}, "engine": {"tensorParallelSize": 2}, "resources": {"gpu": {"count": 2}}}, (10, 3), (20, 6)),
+        ({"model": {"name": "Org/Other", "maxModelLen": 4096}}, (5, 3), (10, 6)),
+        ({"engine": {"probes": {"readinessTimeoutSeconds": 8, "readinessFailureThreshold": 5}}}, (8, 5), (10, 6)),
+        # Raising only readiness past the catalog's liveness timeout keeps liveness the more tolerant one.
+        ({"engine": {"probes": {"readinessTimeoutSeconds": 15}}}, (15, 3), (15, 6)),
+        ({"engine": {"probes": {"livenessTimeoutSeconds": 30, "livenessFailureThreshold": 10}}}, (5, 3), (30, 10)),
+    ],
+)
+def test_readiness_and_liveness(spec_fields: dict[str, Any], readiness: tuple[int, int], liveness: tuple[int, int]) -> None:
+    c = server(build(make_spec(**spec_fields)))
+    health = {"path": "/health", "port": "http"}
+    assert c["readinessProbe"] == {"httpGet": health, "periodSeconds": 10, "timeoutSeconds": readiness[0], "failureThreshold": readiness[1]}
+    assert c["livenessProbe"] == {"httpGet": health, "periodSeconds": 20, "timeoutSeconds": liveness[0], "failureThreshold": liveness[1]}
+    # Liveness tolerates at least as long a silence as readiness: a busy pod leaves the Service before any restart.
+    def silence(p: dict[str, Any]) -> int:
+        return p["periodSeconds"] * p["failureThreshold"]
+    assert silence(c["livenessProbe"]) > silence(c["readinessProbe"])
+    assert c["livenessProbe"]["timeoutSeconds"] >= c["readinessProbe"]["timeoutSeconds"]
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert "initialDelaySeconds" not in c[probe]
     assert c["ports"] == [{"name": "http", "containerPort": 8000, "protocol": "TCP"}]
@@ -362,8 +422,58 @@ def test_drain(pre_stop: int, shutdown: int, grace: int) -> None:
 def test_resources() -> None:
     spec = make_spec(resources={"gpu": {"count": 2, "resourceName": "nvidia.com/mig-3g.40gb"}, "cpu": "8", "memory": "64Gi"}, engine={"tensorParallelSize": 2})
     res = server(build(spec))["resources"]
-    expected = {"cpu": "8", "memory": "64Gi", "nvidia.com/mig-3g.40gb": "2"}
+    expected = {"cpu": "8", "memory": "64Gi", "nvidia.com/mig-3g.40gb": "2", "ephemeral-storage": "10Gi"}
     assert res == {"requests": expected, "limits": expected}
+
+
+@pytest.mark.parametrize(("tensor_parallel", "cpu"), [(1, "4"), (2, "8"), (4, "16"), (8, "32")])
+def test_cpu_scales_with_tensor_parallel_size_when_unset(tensor_parallel: int, cpu: str) -> None:
+    spec = make_spec(engine={"tensorParallelSize": tensor_parallel}, resources={"gpu": {"count": tensor_parallel}})
+    res = server(build(spec))["resources"]
+    # Request equals limit: Guaranteed QoS (the memory is equal too), so the static CPU manager can pin cores.
+    assert res["requests"]["cpu"] == res["limits"]["cpu"] == cpu
+    assert res["requests"]["memory"] == res["limits"]["memory"]
+
+
+@pytest.mark.parametrize(
+    ("fields", "strategy"),
+    [
+        ({}, {"maxUnavailable": 0, "maxSurge": 1}),
+        ({"rollout": {"maxSurge": 0, "maxUnavailable": 1}}, {"maxUnavailable": 1, "maxSurge": 0}),
+        ({"rollout": {"maxSurge": 2, "maxUnavailable": 1}}, {"maxUnavailable": 1, "maxSurge": 2}),
+    ],
+)
+def test_rollout_strategy_from_spec(fields: dict[str, Any], strategy: dict[str, int]) -> None:
+    assert build(make_spec(**fields))["spec"]["strategy"] == {"type": "RollingUpdate", "rollingUpdate": strategy}
+
+
+SOFT_HOSTNAME_SPREAD = [{
+    "maxSkew": 1, "topologyKey": "kubernetes.io/hostname", "whenUnsatisfiable": "ScheduleAnyway",
+    "labelSelector": {"matchLabels": selector_labels(OWNER)}, "matchLabelKeys": ["pod-template-hash"],
+}]
+
+
+@pytest.mark.parametrize(
+    ("fields", "spread"),
+    [
+        ({}, None),
+        ({"replicas": 2}, SOFT_HOSTNAME_SPREAD),
+        ({"replicas": 1, "autoscaling": {"enabled": True, "maxReplicas": 3}}, SOFT_HOSTNAME_SPREAD),
+        ({"replicas": 1, "autoscaling": {"enabled": True, "maxReplicas": 1}}, None),
+        # The user's own placement wins: a spread of theirs, or an affinity.
+        ({"replicas": 2, "scheduling": {"topologySpreadConstraints": [{"maxSkew": 2, "topologyKey": "zone", "whenUnsatisfiable": "DoNotSchedule"}]}},
+         [{"maxSkew": 2, "topologyKey": "zone", "whenUnsatisfiable": "DoNotSchedule"}]),
+        ({"replicas": 2, "scheduling": {"affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+            {"topologyKey": "kubernetes.io/hostname", "labelSelector": {"matchLabels": {"a": "b"}}}]}}}}, None),
+    ],
+)
+def test_soft_spread_over_nodes(fields: dict[str, Any], spread: list[dict[str, Any]] | None) -> None:
+    assert pod(build(make_spec(model=BF16_MODEL, **fields))).get("topologySpreadConstraints") == spread
+
+
+def test_runtime_class_name() -> None:
+    assert pod(build(make_spec(scheduling={"runtimeClassName": "nvidia"})))["runtimeClassName"] == "nvidia"
+    assert "runtimeClassName" not in pod(build())
 
 
 def test_pod_settings() -> None:
@@ -416,7 +526,7 @@ def test_scheduling_passthrough() -> None:
 
 def test_no_scheduling_fields_by_default_for_a_bf16_model() -> None:
     p = pod(build(make_spec(model=BF16_MODEL)))
-    for field in ("nodeSelector", "tolerations", "affinity", "priorityClassName", "topologySpreadConstraints"):
+    for field in ("nodeSelector", "tolerations", "affinity", "priorityClassName", "topologySpreadConstraints", "runtimeClassName"):
         assert field not in p
 
 
@@ -567,7 +677,7 @@ def test_affinity_merge_does_not_mutate_the_spec() -> None:
             "preferredDuringSchedulingIgnoredDuringExecution": [USER_PREFERENCE],
         }
     }
-    for model, products in (({"name": "Qwen/Qwen3-0.6B-FP8"}, []), (BF16_MODEL, ["NVIDIA-L4"])):
+    for model, products in (({"name": "Qwen/Qwen3-0.6B-FP8"}, []), (BF16_MODEL, ["NVIDIA-L40S"])):
         spec = make_spec(model=model, scheduling={"affinity": user}, resources={"gpu": {"products": products}})
         before = json.dumps(spec.scheduling.affinity, sort_keys=True)
         build(spec)
@@ -580,5 +690,5 @@ def test_affinity_merge_does_not_mutate_the_spec() -> None:
 
 
 def test_build_is_deterministic() -> None:
-    spec = make_spec(model={"name": "Qwen/Qwen3-8B"}, resources={"gpu": {"products": ["NVIDIA-L4"]}})
+    spec = make_spec(model={"name": "Qwen/Qwen3-8B-FP8"}, resources={"gpu": {"products": ["NVIDIA-L4"]}})
     assert json.dumps(build(spec), sort_keys=True) == json.dumps(build(spec), sort_keys=True)

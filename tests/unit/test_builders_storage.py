@@ -23,6 +23,7 @@ def spec_with(source: dict[str, Any]) -> QwenInferenceSpec:
         {"cache": {"enabled": False}},
         {"cache": {"existingClaim": "shared"}},
         {"pvc": {"claimName": "weights", "path": "m"}},
+        {"bakedIntoImage": True},
     ],
 )
 def test_no_claim(source: dict[str, Any]) -> None:
@@ -32,13 +33,14 @@ def test_no_claim(source: dict[str, Any]) -> None:
 @pytest.mark.parametrize(
     ("cache", "expected_spec"),
     [
-        ({}, {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "20Gi"}}}),
+        # One replica: ReadWriteOnce, which every default StorageClass offers.
+        ({}, {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "20Gi"}}}),
         (
             {"size": "100Gi", "accessMode": "ReadWriteOnce", "storageClassName": "fast"},
             {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "100Gi"}}, "storageClassName": "fast"},
         ),
         # "" asks for no class at all (a pre-provisioned volume), unlike unset (the cluster default).
-        ({"storageClassName": ""}, {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "20Gi"}}, "storageClassName": ""}),
+        ({"storageClassName": ""}, {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "20Gi"}}, "storageClassName": ""}),
     ],
 )
 def test_claim(cache: dict[str, Any], expected_spec: dict[str, Any]) -> None:
@@ -49,3 +51,24 @@ def test_claim(cache: dict[str, Any], expected_spec: dict[str, Any]) -> None:
     assert pvc["metadata"]["labels"] == common_labels(OWNER)
     assert pvc["metadata"]["ownerReferences"][0]["controller"] is True
     assert pvc["spec"] == expected_spec
+
+
+@pytest.mark.parametrize(
+    ("fields", "live_modes", "mode"),
+    [
+        ({}, None, "ReadWriteOnce"),
+        ({"replicas": 0}, None, "ReadWriteOnce"),
+        ({"replicas": 2}, None, "ReadWriteMany"),  # replicas on other nodes cannot mount a ReadWriteOnce volume
+        ({"autoscaling": {"enabled": True, "maxReplicas": 4}}, None, "ReadWriteMany"),
+        # Made ReadWriteOnce for one replica, then scaled: the claim keeps its (immutable) mode.
+        ({"replicas": 3}, ["ReadWriteOnce"], "ReadWriteOnce"),
+        ({"replicas": 1}, ["ReadWriteMany"], "ReadWriteMany"),
+        # An explicit mode always wins.
+        ({"replicas": 3, "model": {"source": {"cache": {"accessMode": "ReadWriteOnce"}}}}, None, "ReadWriteOnce"),
+        ({"model": {"source": {"cache": {"accessMode": "ReadWriteMany"}}}}, ["ReadWriteOnce"], "ReadWriteMany"),
+    ],
+)
+def test_default_access_mode(fields: dict[str, Any], live_modes: list[str] | None, mode: str) -> None:
+    pvc = build_cache_pvc(OWNER, QwenInferenceSpec.model_validate(fields), live_access_modes=live_modes)
+    assert pvc is not None
+    assert pvc["spec"]["accessModes"] == [mode]

@@ -239,3 +239,78 @@ def test_check_gpu_fp8_counts_dynamic_fp8() -> None:
     resolved = resolve_model(spec(name="Qwen/Qwen3-8B", quantization="fp8"))
     message = check_gpu_fp8(resolved, ["Tesla-T4"])
     assert message is not None and "cannot run" in message
+
+
+# --- GPU memory fit ----------------------------------------------------------------------------
+
+from qwen_operator.catalog import gpu_memory_need, gpu_memory_problems, longest_context_that_fits, probe_timing  # noqa: E402
+
+
+def fit_spec(**fields: Any) -> QwenInferenceSpec:
+    return QwenInferenceSpec.model_validate(fields)
+
+
+@pytest.mark.parametrize(
+    ("fields", "refused"),
+    [
+        # Qwen3-8B BF16 needs 23.2 GiB at its full 32k context; an L4 has 22.
+        ({"model": {"name": "Qwen/Qwen3-8B"}, "resources": {"gpu": {"products": ["NVIDIA-L4"]}}}, True),
+        # The FP8 checkpoint, a shorter context, an fp8 KV cache or two GPUs make it fit.
+        ({"model": {"name": "Qwen/Qwen3-8B-FP8"}, "resources": {"gpu": {"products": ["NVIDIA-L4"]}}}, False),
+        ({"model": {"name": "Qwen/Qwen3-8B", "maxModelLen": 16384}, "resources": {"gpu": {"products": ["NVIDIA-L4"]}}}, False),
+        ({"model": {"name": "Qwen/Qwen3-8B"}, "engine": {"kvCacheDtype": "fp8"}, "resources": {"gpu": {"products": ["NVIDIA-L4"]}}}, False),
+        ({"model": {"name": "Qwen/Qwen3-8B"}, "engine": {"tensorParallelSize": 2}, "resources": {"gpu": {"count": 2, "products": ["NVIDIA-L4"]}}}, False),
+        # Thinking-2507 at its native 262k context: 36 GiB of KV cache for one sequence.
+        ({"model": {"name": "Qwen/Qwen3-4B-Thinking-2507"}, "resources": {"gpu": {"products": ["NVIDIA-A10G"]}}}, True),
+        ({"model": {"name": "Qwen/Qwen3-4B-Thinking-2507"}, "resources": {"gpu": {"products": ["NVIDIA-H100-80GB-HBM3"]}}}, False),
+        # Nothing pinned, or an unknown product or model: not judged here.
+        ({"model": {"name": "Qwen/Qwen3-4B-Thinking-2507"}}, False),
+        ({"model": {"name": "Qwen/Qwen3-8B"}, "resources": {"gpu": {"products": ["ACME-X1"]}}}, False),
+        ({"model": {"name": "Org/Big", "maxModelLen": 262144}, "resources": {"gpu": {"products": ["Tesla-T4"]}}}, False),
+    ],
+)
+def test_gpu_memory_fit_refuses_when_no_pinned_product_fits(fields: dict[str, Any], refused: bool) -> None:
+    spec = fit_spec(**fields)
+    if refused:
+        with pytest.raises(SpecError) as caught:
+            resolve_model(spec)
+        assert caught.value.reason == "GPUMemoryTooSmall"
+        assert "GiB" in caught.value.message and "maxModelLen" in caught.value.message
+    else:
+        resolve_model(spec)
+
+
+def test_gpu_memory_warns_when_only_some_pinned_products_fit() -> None:
+    spec = fit_spec(model={"name": "Qwen/Qwen3-4B-Thinking-2507"}, resources={"gpu": {"products": ["NVIDIA-L4", "NVIDIA-H100-80GB-HBM3"]}})
+    refusal, warning = gpu_memory_problems(resolve_model(spec), spec)
+    assert refusal is None
+    assert warning is not None and "NVIDIA-L4 (22 GiB)" in warning and "H100" not in warning
+
+
+def test_gpu_memory_need_adds_weights_kv_cache_and_overhead() -> None:
+    spec = fit_spec(model={"name": "Qwen/Qwen3-8B"})
+    need = gpu_memory_need(resolve_model(spec), spec)
+    assert need is not None
+    # (14.9 weights + 144 KiB x 32768 tokens = 4.5 GiB + 1.5) / 0.9 = 23.2, the catalog's min_gpu_memory_gib (24) rounded up.
+    assert need.kv_cache_gib == pytest.approx(4.5)
+    assert need.per_gpu_gib == pytest.approx(23.22, abs=0.01)
+    assert need.per_gpu_gib <= lookup_model("Qwen/Qwen3-8B").min_gpu_memory_gib
+
+
+def test_longest_context_that_fits_is_advised_and_fits() -> None:
+    spec = fit_spec(model={"name": "Qwen/Qwen3-8B"})
+    longest = longest_context_that_fits(resolve_model(spec), spec, 22)
+    assert longest == 24576
+    shorter = fit_spec(model={"name": "Qwen/Qwen3-8B", "maxModelLen": longest}, resources={"gpu": {"products": ["NVIDIA-L4"]}})
+    assert gpu_memory_problems(resolve_model(shorter), shorter) == (None, None)
+
+
+def test_probe_timing_from_the_catalog() -> None:
+    default = probe_timing(lookup_model("Qwen/Qwen3-0.6B-FP8"))
+    large = probe_timing(lookup_model("Qwen/Qwen3-32B"))
+    assert (default.readiness_timeout_seconds, default.liveness_timeout_seconds) == (5, 10)
+    assert (large.readiness_timeout_seconds, large.liveness_timeout_seconds) == (10, 20)
+    for timing in (default, large, probe_timing(None)):
+        # Liveness tolerates a longer silence than readiness, so a busy pod leaves the Service before any restart.
+        assert timing.liveness_period_seconds * timing.liveness_failure_threshold > timing.readiness_period_seconds * timing.readiness_failure_threshold
+        assert timing.readiness_timeout_seconds > 1  # the kubelet's default would drop a busy server

@@ -35,6 +35,7 @@ VLLM_COUNTERS = {
 }
 VLLM_HISTOGRAMS = {
     "vllm:time_to_first_token_seconds",
+    "vllm:inter_token_latency_seconds",
     "vllm:e2e_request_latency_seconds",
     "vllm:request_queue_time_seconds",
     "vllm:request_inference_time_seconds",
@@ -232,3 +233,34 @@ def test_dashboard_uid_differs_per_instance() -> None:
         for namespace, name in [("team-a", "chat"), ("team-b", "chat"), ("team-a", "chat2")]
     }
     assert len(uids) == 3
+
+
+@pytest.mark.parametrize("honor_labels", [False, True], ids=["honorLabels-false", "honorLabels-true"])
+def test_gpu_panel_reads_dcgm_labels_as_they_arrive(dashboard: dict, promtool: str, tmp_path: Path, honor_labels: bool) -> None:
+    # dcgm-exporter labels a GPU's series with the pod using it. Scraped with honorLabels false, Prometheus
+    # keeps its own pod/namespace (the exporter's) and renames the exporter's to exported_pod/exported_namespace.
+    (panel,) = [panel for panel in dashboard["panels"] if panel["title"] == "GPU utilisation"]
+    values = {"namespace": "team-a", "deployment": "chat"}
+    expr = re.sub(r"\$(\w+)", lambda match: values[match.group(1)], panel["targets"][0]["expr"])
+    if honor_labels:
+        labels = 'namespace="team-a",pod="chat-7d9f8b6c5-x2x4z"'
+    else:
+        labels = 'namespace="gpu-operator",pod="nvidia-dcgm-exporter-abcde",exported_namespace="team-a",exported_pod="chat-7d9f8b6c5-x2x4z"'
+    (tmp_path / "rules.yaml").write_text(yaml.safe_dump({"groups": [{"name": "gpu", "rules": [{"record": "panel:gpu_util", "expr": expr}]}]}))
+    (tmp_path / "test.yaml").write_text(yaml.safe_dump({
+        "rule_files": ["rules.yaml"],
+        "evaluation_interval": "1m",
+        "tests": [{
+            "interval": "1m",
+            "input_series": [
+                {"series": f'DCGM_FI_DEV_GPU_UTIL{{{labels},gpu="0",Hostname="node-1"}}', "values": "87x5"},
+                # Another namespace's pod with the same name on the same node: never shown.
+                {"series": 'DCGM_FI_DEV_GPU_UTIL{namespace="gpu-operator",pod="nvidia-dcgm-exporter-abcde",exported_namespace="team-b",exported_pod="chat-7d9f8b6c5-x2x4z",gpu="1"}', "values": "5x5"},
+            ],
+            "promql_expr_test": [{"expr": "panel:gpu_util", "eval_time": "2m", "exp_samples": [
+                {"labels": f'panel:gpu_util{{{"pod" if honor_labels else "exported_pod"}="chat-7d9f8b6c5-x2x4z",gpu="0"}}', "value": 87},
+            ]}],
+        }],
+    }))
+    result = subprocess.run([promtool, "test", "rules", "test.yaml"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -211,10 +211,12 @@ class CacheSpec(_Model):
         max_length=253,
         description="StorageClass of the PVC the operator creates; unset uses the cluster default. Immutable.",
     )
-    access_mode: Literal["ReadWriteOnce", "ReadWriteMany"] = Field(
-        default="ReadWriteMany",
-        description="Access mode of the PVC the operator creates. ReadWriteMany lets replicas on "
-        "different nodes share one cache. Immutable.",
+    access_mode: Literal["ReadWriteOnce", "ReadWriteMany"] | None = Field(
+        default=None,
+        description="Access mode of the PVC the operator creates. Unset: ReadWriteOnce when the spec runs one replica "
+        "(replicas 1 or less, no autoscaling), which every default StorageClass offers (EKS, GKE, AKS, kind); "
+        "ReadWriteMany otherwise, so replicas on different nodes share one cache (it needs a class that offers it, "
+        "e.g. EFS, Filestore, Azure Files, NFS). The mode is chosen when the PVC is created and kept. Immutable.",
     )
     existing_claim: str | None = Field(
         default=None,
@@ -242,12 +244,28 @@ class PreloadedModelSpec(_Model):
 
 
 class SourceSpec(_Model):
+    model_config = ConfigDict(
+        json_schema_extra=_rules(
+            {
+                "rule": "!has(self.bakedIntoImage) || !self.bakedIntoImage || (!has(self.pvc) && !has(self.tokenSecretRef))",
+                "message": "model.source.bakedIntoImage serves the model from the image: model.source.pvc and "
+                "model.source.tokenSecretRef have no use with it",
+            },
+        )
+    )
+
     token_secret_ref: SecretKeyRef | None = Field(
         default=None, description="Hugging Face token for gated or private repositories (becomes HF_TOKEN)."
     )
     cache: CacheSpec = Field(default_factory=CacheSpec, description="Model cache volume.")
     pvc: PreloadedModelSpec | None = Field(
         default=None, description="Load the model from files already on a PVC instead of downloading it."
+    )
+    baked_into_image: bool = Field(
+        default=False,
+        description="The engine image already holds the model in its Hugging Face cache (images/vllm built with "
+        "--build-arg MODEL=<model.name>): no download init container, no cache volume, HF_HOME left as the image "
+        "sets it, and the hub stays offline. The cache settings are ignored.",
     )
 
 
@@ -281,6 +299,61 @@ class ModelSpec(_Model):
 class EnvVar(_Model):
     name: str = Field(pattern=ENV_NAME, max_length=128, description="Variable name.")
     value: str = Field(default="", max_length=4096, description="Variable value.")
+
+
+class ProbeSpec(_Model):
+    """Readiness and liveness timing. vLLM answers /health from the same event loop that streams tokens, so a
+    saturated server answers slowly: the defaults (from the catalog, per model) give readiness a timeout and a few
+    failures before the pod leaves the Service, and liveness a longer timeout and far more failures, so a busy
+    server is taken out of rotation long before it is restarted."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_rules(
+            {
+                "rule": "!has(self.readinessTimeoutSeconds) || !has(self.livenessTimeoutSeconds)"
+                " || self.livenessTimeoutSeconds >= self.readinessTimeoutSeconds",
+                "message": "engine.probes.livenessTimeoutSeconds must be at least readinessTimeoutSeconds (liveness is the more tolerant probe)",
+            },
+        )
+    )
+
+    readiness_timeout_seconds: int | None = Field(
+        default=None, ge=1, le=120, description="Seconds the readiness probe waits for /health; defaults to the catalog's value for the model.",
+    )
+    readiness_failure_threshold: int | None = Field(
+        default=None, ge=1, le=60, description="Failed readiness probes (10 s apart) before the pod leaves the Service; defaults to the catalog's.",
+    )
+    liveness_timeout_seconds: int | None = Field(
+        default=None, ge=1, le=300, description="Seconds the liveness probe waits for /health; defaults to the catalog's.",
+    )
+    liveness_failure_threshold: int | None = Field(
+        default=None, ge=1, le=120, description="Failed liveness probes (20 s apart) before the kubelet restarts vLLM; defaults to the catalog's.",
+    )
+
+
+class RolloutSpec(_Model):
+    """How the Deployment replaces pods when the spec changes."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_rules(
+            {
+                "rule": "!has(self.maxSurge) || !has(self.maxUnavailable) || self.maxSurge + self.maxUnavailable > 0",
+                "message": "rollout.maxSurge and rollout.maxUnavailable cannot both be 0 (the rollout could never start)",
+            },
+        )
+    )
+
+    max_surge: int = Field(
+        default=1, ge=0, le=100,
+        description="Extra pods (each with its GPUs) a rollout may start above the replica count. The default 1 never "
+        "serves with fewer replicas, but needs a spare GPU: on a full GPU pool set maxSurge 0 and maxUnavailable 1 "
+        "(Ready=False with reason RolloutBlockedByCapacity says when that is the case).",
+    )
+    max_unavailable: int = Field(
+        default=0, ge=0, le=100,
+        description="Pods a rollout may stop before their replacements are ready. 1 frees a GPU for the new pod on a full pool, "
+        "at the cost of one replica's capacity (and of all serving with one replica) while it loads.",
+    )
 
 
 class EngineSpec(_Model):
@@ -321,6 +394,7 @@ class EngineSpec(_Model):
     startup_timeout_seconds: int | None = Field(
         default=None, ge=30, le=86400, description="How long the model may take to load; defaults to the catalog's budget."
     )
+    probes: ProbeSpec = Field(default_factory=ProbeSpec, description="Readiness and liveness probe timing under load.")
     extra_args: list[str] = Field(
         default_factory=list,
         max_length=64,
@@ -355,7 +429,12 @@ class GpuSpec(_Model):
 
 class ResourcesSpec(_Model):
     gpu: GpuSpec = Field(default_factory=GpuSpec, description="GPUs per replica.")
-    cpu: str = Field(default="4", pattern=QUANTITY, description="CPU request (and limit) per replica.")
+    cpu: str | None = Field(
+        default=None, pattern=QUANTITY,
+        description="CPU request and limit per replica (equal, for Guaranteed QoS: the static CPU manager then gives vLLM "
+        "whole cores next to its GPUs). Unset: 4 per tensor-parallel GPU (engine.tensorParallelSize), since each "
+        "tensor-parallel worker is its own process feeding its GPU, and a fixed limit throttles them.",
+    )
     memory: str = Field(default="16Gi", pattern=QUANTITY, description="Memory request (and limit) per replica.")
 
 
@@ -388,11 +467,27 @@ class AuthSpec(_Model):
 
 class AlertThresholds(_Model):
     error_ratio: float = Field(default=0.05, gt=0, le=1, description="Alert when failed/total requests over 5m exceeds this.")
-    latency_p95_seconds: float = Field(default=30.0, gt=0, description="Alert when p95 end-to-end latency exceeds this.")
+    latency_p95_seconds: float | None = Field(
+        default=None, gt=0,
+        description="Deprecated and ignored: end-to-end latency grows with the answer's length (long reasoning is healthy); "
+        "the alerts use timeToFirstTokenP95Seconds and interTokenLatencyP95Seconds.",
+    )
     time_to_first_token_p95_seconds: float = Field(default=5.0, gt=0, description="Alert when p95 time to first token exceeds this.")
+    inter_token_latency_p95_seconds: float = Field(
+        default=0.25, gt=0,
+        description="Alert when the p95 time between two output tokens of one stream exceeds this (0.25 s is 4 tokens/s).",
+    )
+    preemptions_per_minute: float = Field(
+        default=1.0, gt=0,
+        description="Alert when a pod preempts more requests than this per minute (its KV cache cannot hold the running "
+        "sequences, so vLLM evicts and recomputes them).",
+    )
     queue_depth: int = Field(default=20, ge=1, description="Alert when waiting requests per pod stay above this.")
     queue_duration: str = Field(default="10m", pattern=DURATION, description="...for this long.")
-    kv_cache_usage: float = Field(default=0.95, gt=0, le=1, description="Alert when KV cache usage stays above this fraction.")
+    kv_cache_usage: float | None = Field(
+        default=None, gt=0, le=1,
+        description="Deprecated and ignored: a full KV cache is normal at saturation; the alerts use preemptionsPerMinute.",
+    )
 
 
 class MonitoringSpec(_Model):
@@ -400,6 +495,14 @@ class MonitoringSpec(_Model):
     prometheus_rule: bool = Field(default=True, description="Create a PrometheusRule with the alerts.")
     dashboard: bool = Field(default=True, description="Create a Grafana dashboard ConfigMap (sidecar label grafana_dashboard=1).")
     interval: str = Field(default="15s", pattern=DURATION, description="Scrape interval.")
+    labels: dict[str, str] = Field(
+        default_factory=dict,
+        max_length=32,
+        description="Extra labels on the ServiceMonitor and PrometheusRule, for the Prometheus that selects them "
+        "(kube-prometheus-stack selects release: <its release name> by default). Added to the operator-wide defaults "
+        "(chart value monitoring.labels); a key here wins.",
+        json_schema_extra={"additionalProperties": {"type": "string", "maxLength": 63}},
+    )
     alerts: AlertThresholds = Field(default_factory=AlertThresholds, description="Alert thresholds.")
 
 
@@ -440,10 +543,17 @@ class SchedulingSpec(_Model):
         json_schema_extra=_k8s_schema("Affinity"),
     )
     priority_class_name: str | None = Field(default=None, pattern=DNS_SUBDOMAIN, description="Pod priorityClassName.")
+    runtime_class_name: str | None = Field(
+        default=None, pattern=DNS_SUBDOMAIN, max_length=253,
+        description="Pod runtimeClassName, e.g. nvidia where the NVIDIA container runtime is not the node's default "
+        "(k3s, RKE2, some GPU operator installs).",
+    )
     topology_spread_constraints: list[dict[str, Any]] = Field(
         default_factory=list,
         max_length=32,
-        description="Pod topologySpreadConstraints (corev1), passed through; typed by Kubernetes' own schema.",
+        description="Pod topologySpreadConstraints (corev1), passed through; typed by Kubernetes' own schema. Empty, with "
+        "2 or more replicas and no affinity of the user's, the operator adds a soft spread over nodes "
+        "(kubernetes.io/hostname, maxSkew 1, ScheduleAnyway).",
         json_schema_extra=_k8s_schema("TopologySpreadConstraint", array=True, max_items=32),
     )
 
@@ -486,6 +596,7 @@ class QwenInferenceSpec(_Model):
     engine: EngineSpec = Field(default_factory=EngineSpec, description="vLLM engine settings.")
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec, description="Resources per replica.")
     replicas: int = Field(default=1, ge=0, le=100, description="Replicas; ignored while autoscaling is enabled.")
+    rollout: RolloutSpec = Field(default_factory=RolloutSpec, description="How pods are replaced when the spec changes.")
     autoscaling: AutoscalingSpec = Field(default_factory=AutoscalingSpec, description="Queue-depth autoscaling.")
     auth: AuthSpec = Field(default_factory=AuthSpec, description="API authentication.")
     monitoring: MonitoringSpec = Field(default_factory=MonitoringSpec, description="Metrics, alerts and dashboard.")

@@ -75,10 +75,8 @@ def build_dashboard(owner: Owner, spec: QwenInferenceSpec, served_name: str) -> 
     alerts = spec.monitoring.alerts
     thresholds_by_title = {
         "Error rate": alerts.error_ratio,
-        "End-to-end latency (p50, p95)": alerts.latency_p95_seconds,
         "Time to first token (p50, p95)": alerts.time_to_first_token_p95_seconds,
         "Queue depth (waiting requests)": alerts.queue_depth,
-        "KV cache usage": alerts.kv_cache_usage,
     }
     for panel in dashboard["panels"]:
         if panel["title"] in thresholds_by_title:

@@ -5,7 +5,10 @@ from __future__ import annotations
 import copy
 import json
 import math
+from decimal import Decimal
 from typing import Any
+
+from kubernetes.utils.quantity import parse_quantity
 
 from qwen_operator.api.models import QwenInferenceSpec
 from qwen_operator.builders import common
@@ -35,6 +38,21 @@ SCRATCH_VOLUME = "scratch"
 SCRATCH_PATH = "/scratch"  # HOME and the compile caches (the root filesystem is read-only)
 TMP_VOLUME = "tmp"
 SHM_VOLUME = "dshm"
+
+# emptyDir size limits: the kubelet evicts a pod whose emptyDir outgrows its limit, instead of letting it
+# fill the node's disk. Scratch holds torch.compile, Triton and vLLM's compile caches (a few GiB for the
+# largest models); /tmp only small files.
+SCRATCH_SIZE_LIMIT_GIB = 8
+TMP_SIZE_LIMIT_GIB = 1
+# Container logs and anything else the kubelet counts against a container's ephemeral storage.
+LOG_ALLOWANCE_GIB = 1
+# With the cache off, the download needs room for the weights plus Hugging Face's temporary files.
+DOWNLOAD_HEADROOM = Decimal("1.1")
+# CPU per tensor-parallel GPU when spec.resources.cpu is unset: one busy worker process per GPU, plus
+# the API server, tokenizer and scheduler.
+CPU_PER_TENSOR_PARALLEL_GPU = 4
+# A soft spread over nodes, added with 2 or more replicas and no placement constraints of the user's.
+HOSTNAME_TOPOLOGY_KEY = "kubernetes.io/hostname"
 
 # Seconds between SIGKILL's deadline and the end of the drain, for vLLM's own exit.
 TERMINATION_MARGIN_SECONDS = 15
@@ -114,7 +132,11 @@ def _merge_env(base: list[dict[str, Any]], overrides: list[dict[str, Any]]) -> l
 
 
 def server_env(spec: QwenInferenceSpec) -> list[dict[str, Any]]:
-    env = _writable_dirs_env() + [
+    writable = _writable_dirs_env()
+    if spec.model.source.baked_into_image:
+        # The image's own HF_HOME holds the model (images/vllm sets it).
+        writable = [e for e in writable if e["name"] != "HF_HOME"]
+    env = writable + [
         # The init container downloaded the model; the server never reaches the Hub.
         {"name": "HF_HUB_OFFLINE", "value": "1"},
         {"name": "VLLM_NO_USAGE_STATS", "value": "1"},
@@ -158,28 +180,67 @@ def pod_security_context() -> dict[str, Any]:
     }
 
 
-def _quantity_resources(spec: QwenInferenceSpec, with_gpu: bool) -> dict[str, Any]:
+def cpu_amount(spec: QwenInferenceSpec) -> str:
+    """spec.resources.cpu, or 4 per tensor-parallel GPU. Request and limit are equal (Guaranteed QoS, so
+    the static CPU manager can pin whole cores next to the GPUs), and scale with tensorParallelSize."""
+    if spec.resources.cpu is not None:
+        return spec.resources.cpu
+    return str(CPU_PER_TENSOR_PARALLEL_GPU * spec.engine.tensor_parallel_size)
+
+
+def _gib(value: Decimal) -> str:
+    return f"{math.ceil(value / 1024**3)}Gi"
+
+
+def model_download_size(spec: QwenInferenceSpec, model: ResolvedModel) -> str:
+    """The emptyDir a pod downloads into when the cache is off: cache.size, or more when the catalog
+    knows the weights are larger."""
+    size = parse_quantity(spec.model.source.cache.size)
+    if model.preset is not None:
+        size = max(size, Decimal(str(model.preset.weights_gib)) * DOWNLOAD_HEADROOM * 1024**3)
+    return _gib(size)
+
+
+def downloads_into_pod(spec: QwenInferenceSpec) -> bool:
+    source = spec.model.source
+    return source.pvc is None and not source.baked_into_image and not source.cache.enabled
+
+
+def ephemeral_storage(spec: QwenInferenceSpec, model: ResolvedModel) -> str:
+    """What the pod writes to the node's disk: its emptyDirs at their limits, the model too when the
+    cache is off, and the logs."""
+    total = Decimal((SCRATCH_SIZE_LIMIT_GIB + TMP_SIZE_LIMIT_GIB + LOG_ALLOWANCE_GIB) * 1024**3)
+    if downloads_into_pod(spec):
+        total += parse_quantity(model_download_size(spec, model))
+    return _gib(total)
+
+
+def _quantity_resources(spec: QwenInferenceSpec, model: ResolvedModel, with_gpu: bool) -> dict[str, Any]:
     res = spec.resources
-    amounts: dict[str, str] = {"cpu": res.cpu, "memory": res.memory}
+    amounts: dict[str, str] = {"cpu": cpu_amount(spec), "memory": res.memory, "ephemeral-storage": ephemeral_storage(spec, model)}
     if with_gpu:
         amounts[res.gpu.resource_name] = str(res.gpu.count)
     return {"requests": dict(amounts), "limits": dict(amounts)}
 
 
-def model_cache_volume(owner: Owner, spec: QwenInferenceSpec) -> dict[str, Any]:
+def model_cache_volume(owner: Owner, spec: QwenInferenceSpec, model: ResolvedModel) -> dict[str, Any] | None:
+    """The hub cache (HF_HOME): the shared PVC, or an emptyDir the pod downloads into when the cache is off.
+    None when the model comes from a PVC or from the image."""
     source = spec.model.source
-    if source.pvc is not None or not source.cache.enabled:
-        # Preloaded models need no hub cache; a disabled cache downloads into the pod.
-        return {"name": MODEL_CACHE_VOLUME, "emptyDir": {"sizeLimit": source.cache.size}}
+    if source.pvc is not None or source.baked_into_image:
+        return None
+    if not source.cache.enabled:
+        return {"name": MODEL_CACHE_VOLUME, "emptyDir": {"sizeLimit": model_download_size(spec, model)}}
     claim = source.cache.existing_claim or common.cache_claim_name(owner)
     return {"name": MODEL_CACHE_VOLUME, "persistentVolumeClaim": {"claimName": claim}}
 
 
-def volumes(owner: Owner, spec: QwenInferenceSpec) -> list[dict[str, Any]]:
+def volumes(owner: Owner, spec: QwenInferenceSpec, model: ResolvedModel) -> list[dict[str, Any]]:
+    cache = model_cache_volume(owner, spec, model)
     vols = [
-        model_cache_volume(owner, spec),
-        {"name": SCRATCH_VOLUME, "emptyDir": {}},
-        {"name": TMP_VOLUME, "emptyDir": {}},
+        *([cache] if cache is not None else []),
+        {"name": SCRATCH_VOLUME, "emptyDir": {"sizeLimit": f"{SCRATCH_SIZE_LIMIT_GIB}Gi"}},
+        {"name": TMP_VOLUME, "emptyDir": {"sizeLimit": f"{TMP_SIZE_LIMIT_GIB}Gi"}},
         # Tensor parallel workers exchange tensors through shared memory; the runtime's
         # default /dev/shm is 64Mi. Memory-backed, so it counts against the memory limit.
         {"name": SHM_VOLUME, "emptyDir": {"medium": "Memory"}},
@@ -194,16 +255,18 @@ def volumes(owner: Owner, spec: QwenInferenceSpec) -> list[dict[str, Any]]:
     return vols
 
 
-def _common_mounts() -> list[dict[str, Any]]:
-    return [
-        {"name": MODEL_CACHE_VOLUME, "mountPath": MODEL_CACHE_PATH},
+def _common_mounts(spec: QwenInferenceSpec) -> list[dict[str, Any]]:
+    cache = [] if spec.model.source.pvc is not None or spec.model.source.baked_into_image else [
+        {"name": MODEL_CACHE_VOLUME, "mountPath": MODEL_CACHE_PATH}
+    ]
+    return cache + [
         {"name": SCRATCH_VOLUME, "mountPath": SCRATCH_PATH},
         {"name": TMP_VOLUME, "mountPath": "/tmp"},
     ]
 
 
 def server_mounts(spec: QwenInferenceSpec) -> list[dict[str, Any]]:
-    mounts = _common_mounts() + [{"name": SHM_VOLUME, "mountPath": "/dev/shm"}]
+    mounts = _common_mounts(spec) + [{"name": SHM_VOLUME, "mountPath": "/dev/shm"}]
     if spec.model.source.pvc is not None:
         mounts.append({"name": MODEL_SOURCE_VOLUME, "mountPath": MODEL_SOURCE_PATH, "readOnly": True})
     return mounts
@@ -214,16 +277,34 @@ def probes(spec: QwenInferenceSpec, model: ResolvedModel) -> dict[str, Any]:
         return {"path": HEALTH_PATH, "port": API_PORT_NAME}
 
     budget = startup_budget_seconds(spec, model)
+    timing, overrides = model.probes, spec.engine.probes
+    readiness_timeout = overrides.readiness_timeout_seconds or timing.readiness_timeout_seconds
+    # Liveness stays the more tolerant probe when only the readiness timeout is raised.
+    liveness_timeout = overrides.liveness_timeout_seconds or max(timing.liveness_timeout_seconds, readiness_timeout)
     return {
         # vLLM listens only once the model is loaded: the startup probe holds the other two off
         # for the whole load budget instead of letting liveness kill a slow load.
         "startupProbe": {
             "httpGet": http_get(),
             "periodSeconds": STARTUP_PROBE_PERIOD_SECONDS,
+            "timeoutSeconds": timing.readiness_timeout_seconds,
             "failureThreshold": math.ceil(budget / STARTUP_PROBE_PERIOD_SECONDS),
         },
-        "readinessProbe": {"httpGet": http_get(), "periodSeconds": 5, "failureThreshold": 3},
-        "livenessProbe": {"httpGet": http_get(), "periodSeconds": 10, "timeoutSeconds": 5, "failureThreshold": 3},
+        # Under load /health answers slowly (one event loop serves it and every stream): a timeout of
+        # seconds, not the kubelet's 1 s, and a few failures before the pod leaves the Service.
+        "readinessProbe": {
+            "httpGet": http_get(),
+            "periodSeconds": timing.readiness_period_seconds,
+            "timeoutSeconds": readiness_timeout,
+            "failureThreshold": overrides.readiness_failure_threshold or timing.readiness_failure_threshold,
+        },
+        # Far more tolerant: a saturated pod leaves the Service long before it would be restarted.
+        "livenessProbe": {
+            "httpGet": http_get(),
+            "periodSeconds": timing.liveness_period_seconds,
+            "timeoutSeconds": liveness_timeout,
+            "failureThreshold": overrides.liveness_failure_threshold or timing.liveness_failure_threshold,
+        },
     }
 
 
@@ -251,7 +332,7 @@ def server_container(spec: QwenInferenceSpec, model: ResolvedModel, image: str) 
         "args": vllm_args(spec, model),
         "ports": [{"name": API_PORT_NAME, "containerPort": API_PORT, "protocol": "TCP"}],
         "env": server_env(spec),
-        "resources": _quantity_resources(spec, with_gpu=True),
+        "resources": _quantity_resources(spec, model, with_gpu=True),
         **probes(spec, model),
         "volumeMounts": server_mounts(spec),
         "securityContext": container_security_context(),
@@ -270,8 +351,8 @@ def download_container(spec: QwenInferenceSpec, model: ResolvedModel, image: str
         "image": image,
         "command": ["hf", "download", model.hf_id, "--revision", model.revision],
         "env": download_env(spec),
-        "resources": _quantity_resources(spec, with_gpu=False),
-        "volumeMounts": _common_mounts(),
+        "resources": _quantity_resources(spec, model, with_gpu=False),
+        "volumeMounts": _common_mounts(spec),
         "securityContext": container_security_context(),
     }
 
@@ -359,7 +440,23 @@ def merge_node_affinity(affinity: dict[str, Any] | None, products: list[str], is
     return copy.deepcopy(affinity) if affinity else None
 
 
-def scheduling_fields(spec: QwenInferenceSpec, model: ResolvedModel) -> dict[str, Any]:
+def may_run_replicas(spec: QwenInferenceSpec) -> int:
+    return spec.autoscaling.max_replicas if spec.autoscaling.enabled else spec.replicas
+
+
+def hostname_spread(owner: Owner) -> list[dict[str, Any]]:
+    """Replicas on different nodes where the scheduler can, so one node's loss takes one replica. Soft
+    (ScheduleAnyway): GPU nodes are scarce, and a replica on a busy node beats no replica."""
+    return [{
+        "maxSkew": 1,
+        "topologyKey": HOSTNAME_TOPOLOGY_KEY,
+        "whenUnsatisfiable": "ScheduleAnyway",
+        "labelSelector": {"matchLabels": common.selector_labels(owner)},
+        "matchLabelKeys": ["pod-template-hash"],
+    }]
+
+
+def scheduling_fields(owner: Owner, spec: QwenInferenceSpec, model: ResolvedModel) -> dict[str, Any]:
     sched = spec.scheduling
     fields: dict[str, Any] = {}
     if sched.node_selector:
@@ -371,8 +468,13 @@ def scheduling_fields(spec: QwenInferenceSpec, model: ResolvedModel) -> dict[str
         fields["affinity"] = affinity
     if sched.priority_class_name:
         fields["priorityClassName"] = sched.priority_class_name
+    if sched.runtime_class_name:
+        fields["runtimeClassName"] = sched.runtime_class_name
     if sched.topology_spread_constraints:
         fields["topologySpreadConstraints"] = copy.deepcopy(sched.topology_spread_constraints)
+    elif may_run_replicas(spec) >= 2 and not sched.affinity:
+        # The user's affinity may already place the pods (e.g. a pod anti-affinity): never second-guess it.
+        fields["topologySpreadConstraints"] = hostname_spread(owner)
     return fields
 
 
@@ -396,10 +498,10 @@ def build_deployment(
             engine.pre_stop_sleep_seconds + engine.shutdown_timeout_seconds + TERMINATION_MARGIN_SECONDS
         ),
         "containers": [server_container(spec, model, image)],
-        "volumes": volumes(owner, spec),
-        **scheduling_fields(spec, model),
+        "volumes": volumes(owner, spec, model),
+        **scheduling_fields(owner, spec, model),
     }
-    if spec.model.source.pvc is None:
+    if spec.model.source.pvc is None and not spec.model.source.baked_into_image:
         pod_spec["initContainers"] = [download_container(spec, model, image)]
 
     deployment_spec: dict[str, Any] = {}
@@ -408,7 +510,10 @@ def build_deployment(
     deployment_spec.update(
         {
             "selector": {"matchLabels": common.selector_labels(owner)},
-            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+            "strategy": {
+                "type": "RollingUpdate",
+                "rollingUpdate": {"maxUnavailable": spec.rollout.max_unavailable, "maxSurge": spec.rollout.max_surge},
+            },
             "progressDeadlineSeconds": startup_budget_seconds(spec, model) + DOWNLOAD_ALLOWANCE_SECONDS,
             "template": {
                 "metadata": {"labels": common.common_labels(owner)},

@@ -34,7 +34,8 @@ LATENCY_WINDOW = "5m"
 DOWN_FOR = "3m"
 ERROR_RATE_FOR = "5m"
 LATENCY_FOR = "5m"
-KV_CACHE_FOR = "5m"
+PREEMPTION_WINDOW = "5m"
+PREEMPTION_FOR = "10m"
 CRASH_LOOP_FOR = "5m"
 # More restarts than this within CRASH_RESTART_WINDOW count as crash looping, even between the
 # moments kube-state-metrics sees the CrashLoopBackOff waiting reason.
@@ -57,7 +58,20 @@ def _pod_name_regex(deployment: str) -> str:
     return deployment.replace(".", "[.]") + "-[a-z0-9]+-[a-z0-9]+"
 
 
-def build_service_monitor(owner: Owner, spec: QwenInferenceSpec) -> dict[str, Any]:
+def monitoring_labels(spec: QwenInferenceSpec, default_labels: dict[str, str] | None) -> dict[str, str]:
+    """Labels a Prometheus selects monitoring objects by (kube-prometheus-stack: release=<name>): the
+    operator-wide defaults (chart value monitoring.labels), then spec.monitoring.labels, which win."""
+    return {**(default_labels or {}), **spec.monitoring.labels}
+
+
+def _monitoring_metadata(owner: Owner, spec: QwenInferenceSpec, default_labels: dict[str, str] | None) -> dict[str, Any]:
+    meta = metadata(owner)
+    # The operator's own labels come last: they select the children, and a user label may not replace them.
+    meta["labels"] = {**monitoring_labels(spec, default_labels), **meta["labels"]}
+    return meta
+
+
+def build_service_monitor(owner: Owner, spec: QwenInferenceSpec, default_labels: dict[str, str] | None = None) -> dict[str, Any]:
     """A monitoring.coreos.com/v1 ServiceMonitor for the instance's Service (vLLM's /metrics).
 
     /metrics stays open when the API key is set (vLLM protects /v1/* only), so no auth is needed.
@@ -65,7 +79,7 @@ def build_service_monitor(owner: Owner, spec: QwenInferenceSpec) -> dict[str, An
     return {
         "apiVersion": "monitoring.coreos.com/v1",
         "kind": "ServiceMonitor",
-        "metadata": metadata(owner),
+        "metadata": _monitoring_metadata(owner, spec, default_labels),
         "spec": {
             "selector": {"matchLabels": selector_labels(owner)},
             "namespaceSelector": {"matchNames": [owner.namespace]},
@@ -169,16 +183,6 @@ def build_alert_rules(owner: Owner, spec: QwenInferenceSpec, served_name: str, s
             static_labels,
         ),
         _alert(
-            "QwenInferenceHighLatencyP95",
-            f"{p95('vllm:e2e_request_latency_seconds')} > {thresholds.latency_p95_seconds}",
-            LATENCY_FOR,
-            "warning",
-            f"QwenInference {instance}: high p95 request latency",
-            f"The p95 end-to-end request latency of QwenInference {instance} is "
-            f"{{{{ $value | humanizeDuration }}}} (threshold {thresholds.latency_p95_seconds}s).",
-            static_labels,
-        ),
-        _alert(
             "QwenInferenceHighTimeToFirstToken",
             f"{p95('vllm:time_to_first_token_seconds')} > {thresholds.time_to_first_token_p95_seconds}",
             LATENCY_FOR,
@@ -186,6 +190,18 @@ def build_alert_rules(owner: Owner, spec: QwenInferenceSpec, served_name: str, s
             f"QwenInference {instance}: high p95 time to first token",
             f"The p95 time to first token of QwenInference {instance} is "
             f"{{{{ $value | humanizeDuration }}}} (threshold {thresholds.time_to_first_token_p95_seconds}s).",
+            static_labels,
+        ),
+        _alert(
+            # Not end-to-end latency: a thinking model's healthy answer can reason for minutes. The time
+            # between tokens of a stream is what a user feels slow down when the GPU is overloaded.
+            "QwenInferenceHighInterTokenLatency",
+            f"{p95('vllm:inter_token_latency_seconds')} > {thresholds.inter_token_latency_p95_seconds}",
+            LATENCY_FOR,
+            "warning",
+            f"QwenInference {instance}: high p95 inter-token latency",
+            f"The p95 time between output tokens of QwenInference {instance} is "
+            f"{{{{ $value | humanizeDuration }}}} (threshold {thresholds.inter_token_latency_p95_seconds}s).",
             static_labels,
         ),
         _alert(
@@ -199,13 +215,16 @@ def build_alert_rules(owner: Owner, spec: QwenInferenceSpec, served_name: str, s
             static_labels,
         ),
         _alert(
-            "QwenInferenceKVCacheNearlyFull",
-            f"max by (namespace, service, pod) (vllm:kv_cache_usage_perc{{{scraped}}}) > {thresholds.kv_cache_usage}",
-            KV_CACHE_FOR,
+            # A full KV cache is normal at saturation (vLLM fills it on purpose). Preemptions are the harm:
+            # running sequences evicted and recomputed because the cache cannot hold them.
+            "QwenInferencePreempting",
+            f"sum by (namespace, service, pod) (rate(vllm:num_preemptions_total{{{scraped}}}[{PREEMPTION_WINDOW}])) * 60"
+            f" > {thresholds.preemptions_per_minute}",
+            PREEMPTION_FOR,
             "warning",
-            f"QwenInference {instance}: KV cache nearly full",
-            f"The KV cache of pod {{{{ $labels.pod }}}} of QwenInference {instance} is "
-            f"{{{{ $value | humanizePercentage }}}} full (threshold {thresholds.kv_cache_usage:.0%}).",
+            f"QwenInference {instance}: requests are being preempted",
+            f"Pod {{{{ $labels.pod }}}} of QwenInference {instance} preempts {{{{ $value | humanize }}}} requests per "
+            f"minute (threshold {thresholds.preemptions_per_minute}): its KV cache cannot hold the running sequences.",
             static_labels,
         ),
         _alert(
@@ -225,12 +244,13 @@ def build_alert_rules(owner: Owner, spec: QwenInferenceSpec, served_name: str, s
     ]
 
 
-def build_prometheus_rule(owner: Owner, spec: QwenInferenceSpec, served_name: str, startup_budget_seconds: int) -> dict[str, Any]:
+def build_prometheus_rule(owner: Owner, spec: QwenInferenceSpec, served_name: str, startup_budget_seconds: int,
+                          default_labels: dict[str, str] | None = None) -> dict[str, Any]:
     """A monitoring.coreos.com/v1 PrometheusRule with one group of alerts for this instance."""
     return {
         "apiVersion": "monitoring.coreos.com/v1",
         "kind": "PrometheusRule",
-        "metadata": metadata(owner),
+        "metadata": _monitoring_metadata(owner, spec, default_labels),
         "spec": {
             "groups": [
                 {

@@ -24,5 +24,11 @@ def build_pdb(owner: Owner, spec: QwenInferenceSpec) -> dict[str, Any] | None:
         "apiVersion": "policy/v1",
         "kind": "PodDisruptionBudget",
         "metadata": common.metadata(owner),
-        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": common.selector_labels(owner)}},
+        "spec": {
+            "maxUnavailable": 1,
+            "selector": {"matchLabels": common.selector_labels(owner)},
+            # A pod still loading its model (or crash looping) is not Ready, and serves nothing: with the
+            # default IfHealthyBudget it would count against the budget and block node drains.
+            "unhealthyPodEvictionPolicy": "AlwaysAllow",
+        },
     }

@@ -33,6 +33,21 @@ class ModelPreset:
     startup_budget_seconds: int
     suggested_tensor_parallel_size: int
     thinking_only: bool
+    weights_gib: float
+    kv_cache_kib_per_token: int
+    probe_timeout_seconds: int | None = None
+
+
+@dataclass(frozen=True)
+class ProbeTiming:
+    """Readiness and liveness timing for a loaded model (catalog defaults.probes; see models.yaml for why)."""
+
+    readiness_period_seconds: int
+    readiness_timeout_seconds: int
+    readiness_failure_threshold: int
+    liveness_period_seconds: int
+    liveness_timeout_seconds: int
+    liveness_failure_threshold: int
 
 
 @dataclass(frozen=True)
@@ -61,6 +76,7 @@ class ResolvedModel:
     min_gpu_memory_gib: int | None  # None when the model is not in the catalog
     thinking_only: bool
     preset: ModelPreset | None
+    probes: ProbeTiming
 
 
 @dataclass(frozen=True)
@@ -68,6 +84,8 @@ class Catalog:
     models: dict[str, ModelPreset]
     gpus: dict[str, GpuProduct]
     unknown_model_startup_budget_seconds: int
+    probes: dict[str, int]
+    activation_overhead_gib: float
 
 
 def _read_yaml(filename: str) -> dict[str, Any]:
@@ -100,6 +118,23 @@ def parse_catalog(models_doc: dict[str, Any], gpus_doc: dict[str, Any]) -> Catal
         models=models,
         gpus=gpus,
         unknown_model_startup_budget_seconds=models_doc["defaults"]["unknown_model_startup_budget_seconds"],
+        probes=dict(models_doc["defaults"]["probes"]),
+        activation_overhead_gib=models_doc["defaults"]["activation_overhead_gib"],
+    )
+
+
+def probe_timing(preset: ModelPreset | None) -> ProbeTiming:
+    """The catalog's probe timing for a model: the defaults, with the model's own timeout where it has one.
+    Liveness waits twice as long as readiness for an answer."""
+    defaults = load_catalog().probes
+    timeout = (preset.probe_timeout_seconds if preset else None) or defaults["readiness_timeout_seconds"]
+    return ProbeTiming(
+        readiness_period_seconds=defaults["readiness_period_seconds"],
+        readiness_timeout_seconds=timeout,
+        readiness_failure_threshold=defaults["readiness_failure_threshold"],
+        liveness_period_seconds=defaults["liveness_period_seconds"],
+        liveness_timeout_seconds=2 * timeout,
+        liveness_failure_threshold=defaults["liveness_failure_threshold"],
     )
 
 
@@ -172,7 +207,7 @@ def resolve_model(spec: QwenInferenceSpec) -> ResolvedModel:
             "it in FP8 regardless): use quantization auto, or name the BF16 repository",
         )
 
-    return ResolvedModel(
+    resolved = ResolvedModel(
         hf_id=model.name,
         revision=model.revision,
         served_name=model.served_name or default_served_name(model.name),
@@ -186,7 +221,86 @@ def resolve_model(spec: QwenInferenceSpec) -> ResolvedModel:
         min_gpu_memory_gib=preset.min_gpu_memory_gib if preset else None,
         thinking_only=preset.thinking_only if preset else False,
         preset=preset,
+        probes=probe_timing(preset),
     )
+    refusal, _ = gpu_memory_problems(resolved, spec)
+    if refusal is not None:
+        raise SpecError("GPUMemoryTooSmall", refusal)
+    return resolved
+
+
+@dataclass(frozen=True)
+class GpuMemoryNeed:
+    """GPU memory one tensor-parallel GPU of a replica needs to load the model and hold one maxModelLen sequence
+    (vLLM refuses to start when its KV cache cannot), and what each part is, in GiB."""
+
+    per_gpu_gib: float
+    weights_gib: float
+    kv_cache_gib: float
+    overhead_gib: float
+    utilization: float
+    tensor_parallel_size: int
+
+    def describe(self, resolved: ResolvedModel) -> str:
+        return (f"{resolved.hf_id} at maxModelLen {resolved.max_model_len} needs {self.per_gpu_gib:.1f} GiB per GPU "
+                f"(weights {self.weights_gib:.1f} GiB + KV cache {self.kv_cache_gib:.1f} GiB for one full-length sequence, "
+                f"over {self.tensor_parallel_size} GPU(s), + {self.overhead_gib} GiB activations each, "
+                f"at gpuMemoryUtilization {self.utilization})")
+
+
+def gpu_memory_need(resolved: ResolvedModel, spec: QwenInferenceSpec) -> GpuMemoryNeed | None:
+    """None for a model outside the catalog (its size is unknown)."""
+    preset = resolved.preset
+    if preset is None:
+        return None
+    kv_kib_per_token = preset.kv_cache_kib_per_token / (2 if spec.engine.kv_cache_dtype != "auto" else 1)
+    kv_gib = kv_kib_per_token * resolved.max_model_len / 1024**2
+    tp = spec.engine.tensor_parallel_size
+    overhead = load_catalog().activation_overhead_gib
+    utilization = spec.engine.gpu_memory_utilization
+    return GpuMemoryNeed(
+        per_gpu_gib=((preset.weights_gib + kv_gib) / tp + overhead) / utilization,
+        weights_gib=preset.weights_gib, kv_cache_gib=kv_gib, overhead_gib=overhead, utilization=utilization, tensor_parallel_size=tp,
+    )
+
+
+def longest_context_that_fits(resolved: ResolvedModel, spec: QwenInferenceSpec, gpu_memory_gib: float) -> int:
+    """The longest maxModelLen whose one sequence still fits beside the weights (0 when the weights alone do not)."""
+    need = gpu_memory_need(resolved, spec)
+    assert need is not None and resolved.preset is not None
+    kv_kib_per_token = resolved.preset.kv_cache_kib_per_token / (2 if spec.engine.kv_cache_dtype != "auto" else 1)
+    free_gib = (gpu_memory_gib * need.utilization - need.overhead_gib) * need.tensor_parallel_size - need.weights_gib
+    return max(0, int(free_gib * 1024**2 / kv_kib_per_token) // 256 * 256)
+
+
+def gpu_memory_advice(resolved: ResolvedModel, spec: QwenInferenceSpec, gpu_memory_gib: float) -> str:
+    longest = longest_context_that_fits(resolved, spec, gpu_memory_gib)
+    lower = f"lower spec.model.maxModelLen to {longest} or less, " if longest >= 256 else ""
+    return (f"{lower}serve an FP8 checkpoint, set engine.kvCacheDtype fp8, raise engine.tensorParallelSize, "
+            "or pin a GPU with more memory")
+
+
+def gpu_memory_problems(resolved: ResolvedModel, spec: QwenInferenceSpec) -> tuple[str | None, str | None]:
+    """(refusal, warning) for the GPU products spec.resources.gpu.products pins, by their memory in gpus.yaml.
+
+    A refusal when every pinned product is known and none has the memory (the pods would crash-loop on load);
+    a warning when some do and some do not (pods on the small ones would). Unknown models and products are not
+    judged: the candidate nodes' nvidia.com/gpu.memory labels are (status.gpu_memory_problem_on_nodes).
+    """
+    need = gpu_memory_need(resolved, spec)
+    products = spec.resources.gpu.products
+    if need is None or not products:
+        return None, None
+    known = [gpu for gpu in (lookup_gpu(p) for p in products) if gpu is not None]
+    too_small = [gpu for gpu in known if gpu.memory_gib < need.per_gpu_gib]
+    if not too_small:
+        return None, None
+    largest = max(gpu.memory_gib for gpu in too_small)
+    names = ", ".join(f"{gpu.product} ({gpu.memory_gib} GiB)" for gpu in too_small)
+    message = f"{need.describe(resolved)}; {names} {'has' if len(too_small) == 1 else 'have'} less: {gpu_memory_advice(resolved, spec, largest)}"
+    if len(too_small) == len(products):
+        return message, None
+    return None, message + " (or remove those products)"
 
 
 def check_gpu_fp8(resolved: ResolvedModel, products: list[str]) -> str | None:
