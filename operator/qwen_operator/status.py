@@ -8,11 +8,14 @@ then writes nothing.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from qwen_operator.api.models import QwenInferenceSpec
 from qwen_operator.builders import common
 from qwen_operator.builders.common import Owner
+from qwen_operator.catalog import ResolvedModel, gpu_memory_need
 
 READY, PROGRESSING, DEGRADED, AUTOSCALING, MONITORING = "Ready", "Progressing", "Degraded", "Autoscaling", "Monitoring"
 SERVER_CONTAINER = "vllm"
@@ -26,6 +29,17 @@ CONTAINER_START_FAILURES = frozenset({
 })
 # Ready=False reasons that are steps of a normal rollout: their Events are Normal, not Warning.
 PROGRESS_REASONS = frozenset({"ModelLoading", "ModelDownloading", "ReplicasNotReady", "VolumePending", "RollingOut", "ScaledToZero"})
+# The kubelet's message for an env var or volume whose Secret is missing: `secret "NAME" not found`.
+MISSING_SECRET = re.compile(r'secret "([^"]+)" not found')
+# Provisioners whose volumes are block devices or node-local paths: they never offer ReadWriteMany.
+READ_WRITE_ONCE_ONLY_PROVISIONERS = frozenset({
+    "ebs.csi.aws.com", "kubernetes.io/aws-ebs", "pd.csi.storage.gke.io", "kubernetes.io/gce-pd",
+    "disk.csi.azure.com", "kubernetes.io/azure-disk", "rancher.io/local-path", "kubernetes.io/no-provisioner",
+    "cinder.csi.openstack.org", "csi.vsphere.vmware.com", "driver.longhorn.io",
+})
+# What provisioners write into their ProvisioningFailed Events when a class lacks the access mode asked for.
+ACCESS_MODE_REFUSALS = ("access mode", "accessmode", "multi_node", "multi-node", "multi writer", "volume capabilit", "only supports readwriteonce")
+GPU_MEMORY_LABEL = "nvidia.com/gpu.memory"  # MiB per GPU, set by gpu-feature-discovery
 
 
 @dataclass(frozen=True)
@@ -52,6 +66,11 @@ class Observation:
     conflicts: list[Problem] = field(default_factory=list)  # children whose names someone else's objects hold
     apply_failures: list[Problem] = field(default_factory=list)  # children the API refused to bring to the desired state
     warnings: list[Problem] = field(default_factory=list)  # e.g. FP8 on a weight-only GPU
+    # The model cache PVC the operator made (None when it makes none), its StorageClass (None when unknown),
+    # and the Events about the PVC (ProvisioningFailed carries the provisioner's refusal): see cache_claim_problem.
+    cache_claim: dict[str, Any] | None = None
+    cache_storage_class: dict[str, Any] | None = None
+    cache_claim_events: list[dict[str, Any]] = field(default_factory=list)
 
 
 def pod_problems(pods: list[dict[str, Any]]) -> tuple[Problem | None, Problem | None, Problem | None]:
@@ -87,6 +106,13 @@ def pod_problems(pods: list[dict[str, Any]]) -> tuple[Problem | None, Problem | 
                     f"container {container['name']} in pod {name} keeps restarting ({waiting.get('reason', 'restarting')}{detail}); "
                     f"see kubectl logs {name} -c {container['name']} --previous",
                 )
+            elif waiting.get("reason") == "CreateContainerConfigError" and (missing := MISSING_SECRET.search(waiting.get("message", ""))):
+                # Seen from the pod, so the operator needs no cluster-wide `get secrets` to tell it.
+                crash = crash or Problem(
+                    "SecretNotFound",
+                    f"container {container['name']} in pod {name} cannot start: Secret {missing.group(1)} does not exist in its "
+                    "namespace (spec.auth.apiKeySecretRef or spec.model.source.tokenSecretRef); create it and the pod starts",
+                )
             elif waiting.get("reason") in CONTAINER_START_FAILURES:
                 crash = crash or Problem(waiting["reason"], f"container {container['name']} in pod {name}: {waiting.get('message', waiting['reason'])}")
         for container in status.get("containerStatuses", []):
@@ -96,6 +122,93 @@ def pod_problems(pods: list[dict[str, Any]]) -> tuple[Problem | None, Problem | 
             if "running" in container.get("state", {}):
                 loading = loading or Problem("ModelDownloading", f"pod {name} is downloading the model ({container['name']})", degraded=False)
     return unschedulable, crash, loading
+
+
+def _template_hash(pod: dict[str, Any]) -> str | None:
+    return (pod.get("metadata", {}).get("labels") or {}).get("pod-template-hash")
+
+
+def _is_ready(pod: dict[str, Any]) -> bool:
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in (pod.get("status") or {}).get("conditions", []))
+
+
+def _insufficient_resources(pod: dict[str, Any]) -> str | None:
+    """The scheduler's message when pod is Unschedulable for lack of a resource (a GPU, CPU, memory)."""
+    for condition in (pod.get("status") or {}).get("conditions", []):
+        if condition.get("type") == "PodScheduled" and condition.get("reason") == "Unschedulable" and "Insufficient" in condition.get("message", ""):
+            return condition["message"]
+    return None
+
+
+def rollout_blocked_by_capacity(deployment: dict[str, Any] | None, pods: list[dict[str, Any]]) -> Problem | None:
+    """A rollout that waits for capacity the old pods hold: a pod of one template cannot be scheduled for
+    lack of resources while ready pods of another template keep theirs, and the strategy stops no old pod
+    first (maxUnavailable 0). On a full GPU pool that never ends on its own."""
+    if deployment is None:
+        return None
+    rolling = ((deployment.get("spec") or {}).get("strategy") or {}).get("rollingUpdate") or {}
+    if str(rolling.get("maxUnavailable", "25%")) not in ("0", "0%"):
+        return None
+    live = [p for p in pods if not p.get("metadata", {}).get("deletionTimestamp")]
+    for pod in sorted(live, key=lambda p: p["metadata"]["name"]):
+        message = _insufficient_resources(pod)
+        if message is None:
+            continue
+        old_ready = [p for p in live if _is_ready(p) and _template_hash(p) != _template_hash(pod)]
+        if old_ready:
+            return Problem(
+                "RolloutBlockedByCapacity",
+                f"the rollout waits for capacity: new pod {pod['metadata']['name']} cannot be scheduled ({message.strip()}) while "
+                f"{len(old_ready)} pod(s) of the previous spec keep theirs, and spec.rollout.maxUnavailable is 0. Free or add "
+                "capacity, or set spec.rollout {maxSurge: 0, maxUnavailable: 1} to replace pods one at a time in place",
+                degraded=False,
+            )
+    return None
+
+
+def cache_claim_problem(claim: dict[str, Any] | None, storage_class: dict[str, Any] | None, events: list[dict[str, Any]]) -> Problem | None:
+    """Why the model cache PVC stays Pending, when its StorageClass cannot offer the access mode it asks
+    for: the provisioner said so in a ProvisioningFailed Event, or the class's provisioner is known to make
+    node-attached volumes only (ReadWriteOnce) and the claim asks for ReadWriteMany."""
+    if claim is None or (claim.get("status") or {}).get("phase") not in (None, "Pending"):
+        return None
+    modes = (claim.get("spec") or {}).get("accessModes") or []
+    name = claim["metadata"]["name"]
+    class_name = (storage_class or {}).get("metadata", {}).get("name") or (claim.get("spec") or {}).get("storageClassName") or "the default class"
+    advice = ("set spec.model.source.cache.accessMode: ReadWriteOnce with one replica, a storageClassName that offers "
+              f"{' and '.join(modes)} (EFS, Filestore, Azure Files, NFS), or cache.enabled: false (each pod downloads the model); "
+              f"the access mode cannot change on an existing claim, so delete PVC {name} after changing it")
+    for event in sorted(events, key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "", reverse=True):
+        text = event.get("message", "")
+        if event.get("reason") == "ProvisioningFailed" and any(word in text.lower() for word in ACCESS_MODE_REFUSALS):
+            return Problem("CacheAccessModeUnsupported", f"PVC {name} stays Pending: StorageClass {class_name} cannot provision {', '.join(modes)} ({text.strip()[:300]}); {advice}")
+    provisioner = (storage_class or {}).get("provisioner")
+    if "ReadWriteMany" in modes and provisioner in READ_WRITE_ONCE_ONLY_PROVISIONERS:
+        return Problem("CacheAccessModeUnsupported", f"PVC {name} stays Pending: StorageClass {class_name} ({provisioner}) makes volumes one node attaches "
+                       f"(ReadWriteOnce) and the claim asks for ReadWriteMany; {advice}")
+    return None
+
+
+def gpu_memory_problem_on_nodes(model: ResolvedModel, spec: QwenInferenceSpec, nodes: list[dict[str, Any]]) -> Problem | None:
+    """Nodes the pods may land on (their GPU memory label, nvidia.com/gpu.memory in MiB) whose GPUs are too
+    small for the model at its maxModelLen: a pod there would crash-loop while loading. Nodes without the
+    label are not judged. Blocking when every labelled candidate is too small."""
+    need = gpu_memory_need(model, spec)
+    if need is None:
+        return None
+    labelled = {}
+    for node in nodes:
+        value = (node.get("metadata", {}).get("labels") or {}).get(GPU_MEMORY_LABEL, "")
+        if value.isdigit():
+            labelled[node["metadata"]["name"]] = int(value) / 1024
+    too_small = {n: gib for n, gib in labelled.items() if gib < need.per_gpu_gib}
+    if not too_small:
+        return None
+    names = ", ".join(f"{n} ({gib:.0f} GiB)" for n, gib in sorted(too_small.items()))
+    if len(too_small) == len(labelled):
+        return Problem("GPUMemoryTooSmall", f"{need.describe(model)}; every candidate node's GPU has less: {names}")
+    return Problem("GPUMemoryTooSmallOnSomeNodes", f"{need.describe(model)}; pods placed on {names} would fail to load: "
+                   "pin spec.resources.gpu.products or a nodeSelector to the larger GPUs")
 
 
 def _condition(type_: str, status: bool | str, reason: str, message: str, generation: int) -> dict[str, Any]:
@@ -149,6 +262,10 @@ def compute_status(owner: Owner, served_model: str, observed: Observation, previ
     updated = deployment_status.get("updatedReplicas", 0)
     desired = observed.desired_replicas
     unschedulable, crash, loading = pod_problems(observed.pods)
+    if unschedulable is not None:
+        unschedulable = rollout_blocked_by_capacity(observed.deployment, observed.pods) or unschedulable
+    # A cache claim its class can never provision: a failure, not the VolumePending step of a normal start.
+    unschedulable = cache_claim_problem(observed.cache_claim, observed.cache_storage_class, observed.cache_claim_events) or unschedulable
     # Most telling first: a spec or reference problem, a name held by someone else, a child the API
     # refuses, then what the Deployment and its pods report.
     failure = (observed.blocking or next(iter(observed.conflicts), None) or next(iter(observed.apply_failures), None)
