@@ -3,9 +3,10 @@ which never read the environment or module globals themselves."""
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 # The vLLM image pods run unless spec.engine.image says otherwise. Keep equal to VLLM_IMAGE in
 # hack/versions.env.
@@ -16,6 +17,11 @@ DEFAULT_CLUSTER_DOMAIN = "cluster.local"
 # Environment variables from_env() reads (the Helm chart sets them).
 ENV_VLLM_IMAGE = "QWEN_OPERATOR_VLLM_IMAGE"
 ENV_CLUSTER_DOMAIN = "QWEN_OPERATOR_CLUSTER_DOMAIN"
+# A JSON object of labels for every ServiceMonitor and PrometheusRule (chart value monitoring.labels).
+ENV_MONITORING_LABELS = "QWEN_OPERATOR_MONITORING_LABELS"
+# "false" when the operator may not read Secrets (chart value rbac.readSecrets): a missing Secret is then
+# seen in the pods' status instead (status.pod_problems: SecretNotFound).
+ENV_READ_SECRETS = "QWEN_OPERATOR_READ_SECRETS"
 
 
 @dataclass(frozen=True)
@@ -23,6 +29,17 @@ class OperatorConfig:
     default_vllm_image: str = DEFAULT_VLLM_IMAGE
     field_manager: str = FIELD_MANAGER
     cluster_domain: str = DEFAULT_CLUSTER_DOMAIN
+    monitoring_labels: dict[str, str] = field(default_factory=dict)
+    read_secrets: bool = True
+
+
+def parse_labels(text: str) -> dict[str, str]:
+    """A JSON object of string labels; raises ValueError for anything else (a typo must not start an
+    operator whose monitoring objects no Prometheus selects)."""
+    value = json.loads(text)
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        raise ValueError(f"{ENV_MONITORING_LABELS} must be a JSON object of string values, got {text!r}")
+    return value
 
 
 def from_env(environ: Mapping[str, str] | None = None) -> OperatorConfig:
@@ -31,4 +48,6 @@ def from_env(environ: Mapping[str, str] | None = None) -> OperatorConfig:
     return OperatorConfig(
         default_vllm_image=env.get(ENV_VLLM_IMAGE) or DEFAULT_VLLM_IMAGE,
         cluster_domain=env.get(ENV_CLUSTER_DOMAIN) or DEFAULT_CLUSTER_DOMAIN,
+        monitoring_labels=parse_labels(env[ENV_MONITORING_LABELS]) if env.get(ENV_MONITORING_LABELS) else {},
+        read_secrets=(env.get(ENV_READ_SECRETS) or "true").lower() != "false",
     )

@@ -98,3 +98,20 @@ def test_hpa_average_value_is_a_quantity_string() -> None:
     hpa = build_hpa(OWNER, spec(autoscaling={"enabled": True, "queueDepthPerReplica": 40}))
     assert hpa is not None
     assert isinstance(hpa["spec"]["metrics"][0]["pods"]["target"]["averageValue"], str)
+
+
+def test_monitoring_objects_carry_extra_labels_from_the_spec_and_the_operator() -> None:
+    from qwen_operator.builders.common import common_labels
+    from qwen_operator.builders.monitoring import build_prometheus_rule, build_service_monitor
+
+    owner = Owner(name="chat", namespace="team-a", uid="u1")
+    spec = QwenInferenceSpec.model_validate({"monitoring": {"labels": {"team": "ml", "release": "team-prom",
+                                                                        "app.kubernetes.io/instance": "hijack"}}})
+    defaults = {"release": "kube-prometheus-stack", "tier": "gpu"}
+    for built in (build_service_monitor(owner, spec, defaults), build_prometheus_rule(owner, spec, "m", 600, defaults)):
+        labels = built["metadata"]["labels"]
+        # The spec wins over the operator's defaults; neither replaces the labels that select the children.
+        assert labels["release"] == "team-prom" and labels["tier"] == "gpu" and labels["team"] == "ml"
+        assert {k: labels[k] for k in common_labels(owner)} == common_labels(owner)
+    plain = build_service_monitor(owner, QwenInferenceSpec(), defaults)["metadata"]["labels"]
+    assert plain["release"] == "kube-prometheus-stack"

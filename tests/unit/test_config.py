@@ -39,3 +39,16 @@ def test_default_image_matches_versions_env() -> None:
     versions = Path(__file__).resolve().parents[2] / "hack" / "versions.env"
     pinned = dict(line.split("=", 1) for line in versions.read_text().splitlines() if line and not line.startswith("#"))
     assert pinned["VLLM_IMAGE"] == DEFAULT_VLLM_IMAGE
+
+
+def test_monitoring_labels_and_secret_access_from_env() -> None:
+    config = from_env({"QWEN_OPERATOR_MONITORING_LABELS": '{"release": "kps", "team": "ml"}', "QWEN_OPERATOR_READ_SECRETS": "false"})
+    assert config.monitoring_labels == {"release": "kps", "team": "ml"}
+    assert config.read_secrets is False
+    assert from_env({}).monitoring_labels == {} and from_env({}).read_secrets is True
+
+
+@pytest.mark.parametrize("text", ['["release"]', '{"release": 1}', "release=kps"])
+def test_bad_monitoring_labels_stop_the_operator(text: str) -> None:
+    with pytest.raises(ValueError):
+        from_env({"QWEN_OPERATOR_MONITORING_LABELS": text})
