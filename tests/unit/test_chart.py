@@ -172,7 +172,7 @@ def test_values_schema_is_strict_and_describes_every_value() -> None:
 # ---- RBAC ---------------------------------------------------------------------------------------
 
 def test_cluster_role_has_no_wildcards(helm: str) -> None:
-    cluster_role = the(documents(helm), "ClusterRole")
+    cluster_role = the(documents(helm), "ClusterRole", RELEASE)
     for rule in cluster_role["rules"]:
         for field in ("apiGroups", "resources", "verbs"):
             assert "*" not in rule[field], rule
@@ -181,18 +181,18 @@ def test_cluster_role_has_no_wildcards(helm: str) -> None:
 
 def test_cluster_mode_grants_exactly_what_the_operator_uses(helm: str) -> None:
     docs = documents(helm)
-    assert grants(the(docs, "ClusterRole")["rules"]) == CLUSTER_MODE_GRANTS
+    assert grants(the(docs, "ClusterRole", RELEASE)["rules"]) == CLUSTER_MODE_GRANTS
     # The only Role is the leader election's, in the release namespace.
     assert [d["metadata"]["name"] for d in docs if d["kind"] in ("Role", "RoleBinding")] == [f"{the(docs, 'Deployment')['metadata']['name']}-leader-election"] * 2
     binding = the(docs, "ClusterRoleBinding")
-    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": the(docs, "ClusterRole")["metadata"]["name"]}
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": the(docs, "ClusterRole", RELEASE)["metadata"]["name"]}
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": the(docs, "ServiceAccount")["metadata"]["name"], "namespace": NAMESPACE}]
 
 
 def test_namespaced_mode_grants_namespaced_kinds_only_in_the_watched_namespaces(helm: str) -> None:
     docs = documents(helm, *NAMESPACED_MODE)
     service_account = the(docs, "ServiceAccount")["metadata"]["name"]
-    assert grants(the(docs, "ClusterRole")["rules"]) == NAMESPACED_MODE_CLUSTER_ROLE_GRANTS
+    assert grants(the(docs, "ClusterRole", RELEASE)["rules"]) == NAMESPACED_MODE_CLUSTER_ROLE_GRANTS
     assert sorted(d["metadata"]["namespace"] for d in docs if d["kind"] == "Role" and not d["metadata"]["name"].endswith("-leader-election")) == WATCHED
     for namespace in WATCHED:
         role = the(docs, "Role", namespace=namespace)
@@ -232,7 +232,8 @@ def test_operator_deployment_is_two_replicas_probed_and_restricted(helm: str) ->
     for probe in ("livenessProbe", "readinessProbe"):
         http = container[probe]["httpGet"]
         assert http["path"] == "/healthz" and ports[http["port"]] == 8080
-    assert container["resources"] == {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"cpu": "1", "memory": "512Mi"}}
+    assert container["resources"] == {"requests": {"cpu": "100m", "memory": "512Mi", "ephemeral-storage": "128Mi"},
+                                      "limits": {"cpu": "1", "memory": "1Gi", "ephemeral-storage": "256Mi"}}
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     security = container["securityContext"]
@@ -245,7 +246,8 @@ def test_operator_deployment_is_two_replicas_probed_and_restricted(helm: str) ->
 
 def test_resources_come_from_values(helm: str) -> None:
     container = operator_container(documents(helm, "--set", "resources.requests.cpu=250m", "--set", "resources.limits.memory=1Gi"))
-    assert container["resources"] == {"requests": {"cpu": "250m", "memory": "256Mi"}, "limits": {"cpu": "1", "memory": "1Gi"}}
+    assert container["resources"] == {"requests": {"cpu": "250m", "memory": "512Mi", "ephemeral-storage": "128Mi"},
+                                      "limits": {"cpu": "1", "memory": "1Gi", "ephemeral-storage": "256Mi"}}
 
 
 @pytest.mark.parametrize("lease_name", [None, "blue-team"])

@@ -1,14 +1,19 @@
 {{/* Names and labels. */}}
 
 {{- define "qwen-operator.name" -}}
-{{- .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
 
 {{- define "qwen-operator.fullname" -}}
-{{- if contains .Chart.Name .Release.Name -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
 {{- .Release.Name | trunc 63 | trimSuffix "-" -}}
 {{- else -}}
-{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
 {{- end -}}
 {{- end -}}
 
@@ -90,13 +95,16 @@ It renders a YAML list with a leading newline: use it as `... | trim | nindent 2
   resources: ["servicemonitors", "prometheusrules"]
   verbs: ["get", "list", "create", "patch", "delete"]
 # Observed only: the vLLM pods (kopf watches them), and the Secrets a spec refers to (it checks
-# that they exist and hold the key; never listed, so no Secret it was not pointed at is read).
+# that they exist and hold the key; never listed, so no Secret it was not pointed at is read). Without
+# rbac.readSecrets, a missing Secret is seen in the pods' status instead (SecretNotFound).
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["list", "watch"]
+{{- if .readSecrets }}
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["get"]
+{{- end }}
 # Events about each QwenInference (the reconcile's and kopf's, core/v1, created only).
 - apiGroups: [""]
   resources: ["events"]
