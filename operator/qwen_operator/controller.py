@@ -1,8 +1,16 @@
 """The controller: a work queue of QwenInference keys, the workers that reconcile them, and the resync.
 
-Every trigger (a watch event of a QwenInference, its Deployment or its pods; the periodic resync)
-only queues the resource's key, so a burst of triggers costs one reconcile and one slow or broken
-resource never delays another. A worker reads the resource fresh and runs the one reconcile.
+Every trigger (a watch event of a QwenInference or of one of its children or pods; the periodic
+resync) only queues the resource's key, so a burst of triggers costs one reconcile and one slow or
+broken resource never delays another. A worker reads the resource and its children from the
+watch-fed caches (cache.py) and runs the one reconcile; a steady state reads nothing from the API.
+
+- The QwenInferences come from kopf's watch (handlers/), kept here by key. An event that changes
+  only the status (the operator's own write) queues nothing.
+- A child's or pod's event queues its owner after CHILD_EVENT_DELAY, so the burst of events of a
+  rollout (ReplicaSet, pods, Deployment status) collapses into one reconcile.
+- The status a reconcile compares with is the one the operator last wrote, so a watch that has
+  not yet delivered that write never causes a second one.
 
 Failures are kept per resource:
 - the API server unreachable, throttling (429) or failing (5xx): retried with exponential backoff
@@ -25,32 +33,66 @@ from qwen_operator.builders.common import MANAGED_BY
 from qwen_operator.config import OperatorConfig
 from qwen_operator.k8s import client as kinds
 from qwen_operator.k8s.client import KubeApi, KubeError
-from qwen_operator.reconcile import CapabilityCache, now_rfc3339, owner_of, reconcile
+from qwen_operator.cache import ChildCaches
+from qwen_operator.reconcile import CHILD_KINDS, MONITORING_KINDS, CapabilityCache, Snapshot, now_rfc3339, owner_of, reconcile
 from qwen_operator.workqueue import Retry, WorkQueue
 
 log = logging.getLogger("qwen_operator")
 
 Key = tuple[str, str]  # (namespace, name)
 PERSISTENT_FAILURES = 5  # transient failures in a row (about 15 s of backoff) before the status says so
+CHILD_EVENT_DELAY = 1.0  # seconds a child's event waits in the queue, collecting the rest of its burst
+CACHE_SYNC_TIMEOUT = 120.0
 
 
 class Controller:
     def __init__(self, api: KubeApi, config: OperatorConfig, capabilities: CapabilityCache, *, workers: int,
-                 resync_seconds: float, namespaces: list[str] | None = None, base_delay: float = 0.5, max_delay: float = 120.0):
+                 resync_seconds: float, namespaces: list[str] | None = None, base_delay: float = 0.5, max_delay: float = 120.0,
+                 relist_seconds: float = 600.0):
         self.api, self.config, self.capabilities = api, config, capabilities
         self.namespaces = namespaces or []
+        self.bodies: dict[Key, dict[str, Any]] = {}  # the watched QwenInferences, from kopf's watch
+        self.statuses: dict[Key, dict[str, Any]] = {}  # the status this operator last wrote, per resource
+        self._lock = threading.Lock()
+        self.caches = ChildCaches(api, CHILD_KINDS, MONITORING_KINDS, self._child_changed, relist_seconds, namespaces=self.namespaces)
         self.resync_seconds = resync_seconds
         self.queue: WorkQueue[Key] = WorkQueue(self.process, workers, base_delay, max_delay, name="reconcile")
         self._stopped = threading.Event()
         self._resync = threading.Thread(target=self._resync_loop, name="qwen-resync", daemon=True)
 
     def start(self) -> None:
+        self.caches.start()
+        if self.capabilities.get().prometheus_operator:
+            self.caches.enable_optional()
         self.queue.start()
         self._resync.start()
 
     def stop(self) -> None:
         self._stopped.set()
         self.queue.stop()
+        self.caches.stop()
+
+    # Triggers
+
+    def observed(self, body: dict[str, Any]) -> None:
+        """kopf saw this QwenInference (added, changed, listed): keep it, and queue it unless only its status changed."""
+        meta = body["metadata"]
+        key = (meta["namespace"], meta["name"])
+        with self._lock:
+            before = self.bodies.get(key)
+            self.bodies[key] = body
+        if before is None or _what_matters(before) != _what_matters(body):
+            self.enqueue(*key)
+
+    def deleted(self, namespace: str, name: str) -> None:
+        with self._lock:
+            self.bodies.pop((namespace, name), None)
+            self.statuses.pop((namespace, name), None)
+        self.forget(namespace, name)
+
+    def _child_changed(self, owner: Key) -> None:
+        if owner[1]:
+            self.queue.add(owner, CHILD_EVENT_DELAY)
 
     def enqueue(self, namespace: str, name: str, delay: float = 0.0) -> None:
         self.queue.add((namespace, name), delay)
@@ -62,14 +104,15 @@ class Controller:
     # The resync: every resource, queued; each runs (and fails) on its own.
 
     def _resync_loop(self) -> None:
+        """Every resync_seconds, every known QwenInference is judged again from the caches (no API
+        reads); the informers' periodic relist guards the caches against a missed event."""
         while not self._stopped.wait(self.resync_seconds):
-            try:
-                for namespace in self.namespaces or [None]:
-                    for body in self.api.list(kinds.QWEN_INFERENCE, namespace):
-                        meta = body["metadata"]
-                        self.enqueue(meta["namespace"], meta["name"])
-            except Exception as error:  # noqa: BLE001 - the loop must outlive any one bad round
-                log.warning("resync round could not list QwenInferences, the next one runs in %ss: %s", self.resync_seconds, error)
+            if self.caches.optional and self.capabilities.get().prometheus_operator:
+                self.caches.enable_optional()
+            with self._lock:
+                keys = list(self.bodies)
+            for key in keys:
+                self.enqueue(*key)
 
     # One run
 
@@ -79,12 +122,24 @@ class Controller:
         outcome = "error"
         body: dict[str, Any] | None = None
         try:
-            body = self.api.get(kinds.QWEN_INFERENCE, namespace, name)  # fresh, never a stale event body
+            if not self.caches.synced() and not self.caches.wait_synced(CACHE_SYNC_TIMEOUT):
+                raise Retry("the caches have not synced yet")
+            with self._lock:
+                body = self.bodies.get(key)
+                previous_status = self.statuses.get(key)
             if body is None or body["metadata"].get("deletionTimestamp"):
                 outcome = "gone"
                 self.forget(namespace, name)
                 return
-            result = reconcile(body, self.api, self.config, self.capabilities, lambda *event: post_event(self.api, body, *event))
+            snapshot = Snapshot(
+                children=self.caches.children_of(key), pods=self.caches.pods_of(key), node=self.caches.node,
+                previous_status=previous_status if previous_status is not None else (body.get("status") or {}),
+                remember=self.caches.remember,
+            )
+            result = reconcile(body, self.api, self.config, self.capabilities, lambda *event: post_event(self.api, body, *event), snapshot)
+            if result.status is not None:
+                with self._lock:
+                    self.statuses[key] = result.status
             outcome = result.outcome
             metrics.set_resource_ready(namespace, name, *result.ready)
             if result.applied or result.pruned or result.status_written:
@@ -118,13 +173,16 @@ class Controller:
         """Best effort: put a failure the reconcile itself could not record into the status."""
         if body is None:
             return
-        previous = body.get("status") or {}
+        meta = body["metadata"]
+        with self._lock:
+            previous = self.statuses.get((meta["namespace"], meta["name"])) or body.get("status") or {}
         new = status_lib.failure_status(owner_of(body), previous, status_lib.Problem(reason, message[:1000]), now_rfc3339())
         if not status_lib.status_changed(previous, new):
             return
-        meta = body["metadata"]
         try:
             self.api.patch_status(kinds.QWEN_INFERENCE, meta["namespace"], meta["name"], new)
+            with self._lock:
+                self.statuses[(meta["namespace"], meta["name"])] = new
             metrics.set_resource_ready(meta["namespace"], meta["name"], "False", reason)
             post_event(self.api, body, "Warning", reason, message)
         except KubeError as error:
@@ -152,3 +210,9 @@ def post_event(api: KubeApi, body: dict[str, Any], type_: str, reason: str, mess
         api.create(kinds.EVENT, meta["namespace"], event)
     except KubeError as error:
         log.warning("could not post event %s on %s/%s: %s", reason, meta["namespace"], meta["name"], error)
+
+
+def _what_matters(body: dict[str, Any]) -> tuple[Any, ...]:
+    """What of a QwenInference can change its reconcile (not the status the operator writes)."""
+    meta = body["metadata"]
+    return meta.get("generation"), meta.get("uid"), meta.get("deletionTimestamp"), body.get("spec")

@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from decimal import Decimal
-from typing import Any
+from typing import Any, Callable
 
 from pydantic import ValidationError
 
@@ -102,6 +102,8 @@ class ReconcileResult:
     outcome: str = "ok"  # ok | spec_error | blocked | apply_error | conflict
     ready: tuple[str, str] = ("Unknown", "")  # the Ready condition's status and reason, for the metrics
     retry_after: float | None = None  # run again this soon: something failed that may pass
+    status: dict[str, Any] | None = None  # the status written, when one was
+    written: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)  # (kind, name) -> the API's answer to an apply
 
 
 def owner_of(body: dict[str, Any]) -> Owner:
@@ -231,8 +233,26 @@ def plan(desired: list[dict[str, Any]], live: list[dict[str, Any]], owner: Owner
     return result
 
 
+REPLICAS_MANAGERS = "_replicasManagers"  # what the cache keeps of a Deployment's managedFields (cache.py)
+
+
+def keep_immutable_fields(desired: list[dict[str, Any]], live: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """desired with what cannot change on a live object taken from it: a PVC's access modes (the
+    default access mode follows the replica count, but a claim keeps the one it was made with)."""
+    live_by_key = {key(obj): obj for obj in live}
+    kept = []
+    for manifest in desired:
+        current = live_by_key.get(key(manifest))
+        if manifest["kind"] == "PersistentVolumeClaim" and current is not None and (current.get("spec") or {}).get("accessModes"):
+            manifest = {**manifest, "spec": {**manifest["spec"], "accessModes": list(current["spec"]["accessModes"])}}
+        kept.append(manifest)
+    return kept
+
+
 def owns_replicas(deployment: dict[str, Any], manager: str) -> bool:
     """True when manager applied the Deployment's spec.replicas (server-side apply managedFields)."""
+    if REPLICAS_MANAGERS in deployment:
+        return f"{manager}/Apply" in deployment[REPLICAS_MANAGERS]
     for entry in deployment.get("metadata", {}).get("managedFields") or []:
         if entry.get("manager") == manager and entry.get("operation") == "Apply":
             if "f:replicas" in ((entry.get("fieldsV1") or {}).get("f:spec") or {}):
@@ -310,10 +330,12 @@ def secret_value(secret: dict[str, Any], key_name: str) -> str | None:
         return None
 
 
-def check_references(api: KubeApi, owner: Owner, spec: QwenInferenceSpec) -> status_lib.Problem | None:
-    """A Secret or PVC the spec names that does not exist (yet), or an unusable key: the rollout waits."""
+def check_references(api: KubeApi, owner: Owner, spec: QwenInferenceSpec, read_secrets: bool = True) -> status_lib.Problem | None:
+    """A Secret or PVC the spec names that does not exist (yet), or an unusable key: the rollout waits.
+    Without read_secrets (the chart's rbac.readSecrets=false) Secrets are not read: a missing one
+    shows in the pods' status instead, and the pod's own guard refuses an empty API key."""
     secret_refs = [("spec.model.source.tokenSecretRef", spec.model.source.token_secret_ref), ("spec.auth.apiKeySecretRef", spec.auth.api_key_secret_ref)]
-    for path, ref in secret_refs:
+    for path, ref in secret_refs if read_secrets else []:
         if ref is None:
             continue
         secret = api.get(kinds.SECRET, owner.namespace, ref.name)
@@ -334,14 +356,34 @@ def check_references(api: KubeApi, owner: Owner, spec: QwenInferenceSpec) -> sta
     return None
 
 
-def reconcile(body: dict[str, Any], api: KubeApi, config: OperatorConfig, capabilities: CapabilityCache, post_event) -> ReconcileResult:
-    """Reconciles one QwenInference (body as the API server sent it). post_event(type, reason, message).
+@dataclass
+class Snapshot:
+    """What the watch-fed caches hold of one QwenInference's world (cache.ChildCaches)."""
+
+    children: list[dict[str, Any]]  # every object with the operator's labels and this instance's name
+    pods: list[dict[str, Any]]
+    node: Callable[[str], dict[str, Any] | None]  # a node's GPU labels by name
+    previous_status: dict[str, Any]  # the status as last written (the cache may lag the operator's own write)
+    remember: Callable[[dict[str, Any]], None] = lambda written: None  # put what the operator applied into the cache
+
+
+def needs_reference_check(previous_status: dict[str, Any], generation: int, plan_applies: bool) -> bool:
+    """Secrets and claims the spec names are read only when something is to be rolled out or the
+    resource is not Ready for its current generation: a steady state reads nothing."""
+    ready = next((c for c in previous_status.get("conditions", []) if c.get("type") == status_lib.READY), None)
+    return plan_applies or ready is None or ready.get("status") != "True" or previous_status.get("observedGeneration") != generation
+
+
+def reconcile(body: dict[str, Any], api: KubeApi, config: OperatorConfig, capabilities: CapabilityCache, post_event,
+              snapshot: Snapshot) -> ReconcileResult:
+    """Reconciles one QwenInference (body as the watch delivered it) from a snapshot of the caches.
+    post_event(type, reason, message).
 
     Raises KubeError for failures that may pass (no answer, 429, 5xx): the caller retries with backoff.
     """
     result = ReconcileResult()
     owner = owner_of(body)
-    previous_status = body.get("status") or {}
+    previous_status = snapshot.previous_status
     observation = status_lib.Observation(desired_replicas=0)
     model: ResolvedModel | None = None
     spec: QwenInferenceSpec | None = None
@@ -357,45 +399,45 @@ def reconcile(body: dict[str, Any], api: KubeApi, config: OperatorConfig, capabi
         result.outcome = "spec_error"
 
     caps = capabilities.get()
+    live: list[dict[str, Any]] = list(snapshot.children)
+    actions = Plan()
     if spec is not None and model is not None and observation.blocking is None:
-        observation.blocking = check_references(api, owner, spec)
-        if observation.blocking is not None:
-            result.outcome = "blocked"
-
-    live: list[dict[str, Any]] = []
-    if spec is not None and model is not None and observation.blocking is None:
-        try:
-            live = list_children(api, owner, caps)
-        except KubeError as error:
-            if error.status != 404 or not caps.prometheus_operator:
-                raise
-            # The Prometheus Operator CRDs were removed since discovery: look again, carry on without.
-            capabilities.forget()
-            caps = capabilities.get()
-            live = list_children(api, owner, caps)
-        desired = desired_children(owner, spec, model, config, caps)
+        desired = keep_immutable_fields(desired_children(owner, spec, model, config, caps), live)
         live += names_taken(api, owner, desired, live)
         actions = plan(desired, live, owner)
+        if needs_reference_check(previous_status, owner.generation, bool(actions.apply)):
+            observation.blocking = check_references(api, owner, spec, read_secrets=config.read_secrets)
+            if observation.blocking is not None:
+                result.outcome = "blocked"
+                actions = Plan(conflicts=actions.conflicts)  # nothing is rolled out while a reference is missing
+    if spec is not None and model is not None and observation.blocking is None:
         observation.conflicts = actions.conflicts
         if actions.conflicts:
             result.outcome = "conflict"
         live_by_key = {key(obj): obj for obj in live}
         for manifest in actions.apply:
-            problem = apply_child(api, manifest, live_by_key.get(key(manifest)), spec, result)
+            log.info("%s/%s: applying %s %s: %s", owner.namespace, owner.name, manifest["kind"], manifest["metadata"]["name"],
+                     "it does not exist yet" if key(manifest) not in live_by_key else "it differs from the spec")
+            problem = apply_child(api, manifest, live_by_key.get(key(manifest)), spec, result, snapshot.remember)
             if problem is not None:
                 result.outcome = "apply_error"
                 result.retry_after = APPLY_RETRY_SECONDS
                 observation.apply_failures.append(problem)
+                if manifest["kind"] in {k.kind for k in MONITORING_KINDS}:
+                    capabilities.forget()  # the Prometheus Operator CRDs may have gone: discover again
         for manifest in actions.delete:
+            log.info("%s/%s: deleting %s %s: the spec no longer asks for it", owner.namespace, owner.name, manifest["kind"], manifest["metadata"]["name"])
             api.delete(kind_of(manifest), owner.namespace, manifest["metadata"]["name"], manifest["metadata"].get("uid"))
             result.pruned.append("/".join(key(manifest)))
-        touched = {k for k in result.applied + result.recreated}
-        deployment_key = ("Deployment", owner.name)
-        if "/".join(deployment_key) not in touched:
-            observation.deployment = live_by_key.get(deployment_key)
+        observation.deployment = result.written.get(("Deployment", owner.name)) or live_by_key.get(("Deployment", owner.name))
+        observation.hpa = result.written.get(("HorizontalPodAutoscaler", owner.name)) or live_by_key.get(("HorizontalPodAutoscaler", owner.name))
+    elif spec is not None:
+        live_by_key = {key(obj): obj for obj in live}
+        observation.deployment = live_by_key.get(("Deployment", owner.name))
+        observation.hpa = live_by_key.get(("HorizontalPodAutoscaler", owner.name))
 
     if spec is not None:
-        observe(api, owner, spec, model, caps, observation)
+        observe(owner, spec, model, caps, observation, snapshot)
 
     new_status = status_lib.compute_status(owner, model.served_name if model else "", observation, previous_status, now_rfc3339())
     ready = next(c for c in new_status["conditions"] if c["type"] == status_lib.READY)
@@ -403,6 +445,7 @@ def reconcile(body: dict[str, Any], api: KubeApi, config: OperatorConfig, capabi
     if status_lib.status_changed(previous_status, new_status):
         api.patch_status(kinds.QWEN_INFERENCE, owner.namespace, owner.name, new_status)
         result.status_written = True
+        result.status = new_status
         for condition in status_lib.condition_transitions(previous_status, new_status):
             event = event_for(condition)
             if event is not None:
@@ -411,7 +454,7 @@ def reconcile(body: dict[str, Any], api: KubeApi, config: OperatorConfig, capabi
 
 
 def apply_child(api: KubeApi, manifest: dict[str, Any], live: dict[str, Any] | None, spec: QwenInferenceSpec,
-                result: ReconcileResult) -> status_lib.Problem | None:
+                result: ReconcileResult, remember: Callable[[dict[str, Any]], None]) -> status_lib.Problem | None:
     """Applies one child; None when it is now as desired, else the Problem that stops it.
 
     Transient API failures propagate (the whole reconcile is retried). A refusal caused by the live
@@ -424,8 +467,10 @@ def apply_child(api: KubeApi, manifest: dict[str, Any], live: dict[str, Any] | N
         # Hand replicas over before the apply that leaves them out, or they would reset to 1.
         api.apply(hpa_handover(live), field_manager=HPA_HANDOVER_MANAGER)
     try:
-        api.apply(manifest)
+        written = api.apply(manifest)
         result.applied.append(f"{kind}/{name}")
+        result.written[(kind, name)] = written
+        remember(written)
         return None
     except KubeError as error:
         if error.transient:
@@ -441,25 +486,16 @@ def apply_child(api: KubeApi, manifest: dict[str, Any], live: dict[str, Any] | N
         log.info("recreating %s %s/%s: the API refused the apply because of the live object: %s", kind, live["metadata"]["namespace"], name, first_error.message)
         api.delete(kind_of(manifest), live["metadata"]["namespace"], name, live["metadata"].get("uid"))
         try:
-            api.apply(manifest)
+            written = api.apply(manifest)
             result.recreated.append(f"{kind}/{name}")
+            result.written[(kind, name)] = written
+            remember(written)
             return None
         except KubeError as error:
             if error.transient:
                 raise
             first_error = error
     return status_lib.Problem("ApplyFailed", f"{kind} {name} could not be applied: {first_error.message}"[:1000])
-
-
-def list_children(api: KubeApi, owner: Owner, caps: Capabilities) -> list[dict[str, Any]]:
-    selector = f"app.kubernetes.io/managed-by={common.MANAGED_BY},app.kubernetes.io/instance={owner.name}"
-    found = []
-    for kind in CHILD_KINDS + (MONITORING_KINDS if caps.prometheus_operator else ()):
-        for obj in api.list(kind, owner.namespace, selector):
-            obj.setdefault("apiVersion", kind.api_version)
-            obj.setdefault("kind", kind.kind)
-            found.append(obj)
-    return found
 
 
 def names_taken(api: KubeApi, owner: Owner, desired: list[dict[str, Any]], live: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -481,29 +517,27 @@ def names_taken(api: KubeApi, owner: Owner, desired: list[dict[str, Any]], live:
     return found
 
 
-def observe(api: KubeApi, owner: Owner, spec: QwenInferenceSpec, model: ResolvedModel | None, caps: Capabilities,
-            observation: status_lib.Observation) -> None:
-    """Fills in what the status needs: the Deployment (only one this QwenInference controls), its
-    pods, the HPA, the nodes of FP8 pods and the monitoring condition."""
-    if observation.deployment is None:
-        observation.deployment = api.get(kinds.DEPLOYMENT, owner.namespace, owner.name)
+def observe(owner: Owner, spec: QwenInferenceSpec, model: ResolvedModel | None, caps: Capabilities,
+            observation: status_lib.Observation, snapshot: Snapshot) -> None:
+    """Fills in what the status needs from the snapshot: only the Deployment and HPA this
+    QwenInference controls, its pods, the nodes of FP8 pods, and the monitoring condition."""
     if observation.deployment is not None and not owned_by(observation.deployment, owner):
         observation.deployment = None  # someone else's Deployment of that name (a NameConflict): never its status
+    if observation.hpa is not None and not owned_by(observation.hpa, owner):
+        observation.hpa = None
     observation.autoscaling_enabled = spec.autoscaling.enabled
-    if spec.autoscaling.enabled:
-        hpa = api.get(kinds.HPA, owner.namespace, owner.name)
-        observation.hpa = hpa if hpa is not None and owned_by(hpa, owner) else None
+    if not spec.autoscaling.enabled:
+        observation.hpa = None
+        observation.desired_replicas = spec.replicas
+    else:
         replicas = ((observation.deployment or {}).get("spec") or {}).get("replicas")
         observation.desired_replicas = replicas if replicas is not None else spec.autoscaling.min_replicas
-    else:
-        observation.desired_replicas = spec.replicas
     if observation.deployment is not None:
-        # Only pods the operator's template made (managed-by), not someone else's pods with like labels.
-        selector = common.selector_string(owner) + f",app.kubernetes.io/managed-by={common.MANAGED_BY}"
-        observation.pods = api.list(kinds.POD, owner.namespace, selector)
+        selector = common.selector_labels(owner)
+        observation.pods = [p for p in snapshot.pods if selector.items() <= (p["metadata"].get("labels") or {}).items()]
         node_names = {p.get("spec", {}).get("nodeName") for p in observation.pods} - {None, ""}
         if model is not None and model.is_fp8 and node_names:
-            observation.nodes = {n: node for n in node_names if (node := api.get(kinds.NODE, None, n)) is not None}
+            observation.nodes = {n: node for n in node_names if (node := snapshot.node(n)) is not None}
             observation.warnings.extend(gpu_warnings(model, observation.pods, observation.nodes))
     wants_monitoring = spec.monitoring.service_monitor or spec.monitoring.prometheus_rule
     if not wants_monitoring:

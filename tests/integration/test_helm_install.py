@@ -224,8 +224,11 @@ def test_namespaced_mode_reconciles_only_the_watched_namespace(cluster, k8s, ins
     cluster.kubectl("apply", "-n", namespace, "-f", str(SAMPLE))
     wait_ready(k8s, operator, namespace, SAMPLE_NAME)
     # Two more resyncs of the watched resource: the unwatched one had every chance to be touched.
-    resyncs = api_requests(operator, "get", "QwenInference", "2xx")
-    wait_until(lambda: api_requests(operator, "get", "QwenInference", "2xx") >= resyncs + 2, 30, "two more resyncs")
+    def reconciles() -> float:
+        return sum(v for k, v in operator.metrics().items() if k.startswith("qwen_operator_reconciles_total"))
+
+    resyncs = reconciles()
+    wait_until(lambda: reconciles() >= resyncs + 2, 30, "two more resyncs")
 
     assert "status" not in get(k8s, other_namespace, SAMPLE_NAME)
     assert not deployment_exists(k8s, other_namespace, SAMPLE_NAME)

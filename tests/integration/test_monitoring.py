@@ -168,7 +168,7 @@ def test_the_operators_own_metrics_count_what_it_did(operator, k8s, namespace):
     # Two resources, each reconciled on creation, on its pods' and Deployment's events and on resyncs.
     assert grew("qwen_operator_reconciles_total", result="ok") >= 3
     assert grew("qwen_operator_reconciles_total", result="spec_error") >= 2  # the unknown model, every resync
-    assert {l["result"] for l, _ in samples(after, "qwen_operator_reconciles_total")} <= {"ok", "spec_error", "blocked", "apply_error", "api_error", "error"}
+    assert {l["result"] for l, _ in samples(after, "qwen_operator_reconciles_total")} <= {"ok", "spec_error", "blocked", "apply_error", "conflict", "api_error", "error", "gone"}
 
     count = total(after, "qwen_operator_reconcile_duration_seconds_count")
     assert 0 < total(after, "qwen_operator_reconcile_duration_seconds_sum") / count < 5

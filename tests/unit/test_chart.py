@@ -30,14 +30,14 @@ MODES = {"default": [], "namespaced": NAMESPACED_MODE}
 # RBAC must change this table too, where a reviewer sees it. Measured, not guessed:
 # tests/integration/test_helm_install.py runs the operator under the chart's rules. Never `update`
 # (nothing is PUT); server-side apply is a PATCH, and one that creates needs `create` too.
-APPLIED = {"get", "list", "create", "patch", "delete"}
+APPLIED = {"get", "list", "watch", "create", "patch", "delete"}
 NAMESPACED_GRANTS = {
     ("inference.qwenops.io", "qweninferences"): {"get", "list", "watch", "patch"},
     ("inference.qwenops.io", "qweninferences/status"): {"patch"},
     ("inference.qwenops.io", "qweninferences/finalizers"): {"update"},
-    ("apps", "deployments"): APPLIED | {"get", "watch"},
-    ("", "persistentvolumeclaims"): APPLIED | {"get"},
-    ("autoscaling", "horizontalpodautoscalers"): APPLIED | {"get"},
+    ("apps", "deployments"): APPLIED,
+    ("", "persistentvolumeclaims"): APPLIED,
+    ("autoscaling", "horizontalpodautoscalers"): APPLIED,
     ("", "services"): APPLIED,
     ("", "configmaps"): APPLIED,
     ("policy", "poddisruptionbudgets"): APPLIED,
@@ -50,7 +50,7 @@ NAMESPACED_GRANTS = {
 }
 CLUSTER_SCOPED_GRANTS = {
     ("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"},
-    ("", "nodes"): {"get"},
+    ("", "nodes"): {"list", "watch"},
 }
 CLUSTER_MODE_GRANTS = NAMESPACED_GRANTS | CLUSTER_SCOPED_GRANTS
 NAMESPACED_MODE_ROLE_GRANTS = NAMESPACED_GRANTS

@@ -70,31 +70,31 @@ It renders a YAML list with a leading newline: use it as `... | trim | nindent 2
 - apiGroups: ["inference.qwenops.io"]
   resources: ["qweninferences/finalizers"]
   verbs: ["update"]
-# The children: listed (to find what to prune), applied, pruned; read by name before the first apply
-# (an object of that name made by someone else is a NameConflict, never taken over). kopf watches
-# the Deployments; the reconcile reads the Deployment, the HPA and a cache claim the spec names.
+# The children: listed and watched by the operator's caches (label selector managed-by), applied,
+# pruned; read by name before the first apply (an object of that name made by someone else is a
+# NameConflict, never taken over); a cache claim the spec names is read by name.
 - apiGroups: ["apps"]
   resources: ["deployments"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
 - apiGroups: [""]
   resources: ["persistentvolumeclaims"]
-  verbs: ["get", "list", "create", "patch", "delete"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 - apiGroups: ["autoscaling"]
   resources: ["horizontalpodautoscalers"]
-  verbs: ["get", "list", "create", "patch", "delete"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 - apiGroups: [""]
   resources: ["services", "configmaps"]
-  verbs: ["get", "list", "create", "patch", "delete"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
-  verbs: ["get", "list", "create", "patch", "delete"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 - apiGroups: ["networking.k8s.io"]
   resources: ["networkpolicies"]
-  verbs: ["get", "list", "create", "patch", "delete"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 - apiGroups: ["monitoring.coreos.com"]
   resources: ["servicemonitors", "prometheusrules"]
-  verbs: ["get", "list", "create", "patch", "delete"]
-# Observed only: the vLLM pods (kopf watches them), and the Secrets a spec refers to (it checks
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+# Observed only: the vLLM pods (watched, managed-by label), and the Secrets a spec refers to (it checks
 # that they exist and hold the key; never listed, so no Secret it was not pointed at is read). Without
 # rbac.readSecrets, a missing Secret is seen in the pods' status instead (SecretNotFound).
 - apiGroups: [""]
@@ -118,7 +118,7 @@ It renders a YAML list with a leading newline: use it as `... | trim | nindent 2
 # The GPU capability check reads the compute capability labels of the nodes its pods run on.
 - apiGroups: [""]
   resources: ["nodes"]
-  verbs: ["get"]
+  verbs: ["list", "watch"]
 {{- if eq .scope "cluster" }}
 # kopf watches the namespaces it was given by name (namespaced mode only).
 - apiGroups: [""]

@@ -1,9 +1,10 @@
 """kopf handlers: thin. Every trigger only queues the QwenInference concerned for the controller.
 
-Triggers: any event of a QwenInference, events of the pods and Deployments it owns (so status
-follows rollouts and crashes at once), and the controller's periodic resync (drift repair, missed
-events). The controller's work queue runs each resource at most once at a time, collapses bursts,
-and retries failures per resource with backoff (qwen_operator/controller.py).
+kopf watches the QwenInferences and hands each body to the controller, which keeps them and queues
+those whose spec changed. The children, pods and GPU nodes are watched by the controller's own
+informers (server-side label selectors; cache.py), which queue the owner of what changed. The
+controller's work queue runs each resource at most once at a time, collapses bursts, and retries
+failures per resource with backoff (qwen_operator/controller.py).
 
 The resync is an operator-level loop (a thread), not a kopf timer: kopf timers and daemons put a
 finalizer on every resource, and a QwenInference (and its namespace) could then not be deleted
@@ -20,7 +21,6 @@ from typing import Any
 import kopf
 
 from qwen_operator.api.models import GROUP, PLURAL, VERSION
-from qwen_operator.builders.common import MANAGED_BY
 from qwen_operator.config import from_env
 from qwen_operator.controller import Controller
 from qwen_operator.k8s.client import KubeApi
@@ -29,7 +29,6 @@ from qwen_operator.reconcile import CapabilityCache
 
 RESYNC_SECONDS = float(os.environ.get("QWEN_OPERATOR_RESYNC_SECONDS", "60"))
 WORKERS = int(os.environ.get("QWEN_OPERATOR_WORKERS", "8"))
-MANAGED = {"app.kubernetes.io/managed-by": MANAGED_BY}
 
 log = logging.getLogger("qwen_operator")
 
@@ -60,25 +59,8 @@ def cleanup(memo: kopf.Memo, **_: Any) -> None:
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
-def qwen_inference_event(type: str | None, name: str, namespace: str, memo: kopf.Memo, **_: Any) -> None:
+def qwen_inference_event(type: str | None, body: kopf.Body, name: str, namespace: str, memo: kopf.Memo, **_: Any) -> None:
     if type == "DELETED":
-        memo.controller.forget(namespace, name)
+        memo.controller.deleted(namespace, name)
         return
-    memo.controller.enqueue(namespace, name)
-
-
-def _owner_name(labels: dict[str, str]) -> str | None:
-    return labels.get("app.kubernetes.io/instance")
-
-
-@kopf.on.event("apps", "v1", "deployments", labels=MANAGED)
-def deployment_event(type: str | None, labels: dict[str, str], namespace: str, memo: kopf.Memo, **_: Any) -> None:
-    # type None is a re-list: the QwenInference's own re-list already resyncs its owner.
-    if type is not None and (owner := _owner_name(labels)):
-        memo.controller.enqueue(namespace, owner)
-
-
-@kopf.on.event("", "v1", "pods", labels=MANAGED)
-def pod_event(type: str | None, labels: dict[str, str], namespace: str, memo: kopf.Memo, **_: Any) -> None:
-    if type is not None and (owner := _owner_name(labels)):
-        memo.controller.enqueue(namespace, owner)
+    memo.controller.observed(dict(body))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 from urllib.parse import quote
 
 import urllib3
@@ -109,8 +109,8 @@ class KubeApi:
         return cls(k8s_client.ApiClient(configuration), field_manager, observe)
 
     def _request(self, verb: str, kind: Kind, method: str, path: str, query: list[tuple[str, str]] | None = None,
-                 body: Any = None, content_type: str = "application/json") -> Any:
-        headers = {"Accept": "application/json", "Content-Type": content_type}
+                 body: Any = None, content_type: str = "application/json", accept: str | None = None) -> Any:
+        headers = {"Accept": accept or "application/json", "Content-Type": content_type}
         status = 0
         try:
             serialized = self._api.param_serialize(method, path, query_params=query or [], header_params=headers, body=body, auth_settings=["BearerToken"])
@@ -144,6 +144,37 @@ class KubeApi:
         query = [("labelSelector", label_selector)] if label_selector else []
         result = self._request("list", kind, "GET", kind.path(namespace), query)
         return result.get("items", [])
+
+    def list_page(self, kind: Kind, namespace: str | None, query: list[tuple[str, str]], metadata_only: bool = False) -> dict[str, Any]:
+        """One page of a list (the caller passes limit/continue), as the API sent it."""
+        accept = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json" if metadata_only else None
+        return self._request("list", kind, "GET", kind.path(namespace), query, accept=accept)
+
+    def watch(self, kind: Kind, namespace: str | None, query: list[tuple[str, str]], resource_version: str, timeout_seconds: int,
+              metadata_only: bool = False) -> Iterator[dict[str, Any]]:
+        """Watch events from resource_version on, until the server ends the stream (timeout_seconds)."""
+        query = query + [("watch", "true"), ("allowWatchBookmarks", "true"), ("timeoutSeconds", str(timeout_seconds))]
+        if resource_version:
+            query.append(("resourceVersion", resource_version))
+        accept = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json" if metadata_only else "application/json"
+        headers = {"Accept": accept}
+        status = 0
+        try:
+            method, url, headers_, body, _ = self._api.param_serialize("GET", kind.path(namespace), query_params=query, header_params=headers,
+                                                                         auth_settings=["BearerToken"])
+            response = self._api.call_api(method, url, headers_, body, _request_timeout=(10, timeout_seconds + 30))
+            status = response.status
+            if status >= 400:
+                response.read()
+                raise ApiException(http_resp=response)
+            yield from iter_json_lines(response.response.stream(amt=None, decode_content=False))
+        except ApiException as error:
+            status = error.status or 0
+            raise _as_kube_error(error) from None
+        except (urllib3.exceptions.HTTPError, OSError) as error:
+            raise KubeError(0, "ConnectionError", f"{type(error).__name__}: {error}"[:500]) from None
+        finally:
+            self._observe("watch", kind.kind, status)
 
     def served_resources(self, group_version: str) -> set[str] | None:
         """Plural names the API serves in group_version, or None when the group/version is not served."""
@@ -218,3 +249,16 @@ def _as_kube_error(error: ApiException) -> KubeError:
         except (ValueError, AttributeError):
             message = str(error.body)[:500]
     return KubeError(error.status or 0, reason, message, _retry_after(error))
+
+
+def iter_json_lines(chunks: Iterator[bytes]) -> Iterator[dict[str, Any]]:
+    """Watch events from a chunked HTTP body: one JSON object per line."""
+    buffer = b""
+    for chunk in chunks:
+        buffer += chunk
+        while b"\n" in buffer:
+            line, buffer = buffer.split(b"\n", 1)
+            if line.strip():
+                yield json.loads(line)
+    if buffer.strip():
+        yield json.loads(buffer)

@@ -1,0 +1,171 @@
+"""The operator's watch-fed caches: every child kind, the pods and the GPU nodes, kept slim.
+
+One informer per kind, each narrowed on the server by the operator's managed-by label (nodes: by
+the GPU label, metadata only). Children and pods are indexed by (namespace, instance label), which
+is their QwenInference's key, so a reconcile reads its children without an API call and a child's
+event queues its owner only.
+
+Memory is what a reconcile needs and no more: managedFields are dropped (a Deployment keeps only
+the names of the managers that own spec.replicas, for the HPA handover), specs and ConfigMap data
+are stored zlib-compressed JSON and expanded only when their owner is reconciled, pods keep their
+scheduling and container state, nodes their GPU labels.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from typing import Any, Callable
+
+from qwen_operator.builders.common import MANAGED_BY
+from qwen_operator.k8s import client as kinds
+from qwen_operator.k8s.client import Kind, KubeApi
+from qwen_operator.k8s.informer import Informer
+
+INSTANCE_LABEL = "app.kubernetes.io/instance"
+MANAGED_SELECTOR = f"app.kubernetes.io/managed-by={MANAGED_BY}"
+GPU_NODE_SELECTOR = "nvidia.com/gpu.present=true"
+PACKED = "_packed"  # where a slim object keeps its compressed fields
+REPLICAS_MANAGERS = "_replicasManagers"  # Deployments: field managers that own spec.replicas (from managedFields)
+DROPPED_ANNOTATIONS = ("kubectl.kubernetes.io/last-applied-configuration",)
+
+Key = tuple[str, str]
+
+
+def _slim_metadata(meta: dict[str, Any]) -> dict[str, Any]:
+    kept = {k: meta[k] for k in ("name", "namespace", "uid", "resourceVersion", "generation", "labels", "ownerReferences", "deletionTimestamp", "creationTimestamp") if k in meta}
+    annotations = {k: v for k, v in (meta.get("annotations") or {}).items() if k not in DROPPED_ANNOTATIONS}
+    if annotations:
+        kept["annotations"] = annotations
+    return kept
+
+
+def _replicas_managers(meta: dict[str, Any]) -> list[str]:
+    return sorted({
+        f"{entry.get('manager')}/{entry.get('operation')}" for entry in meta.get("managedFields") or []
+        if "f:replicas" in (((entry.get("fieldsV1") or {}).get("f:spec")) or {})
+    })
+
+
+def slim_child(obj: dict[str, Any]) -> dict[str, Any]:
+    """A child as the reconcile needs it; spec and data packed (expand() gives them back)."""
+    slim: dict[str, Any] = {"metadata": _slim_metadata(obj["metadata"])}
+    for key in ("apiVersion", "kind"):
+        if key in obj:
+            slim[key] = obj[key]
+    packed = {k: obj[k] for k in ("spec", "data", "rules", "subsets") if k in obj}
+    if packed:
+        slim[PACKED] = zlib.compress(json.dumps(packed, separators=(",", ":"), sort_keys=True).encode(), 1)
+    if obj.get("status"):
+        slim["status"] = obj["status"]
+    if obj.get("kind") == "Deployment" or "replicas" in (obj.get("spec") or {}):
+        slim[REPLICAS_MANAGERS] = _replicas_managers(obj["metadata"])
+    return slim
+
+
+def expand(slim: dict[str, Any]) -> dict[str, Any]:
+    """The child with its packed fields unpacked (a fresh dict: callers may change it)."""
+    full = {k: v for k, v in slim.items() if k != PACKED}
+    if PACKED in slim:
+        full.update(json.loads(zlib.decompress(slim[PACKED])))
+    return full
+
+
+def slim_pod(pod: dict[str, Any]) -> dict[str, Any]:
+    status = pod.get("status") or {}
+
+    def container(c: dict[str, Any]) -> dict[str, Any]:
+        kept = {k: c[k] for k in ("name", "ready", "started", "restartCount", "state") if k in c}
+        terminated = (c.get("lastState") or {}).get("terminated")
+        if terminated:
+            kept["lastState"] = {"terminated": {k: terminated[k] for k in ("exitCode", "reason") if k in terminated}}
+        return kept
+
+    return {
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {k: v for k, v in _slim_metadata(pod["metadata"]).items() if k not in ("annotations", "ownerReferences", "generation")},
+        "spec": {"nodeName": (pod.get("spec") or {}).get("nodeName")},
+        "status": {
+            "phase": status.get("phase"),
+            "conditions": [{k: c[k] for k in ("type", "status", "reason", "message") if k in c} for c in status.get("conditions") or []],
+            "containerStatuses": [container(c) for c in status.get("containerStatuses") or []],
+            "initContainerStatuses": [container(c) for c in status.get("initContainerStatuses") or []],
+        },
+    }
+
+
+def slim_node(node: dict[str, Any]) -> dict[str, Any]:
+    meta = node["metadata"]
+    labels = {k: v for k, v in (meta.get("labels") or {}).items() if k.startswith("nvidia.com/")}
+    return {"apiVersion": "v1", "kind": "Node", "metadata": {"name": meta["name"], "resourceVersion": meta.get("resourceVersion"), "labels": labels}}
+
+
+def owner_key(obj: dict[str, Any]) -> Key:
+    meta = obj["metadata"]
+    return meta.get("namespace") or "", (meta.get("labels") or {}).get(INSTANCE_LABEL, "")
+
+
+class ChildCaches:
+    """The informers of every kind the reconcile reads (one set per watched namespace, or one
+    cluster-wide set), and the queries it makes of them."""
+
+    def __init__(self, api: KubeApi, child_kinds: tuple[Kind, ...], optional_kinds: tuple[Kind, ...],
+                 on_owner_change: Callable[[Key], None], relist_seconds: float = 600.0, namespaces: list[str] | None = None):
+        def changed(old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
+            on_owner_change(owner_key(new or old))
+
+        self._api, self._on_change, self._relist = api, changed, relist_seconds
+        self._scopes: list[str | None] = list(namespaces) if namespaces else [None]
+        self.children: dict[str, list[Informer]] = {kind.kind: self._per_scope(kind, slim_child) for kind in child_kinds}
+        self.optional = {kind.kind: kind for kind in optional_kinds}
+        self.pods = self._per_scope(kinds.POD, slim_pod)
+        self.nodes = Informer(api, kinds.NODE, label_selector=GPU_NODE_SELECTOR, slim=slim_node, metadata_only=True, relist_seconds=relist_seconds)
+
+    def _per_scope(self, kind: Kind, slim: Callable[[dict[str, Any]], dict[str, Any]]) -> list[Informer]:
+        return [Informer(self._api, kind, label_selector=MANAGED_SELECTOR, namespace=scope, slim=slim, on_change=self._on_change,
+                         index=owner_key, relist_seconds=self._relist) for scope in self._scopes]
+
+    def informers(self) -> list[Informer]:
+        return [*(i for group in self.children.values() for i in group), *self.pods, self.nodes]
+
+    def start(self) -> None:
+        for informer in self.informers():
+            informer.start()
+
+    def stop(self) -> None:
+        for informer in self.informers():
+            informer.stop()
+
+    def enable_optional(self) -> None:
+        """Starts the informers of optional kinds (ServiceMonitor, PrometheusRule) once their API exists."""
+        for name, kind in list(self.optional.items()):
+            group = self._per_scope(kind, slim_child)
+            self.children[name] = group
+            del self.optional[name]
+            for informer in group:
+                informer.start()
+
+    def wait_synced(self, timeout: float) -> bool:
+        return all(informer.synced.wait(timeout) for informer in self.informers())
+
+    def synced(self) -> bool:
+        return all(informer.synced.is_set() for informer in self.informers())
+
+    def children_of(self, key: Key) -> list[dict[str, Any]]:
+        return [expand(obj) for group in self.children.values() for informer in group for obj in informer.by_index(key)]
+
+    def pods_of(self, key: Key) -> list[dict[str, Any]]:
+        return [pod for informer in self.pods for pod in informer.by_index(key)]
+
+    def node(self, name: str) -> dict[str, Any] | None:
+        return self.nodes.get(None, name)
+
+    def remember(self, written: dict[str, Any]) -> None:
+        """A child the operator just applied (the API's answer), into its cache at once."""
+        namespace = written.get("metadata", {}).get("namespace")
+        for informer in self.children.get(written.get("kind", ""), []):
+            if informer.namespace in (None, namespace):
+                informer.store(written)
+
+    def size(self) -> int:
+        return sum(len(informer) for informer in self.informers())

@@ -1,0 +1,192 @@
+"""A small informer: list, then watch, one kind, narrowed by a server-side label selector, kept in memory.
+
+Why our own: kopf watches every resource cluster-wide and filters labels on the client, and its
+indexes are fed by those same watches, so they cannot narrow what the API server sends. This is
+the smallest correct version of client-go's reflector + store:
+
+- the initial list is paginated (limit/continue) and gives the resourceVersion the watch starts at;
+- the watch asks for bookmarks, so a quiet stream still advances its resourceVersion;
+- 410 Gone (the resourceVersion is too old), a broken stream or an error: list again, and report
+  the objects that changed or vanished meanwhile, so no event is lost;
+- a full relist every relist_seconds guards against a missed event, at the cost of one paginated
+  list of the kind (the operator's own children only);
+- objects are kept slim (slim(obj) keeps only what the reconcile reads), and an update whose slim
+  form is unchanged (a resourceVersion bump, managedFields) is not reported.
+
+on_change(old, new) is called from the informer's thread for every real change (old None on add,
+new None on delete); it must be quick (the controller only queues a key).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any, Callable
+
+from qwen_operator.k8s.client import Kind, KubeApi, KubeError
+
+log = logging.getLogger(__name__)
+
+Key = tuple[str, str]  # (namespace, name); namespace "" for cluster-scoped objects
+OnChange = Callable[[dict[str, Any] | None, dict[str, Any] | None], None]
+
+
+def object_key(obj: dict[str, Any]) -> Key:
+    meta = obj["metadata"]
+    return meta.get("namespace") or "", meta["name"]
+
+
+class Informer:
+    def __init__(self, api: KubeApi, kind: Kind, *, label_selector: str | None = None, namespace: str | None = None,
+                 slim: Callable[[dict[str, Any]], dict[str, Any]] = lambda obj: obj, on_change: OnChange | None = None,
+                 index: Callable[[dict[str, Any]], Any] | None = None, metadata_only: bool = False,
+                 page_size: int = 500, watch_seconds: int = 300, relist_seconds: float = 600.0):
+        self.api, self.kind = api, kind
+        self.label_selector, self.namespace = label_selector, namespace
+        self.slim, self.on_change = slim, on_change or (lambda old, new: None)
+        self.index_key = index
+        self.metadata_only = metadata_only
+        self.page_size, self.watch_seconds, self.relist_seconds = page_size, watch_seconds, relist_seconds
+        self._objects: dict[Key, dict[str, Any]] = {}
+        self._index: dict[Any, dict[Key, dict[str, Any]]] = {}
+        self._lock = threading.Lock()
+        self.synced = threading.Event()
+        self._stopped = threading.Event()
+        self.lists = 0  # how many full lists were made (the first, relists after 410 or errors, periodic ones)
+        self._thread = threading.Thread(target=self._run, name=f"informer-{kind.plural}", daemon=True)
+
+    # Reads (from any thread)
+
+    def get(self, namespace: str | None, name: str) -> dict[str, Any] | None:
+        with self._lock:
+            return self._objects.get((namespace or "", name))
+
+    def by_index(self, value: Any) -> list[dict[str, Any]]:
+        with self._lock:
+            return list(self._index.get(value, {}).values())
+
+    def items(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return list(self._objects.values())
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._objects)
+
+    def store(self, obj: dict[str, Any]) -> None:
+        """Puts an object the operator just wrote (the API's answer) into the cache at once, so the
+        next reconcile does not act on the version before its own write. The watch event that
+        follows finds it unchanged and reports nothing."""
+        self._upsert(obj, notify=False)
+
+    # Lifecycle
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    # Internals
+
+    def _upsert(self, raw: dict[str, Any], notify: bool = True) -> None:
+        obj = self.slim(raw)
+        obj.setdefault("apiVersion", self.kind.api_version)
+        obj.setdefault("kind", self.kind.kind)
+        key = object_key(obj)
+        with self._lock:
+            old = self._objects.get(key)
+            if old is not None and _without_version(old) == _without_version(obj):
+                self._objects[key] = obj  # keep the newest resourceVersion, report nothing
+                return
+            self._objects[key] = obj
+            if self.index_key is not None:
+                if old is not None:
+                    self._index.get(self.index_key(old), {}).pop(key, None)
+                self._index.setdefault(self.index_key(obj), {})[key] = obj
+        if notify:
+            self.on_change(old, obj)
+
+    def _remove(self, key: Key) -> None:
+        with self._lock:
+            old = self._objects.pop(key, None)
+            if old is not None and self.index_key is not None:
+                bucket = self._index.get(self.index_key(old), {})
+                bucket.pop(key, None)
+                if not bucket:
+                    self._index.pop(self.index_key(old), None)
+        if old is not None:
+            self.on_change(old, None)
+
+    def _query(self) -> list[tuple[str, str]]:
+        return [("labelSelector", self.label_selector)] if self.label_selector else []
+
+    def _list(self) -> str:
+        """A full paginated list: replaces the cache, reports what changed; returns the resourceVersion."""
+        seen: set[Key] = set()
+        version, token = "", None
+        while True:
+            query = self._query() + [("limit", str(self.page_size))] + ([("continue", token)] if token else [])
+            page = self.api.list_page(self.kind, self.namespace, query, metadata_only=self.metadata_only)
+            for item in page.get("items") or []:
+                self._upsert(item)
+                seen.add(object_key(item))
+            meta = page.get("metadata") or {}
+            version, token = meta.get("resourceVersion", version), meta.get("continue")
+            if not token:
+                break
+        with self._lock:
+            gone = [key for key in self._objects if key not in seen]
+        for key in gone:
+            self._remove(key)
+        self.lists += 1
+        return version
+
+    def _run(self) -> None:
+        version, listed_at, failures = "", 0.0, 0
+        while not self._stopped.is_set():
+            try:
+                if not version or time.monotonic() - listed_at > self.relist_seconds:
+                    version, listed_at = self._list(), time.monotonic()
+                    self.synced.set()
+                for event in self.api.watch(self.kind, self.namespace, self._query(), version, self.watch_seconds, metadata_only=self.metadata_only):
+                    if self._stopped.is_set():
+                        return
+                    kind, obj = event.get("type"), event.get("object") or {}
+                    if kind == "ERROR":
+                        if obj.get("code") == 410:
+                            version = ""  # too old: list again
+                        else:
+                            raise KubeError(int(obj.get("code") or 0), obj.get("reason", ""), obj.get("message", ""))
+                        break
+                    new_version = (obj.get("metadata") or {}).get("resourceVersion")
+                    if kind == "BOOKMARK":
+                        version = new_version or version
+                        continue
+                    if kind == "DELETED":
+                        self._remove(object_key(obj))
+                    else:
+                        self._upsert(obj)
+                    version = new_version or version
+                    if time.monotonic() - listed_at > self.relist_seconds:
+                        break
+                failures = 0
+            except KubeError as error:
+                failures += 1
+                if error.status == 410:
+                    version = ""
+                else:
+                    log.warning("watch of %s failed (%d in a row), listing again: %s", self.kind.plural, failures, error)
+                    version = ""
+                self._stopped.wait(min(30.0, 0.5 * 2 ** min(failures, 6)))
+            except Exception as error:  # noqa: BLE001 - the informer must outlive any one bad stream
+                failures += 1
+                log.warning("watch of %s broke (%d in a row), listing again: %s: %s", self.kind.plural, failures, type(error).__name__, error)
+                version = ""
+                self._stopped.wait(min(30.0, 0.5 * 2 ** min(failures, 6)))
+
+
+def _without_version(obj: dict[str, Any]) -> dict[str, Any]:
+    meta = {k: v for k, v in obj["metadata"].items() if k != "resourceVersion"}
+    return {**obj, "metadata": meta}
