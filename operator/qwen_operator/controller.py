@@ -7,8 +7,9 @@ watch-fed caches (cache.py) and runs the one reconcile; a steady state reads not
 
 - The QwenInferences come from kopf's watch (handlers/), kept here by key. An event that changes
   only the status (the operator's own write) queues nothing.
-- A child's or pod's event queues its owner after CHILD_EVENT_DELAY, so the burst of events of a
-  rollout (ReplicaSet, pods, Deployment status) collapses into one reconcile.
+- A child's or pod's event queues its owner once that burst of events has been quiet for
+  CHILD_EVENT_QUIET (at most CHILD_EVENT_MAX_WAIT after it began), so the events of a rollout
+  (ReplicaSet, pods, Deployment status) collapse into one reconcile.
 - The status a reconcile compares with is the one the operator last wrote, so a watch that has
   not yet delivered that write never causes a second one.
 
@@ -41,7 +42,10 @@ log = logging.getLogger("qwen_operator")
 
 Key = tuple[str, str]  # (namespace, name)
 PERSISTENT_FAILURES = 5  # transient failures in a row (about 15 s of backoff) before the status says so
-CHILD_EVENT_DELAY = 1.0  # seconds a child's event waits in the queue, collecting the rest of its burst
+# A child's or pod's event queues its owner once the burst it belongs to has been quiet this long,
+# and at most CHILD_EVENT_MAX_WAIT after the burst began.
+CHILD_EVENT_QUIET = 1.0
+CHILD_EVENT_MAX_WAIT = 5.0
 CACHE_SYNC_TIMEOUT = 120.0
 
 
@@ -92,7 +96,7 @@ class Controller:
 
     def _child_changed(self, owner: Key) -> None:
         if owner[1]:
-            self.queue.add(owner, CHILD_EVENT_DELAY)
+            self.queue.add_after_quiet(owner, CHILD_EVENT_QUIET, CHILD_EVENT_MAX_WAIT)
 
     def enqueue(self, namespace: str, name: str, delay: float = 0.0) -> None:
         self.queue.add((namespace, name), delay)

@@ -5,6 +5,9 @@
 - A fixed number of worker threads, so one slow resource never holds up the others.
 - A run that fails is retried for that key alone, with exponential backoff (or the server's
   Retry-After when it is longer); a success resets the backoff.
+- add_after_quiet debounces a burst: the key runs once the burst has been quiet for `quiet`
+  seconds, or `max_wait` after the burst began, whichever comes first. A storm of watch events
+  for one resource then costs one or two runs, however long it lasts, and never waits unbounded.
 
 process(key) returns normally on success and raises Retry (or any exception) to be run again.
 """
@@ -50,6 +53,8 @@ class WorkQueue(Generic[K]):
         self._running: set[K] = set()
         self._again: dict[K, float] = {}  # keys added while running: run again, no earlier than this
         self._failures: dict[K, int] = {}
+        self._burst_start: dict[K, float] = {}  # debounced keys: when their current burst began
+        self._debounced: set[K] = set()  # queued keys whose due time a burst set (it may move later)
         self._threads: list[threading.Thread] = []
         self._stopped = False
 
@@ -65,6 +70,25 @@ class WorkQueue(Generic[K]):
                 self._again[key] = min(due, self._again.get(key, due))
                 return
             self._push(key, due)
+
+    def add_after_quiet(self, key: K, quiet: float, max_wait: float) -> None:
+        """Queue key to run when its burst of adds has been quiet for `quiet` s (at most `max_wait` s after it began)."""
+        now = self._clock()
+        with self._cond:
+            if self._stopped:
+                return
+            first = self._burst_start.setdefault(key, now)
+            due = min(first + max_wait, now + quiet)
+            if key in self._running:
+                self._again[key] = due
+                return
+            if key in self._due and key not in self._debounced and self._due[key] <= due:
+                return  # an earlier plain add wins
+            self._debounced.add(key)
+            self._due[key] = due
+            self._sequence += 1
+            heapq.heappush(self._heap, (due, self._sequence, key))
+            self._cond.notify()
 
     def forget(self, key: K) -> None:
         """The resource is gone: drop its backoff (a queued run still happens and finds it gone)."""
@@ -82,6 +106,7 @@ class WorkQueue(Generic[K]):
     def _push(self, key: K, due: float) -> None:
         if key in self._due and self._due[key] <= due:
             return
+        self._debounced.discard(key)
         self._due[key] = due
         self._sequence += 1
         heapq.heappush(self._heap, (due, self._sequence, key))
@@ -116,6 +141,8 @@ class WorkQueue(Generic[K]):
                         break
                     heapq.heappop(self._heap)
                     del self._due[key]
+                    self._debounced.discard(key)
+                    self._burst_start.pop(key, None)  # adds from now on start a new burst
                     self._running.add(key)
                     return key
                 wait = (self._heap[0][0] - now) if self._heap else None

@@ -100,3 +100,38 @@ def test_retry_after_is_honoured_and_success_resets_the_backoff():
     queue.stop()
     assert attempts[1] - attempts[0] >= 0.3
     assert queue.failures("a") == 0
+
+
+def test_a_long_burst_runs_once_at_its_end_or_at_the_maximum_wait():
+    runs: list[float] = []
+    queue = WorkQueue(lambda key: runs.append(time.monotonic()), workers=2)
+    queue.start()
+    started = time.monotonic()
+    while time.monotonic() - started < 1.0:  # a 1 s storm of adds, each pushing the quiet time out
+        queue.add_after_quiet("a", quiet=0.3, max_wait=5.0)
+        time.sleep(0.01)
+    assert wait_for(lambda: len(runs) == 1)
+    assert runs[0] - started >= 1.0  # not before the storm ended
+    time.sleep(0.5)
+    assert len(runs) == 1
+
+    runs.clear()
+    started = time.monotonic()
+    while time.monotonic() - started < 1.2:  # a storm longer than max_wait: still bounded
+        queue.add_after_quiet("b", quiet=0.3, max_wait=0.5)
+        time.sleep(0.01)
+    assert wait_for(lambda: len(runs) >= 2)
+    queue.stop()
+    assert runs[0] - started < 0.8
+
+
+def test_a_plain_add_is_not_delayed_by_a_burst():
+    runs: list[float] = []
+    queue = WorkQueue(lambda key: runs.append(time.monotonic()), workers=1)
+    queue.start()
+    queue.add_after_quiet("a", quiet=5.0, max_wait=10.0)
+    started = time.monotonic()
+    queue.add("a")
+    assert wait_for(lambda: runs, 2)
+    queue.stop()
+    assert runs[0] - started < 0.5

@@ -1,0 +1,261 @@
+"""Scale benchmark (issue 15): the operator against a floor, on the same cluster, back to back.
+
+For each N it runs:
+- the floor: a plain client that creates, per resource, the same PVC, Deployment, Service and
+  dashboard ConfigMap the operator would (made by the operator's own builders), then waits for
+  every Deployment to be ready. No operator runs. This is what the cluster itself costs;
+- the operator: N QwenInferences created as fast as the floor's objects, until every Ready
+  condition is True; then a steady-state window with no changes.
+
+It starts its own local control plane (hack/cluster.sh with a private QWEN_CLUSTER_DIR and ports,
+fake GPU pools sized for N, no real node), stops it afterwards, and prints a table; the figures
+also go to bench/results/scale-<N>.json. Everything talks to 127.0.0.1 only.
+
+    .venv/bin/python bench/scale.py --counts 100,1000 [--steady 60]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from kubernetes import client, config
+
+from qwen_operator.api.models import QwenInferenceSpec
+from qwen_operator.builders.common import Owner
+from qwen_operator.catalog import resolve_model
+from qwen_operator.config import OperatorConfig
+from qwen_operator.k8s.client import WRITE_VERBS
+from qwen_operator.reconcile import Capabilities, desired_children
+
+REPO = Path(__file__).resolve().parent.parent
+GROUP, VERSION, PLURAL = "inference.qwenops.io", "v1alpha1", "qweninferences"
+RESULTS = REPO / "bench" / "results"
+CLUSTER_ENV = {
+    "QWEN_CLUSTER_DIR": str(Path.home() / ".cache" / "qwen-operator" / "cluster-scale"),
+    "QWEN_APISERVER_PORT": "18443", "QWEN_ETCD_PORT": "25790", "QWEN_REAL_NODE": "0", "QWEN_CPU_NODES": "0",
+}
+PODS_PER_NODE = 100  # kwok nodes allow 110 pods
+
+
+def sh(*args: str, env: dict[str, str] | None = None) -> str:
+    return subprocess.run(args, check=True, capture_output=True, text=True, timeout=3600, env={**os.environ, **(env or {})}).stdout.strip()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def scrape(port: int) -> dict[str, float]:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    samples = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            samples[name] = float(value)
+    return samples
+
+
+def total(samples: dict[str, float], prefix: str, verbs: set[str] | None = None) -> float:
+    return sum(v for k, v in samples.items() if k.startswith(prefix) and (verbs is None or any(f'verb="{x}"' in k for x in verbs)))
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))] if ordered else float("nan")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def wait_all(names: list[str], created: dict[str, float], ready_of, timeout: float) -> dict[str, float]:
+    ready_at: dict[str, float] = {}
+    deadline = time.monotonic() + timeout
+    while len(ready_at) < len(names) and time.monotonic() < deadline:
+        now = time.monotonic()
+        for name in ready_of():
+            ready_at.setdefault(name, now)
+        time.sleep(0.5)
+    return ready_at
+
+
+def run_floor(api, namespace: str, count: int, timeout: float) -> dict:
+    core, apps = client.CoreV1Api(api), client.AppsV1Api(api)
+    spec = QwenInferenceSpec.model_validate({})
+    model = resolve_model(spec)
+    names = [f"r{i:05d}" for i in range(count)]
+    created: dict[str, float] = {}
+    start = time.monotonic()
+    for name in names:
+        owner = Owner(name=name, namespace=namespace, uid="00000000-0000-0000-0000-000000000000")
+        for manifest in desired_children(owner, spec, model, OperatorConfig(), Capabilities()):
+            manifest = json.loads(json.dumps(manifest))
+            manifest["metadata"].pop("ownerReferences", None)  # no owner object exists in the floor run
+            manifest["metadata"]["labels"]["app.kubernetes.io/managed-by"] = "floor"
+            kind = manifest["kind"]
+            if kind == "PersistentVolumeClaim":
+                core.create_namespaced_persistent_volume_claim(namespace, manifest)
+            elif kind == "Deployment":
+                apps.create_namespaced_deployment(namespace, manifest)
+            elif kind == "Service":
+                core.create_namespaced_service(namespace, manifest)
+            elif kind == "ConfigMap":
+                core.create_namespaced_config_map(namespace, manifest)
+        created[name] = time.monotonic()
+
+    def ready() -> list[str]:
+        return [d.metadata.name for d in apps.list_namespaced_deployment(namespace).items if (d.status.ready_replicas or 0) >= 1]
+
+    ready_at = wait_all(names, created, ready, timeout)
+    latencies = [ready_at[n] - created[n] for n in ready_at]
+    return {"ready": len(ready_at), "all_ready_s": time.monotonic() - start if len(ready_at) == count else float("nan"),
+            "p50_s": statistics.median(latencies) if latencies else float("nan"), "p95_s": percentile(latencies, 0.95), "p99_s": percentile(latencies, 0.99)}
+
+
+def run_operator(api, kubeconfig: str, namespace: str, count: int, timeout: float, steady_seconds: float, resync: float) -> dict:
+    custom = client.CustomObjectsApi(api)
+    port = free_port()
+    log_path = RESULTS / f"scale-operator-{count}.log"
+    env = {**os.environ, "KUBECONFIG": kubeconfig, "QWEN_OPERATOR_RESYNC_SECONDS": str(resync),
+           "QWEN_OPERATOR_METRICS_PORT": str(port), "QWEN_OPERATOR_METRICS_ADDRESS": "127.0.0.1"}
+    with open(log_path, "w") as log:
+        operator = subprocess.Popen(["timeout", "7200", str(REPO / ".venv/bin/qwen-operator"), "run", "--namespace", namespace],
+                                    env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                scrape(port)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        pid = int(subprocess.run(["pgrep", "-P", str(operator.pid)], capture_output=True, text=True).stdout.split()[0])
+        time.sleep(2)
+        cpu_before, base = cpu_seconds(pid), scrape(port)
+        names = [f"r{i:05d}" for i in range(count)]
+        created: dict[str, float] = {}
+        start = time.monotonic()
+        for name in names:
+            body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "QwenInference", "metadata": {"name": name}, "spec": {}}
+            custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
+            created[name] = time.monotonic()
+
+        def ready() -> list[str]:
+            items = custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)["items"]
+            return [i["metadata"]["name"] for i in items
+                    if any(c["type"] == "Ready" and c["status"] == "True" for c in (i.get("status") or {}).get("conditions", []))]
+
+        ready_at = wait_all(names, created, ready, timeout)
+        all_ready = time.monotonic() - start if len(ready_at) == count else float("nan")
+        time.sleep(5)  # the last events drain
+        converged, cpu_converged = scrape(port), cpu_seconds(pid)
+        rss_converged = rss_mib(pid)
+        reconciles = total(converged, "qwen_operator_reconciles_total{") - total(base, "qwen_operator_reconciles_total{")
+        requests = total(converged, "qwen_operator_api_requests_total{") - total(base, "qwen_operator_api_requests_total{")
+        # Steady state: nothing changes; the resync judges everything every `resync` seconds.
+        cpu_steady_start, steady_start_wall = cpu_seconds(pid), time.monotonic()
+        time.sleep(steady_seconds)
+        after = scrape(port)
+        steady_wall = time.monotonic() - steady_start_wall
+        steady_cpu = cpu_seconds(pid) - cpu_steady_start
+        reads = total(after, "qwen_operator_api_requests_total{", {"get", "list"}) - total(converged, "qwen_operator_api_requests_total{", {"get", "list"})
+        writes = total(after, "qwen_operator_api_requests_total{", WRITE_VERBS) - total(converged, "qwen_operator_api_requests_total{", WRITE_VERBS)
+        steady_reconciles = total(after, "qwen_operator_reconciles_total{") - total(converged, "qwen_operator_reconciles_total{")
+        latencies = [ready_at[n] - created[n] for n in ready_at]
+        return {
+            "ready": len(ready_at), "all_ready_s": all_ready,
+            "p50_s": statistics.median(latencies) if latencies else float("nan"), "p95_s": percentile(latencies, 0.95), "p99_s": percentile(latencies, 0.99),
+            "rss_mib": rss_converged, "rss_mib_after_steady": rss_mib(pid),
+            "cpu_ms_per_resource": 1000 * (cpu_converged - cpu_before) / count,
+            "reconciles_per_resource": reconciles / count, "requests_per_reconcile": requests / max(reconciles, 1),
+            "requests_per_resource": requests / count,
+            "steady_seconds": steady_wall, "steady_reconciles": steady_reconciles,
+            "steady_reads_per_minute": 60 * reads / steady_wall, "steady_writes_per_minute": 60 * writes / steady_wall,
+            "steady_cpu_fraction": steady_cpu / steady_wall,
+        }
+    finally:
+        operator.terminate()
+        try:
+            operator.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            operator.kill()
+
+
+def fresh_namespace(core, name: str) -> str:
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    for _ in range(120):
+        try:
+            core.read_namespaced_service_account("default", name)
+            return name
+        except client.ApiException:
+            time.sleep(0.5)
+    return name
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--counts", default="100,1000", help="comma-separated N (default 100,1000; 5000 takes about an hour)")
+    parser.add_argument("--steady", type=float, default=60.0, help="steady-state window in seconds (default 60)")
+    parser.add_argument("--resync", type=float, default=60.0, help="operator resync seconds (default 60, the operator's default)")
+    args = parser.parse_args()
+    counts = [int(c) for c in args.counts.split(",")]
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for count in counts:
+        nodes = math.ceil(count / PODS_PER_NODE) + 1
+        env = {**CLUSTER_ENV, "QWEN_GPU_POOLS": f"NVIDIA-L4:{nodes}", "QWEN_GPUS_PER_NODE": str(PODS_PER_NODE + 10)}
+        sh(str(REPO / "hack/cluster.sh"), "down", env=env)
+        sh(str(REPO / "hack/cluster.sh"), "up", env=env)
+        try:
+            kubeconfig = sh(str(REPO / "hack/cluster.sh"), "kubeconfig", env=env)
+            kubectl = str(REPO / ".venv/bin/kubectl")
+            sh(kubectl, "--kubeconfig", kubeconfig, "apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
+            sh(kubectl, "--kubeconfig", kubeconfig, "wait", "--for=condition=Established", "crd/qweninferences.inference.qwenops.io", "--timeout=60s")
+            api = config.new_client_from_config(config_file=kubeconfig)
+            api.configuration.connection_pool_maxsize = 8
+            core = client.CoreV1Api(api)
+            timeout = 120 + 1.0 * count
+            floor = run_floor(api, fresh_namespace(core, f"floor-{count}"), count, timeout)
+            operator = run_operator(api, kubeconfig, fresh_namespace(core, f"operator-{count}"), count, timeout, args.steady, args.resync)
+        finally:
+            sh(str(REPO / "hack/cluster.sh"), "down", env=env)
+        row = {"count": count, "floor": floor, "operator": operator}
+        (RESULTS / f"scale-{count}.json").write_text(json.dumps(row, indent=1) + "\n")
+        rows.append(row)
+
+    print("qwen-operator scale benchmark (bench/scale.py; local control plane, 2 cores; floor = plain client, same objects, no operator)")
+    print(f"{'N':>6} | {'operator all Ready':>18} | {'floor all Ready':>15} | {'ratio':>5} | {'p50/p95/p99 op (s)':>20} | {'p50/p95/p99 floor (s)':>21} | "
+          f"{'RSS MiB':>7} | {'CPU ms/res':>10} | {'reconciles/res':>14} | {'req/reconcile':>13} | {'steady reads/min':>16} | {'steady writes/min':>17} | {'steady CPU':>10}")
+    for row in rows:
+        f, o = row["floor"], row["operator"]
+        print(f"{row['count']:>6} | {o['all_ready_s']:>16.1f} s | {f['all_ready_s']:>13.1f} s | {o['all_ready_s'] / f['all_ready_s']:>5.2f} | "
+              f"{o['p50_s']:>6.1f}/{o['p95_s']:>5.1f}/{o['p99_s']:>6.1f} | {f['p50_s']:>6.1f}/{f['p95_s']:>5.1f}/{f['p99_s']:>7.1f} | "
+              f"{o['rss_mib']:>7.0f} | {o['cpu_ms_per_resource']:>10.1f} | {o['reconciles_per_resource']:>14.2f} | {o['requests_per_reconcile']:>13.2f} | "
+              f"{o['steady_reads_per_minute']:>16.1f} | {o['steady_writes_per_minute']:>17.1f} | {100 * o['steady_cpu_fraction']:>9.2f}%")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

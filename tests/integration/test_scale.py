@@ -1,0 +1,71 @@
+"""Scale behaviour on the real API server (issue 15): bursts collapse, and a steady state reads nothing.
+
+bench/scale.py measures the figures; these tests hold the properties that make them.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from kubernetes import client
+
+from conftest import install_crds, start_operator, stop_operator, wait_until
+from qwen_resources import create, live_pods, wait_ready
+
+pytestmark = pytest.mark.cluster
+
+
+def reconciles(operator) -> float:
+    return sum(v for k, v in operator.metrics().items() if k.startswith("qwen_operator_reconciles_total"))
+
+
+def test_a_storm_of_200_events_for_one_resource_costs_at_most_3_reconciles(cluster, k8s, namespace, tmp_path):
+    install_crds(cluster)
+    operator = start_operator(cluster, tmp_path / "operator.log", "--namespace", namespace, resync=3600)
+    try:
+        create(k8s, namespace, "stormy", {})
+        wait_ready(k8s, namespace, "stormy")
+        time.sleep(3)  # the rollout's last events drain
+        before = reconciles(operator)
+        pod = live_pods(k8s, namespace, "stormy")[0].metadata.name
+        core = client.CoreV1Api(k8s)
+
+        def touch(i: int) -> None:  # a real change of the pod each time: a watch event the cache reports
+            core.patch_namespaced_pod(pod, namespace, {"metadata": {"labels": {"storm": str(i)}}})
+
+        started = time.monotonic()
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(touch, range(200)))
+        storm_seconds = time.monotonic() - started
+        time.sleep(4)
+        runs = reconciles(operator) - before
+        print(f"\n200 pod events in {storm_seconds:.1f}s -> {runs:.0f} reconciles")
+        assert 1 <= runs <= 3, runs
+    finally:
+        stop_operator(operator)
+
+
+def test_a_steady_state_makes_no_api_reads_and_no_writes(cluster, k8s, namespace, tmp_path):
+    install_crds(cluster)
+    operator = start_operator(cluster, tmp_path / "operator.log", "--namespace", namespace, resync=2)
+    try:
+        for i in range(5):
+            create(k8s, namespace, f"steady-{i}", {"replicas": 1})
+        for i in range(5):
+            wait_ready(k8s, namespace, f"steady-{i}")
+        time.sleep(4)
+        reads = operator.requests({"get", "list"})
+        writes = operator.requests({"apply", "create", "delete", "patch", "patch_status", "replace"})
+        runs = reconciles(operator)
+        time.sleep(10)  # five resync rounds of five resources
+        assert reconciles(operator) >= runs + 20, "the resync did not run"
+        assert operator.requests({"get", "list"}) == reads
+        assert operator.requests({"apply", "create", "delete", "patch", "patch_status", "replace"}) == writes
+        # Yet drift is still seen: through the watch, not by polling.
+        client.CoreV1Api(k8s).delete_namespaced_service("steady-0", namespace)
+        wait_until(lambda: client.CoreV1Api(k8s).read_namespaced_service("steady-0", namespace), 15, "the Service repaired")
+    finally:
+        stop_operator(operator)
+    assert "Traceback" not in operator.log_text()
