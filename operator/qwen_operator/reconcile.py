@@ -206,6 +206,7 @@ class Plan:
     apply: list[dict[str, Any]] = field(default_factory=list)
     delete: list[dict[str, Any]] = field(default_factory=list)
     conflicts: list[status_lib.Problem] = field(default_factory=list)
+    reasons: dict[tuple[str, str], str] = field(default_factory=dict)  # (kind, name) -> why it is applied or deleted
 
 
 def plan(desired: list[dict[str, Any]], live: list[dict[str, Any]], owner: Owner) -> Plan:
@@ -227,9 +228,19 @@ def plan(desired: list[dict[str, Any]], live: list[dict[str, Any]], owner: Owner
             ))
             continue
         live_hash = ((current or {}).get("metadata", {}).get("annotations") or {}).get(DESIRED_HASH_ANNOTATION)
-        if current is None or live_hash != manifest["metadata"]["annotations"][DESIRED_HASH_ANNOTATION] or not is_subset(manifest, current):
-            result.apply.append(manifest)
+        if current is None:
+            reason = "it does not exist yet"
+        elif live_hash != manifest["metadata"]["annotations"][DESIRED_HASH_ANNOTATION]:
+            reason = "the spec changed what it should be"
+        elif not is_subset(manifest, current):
+            reason = "it drifted from the spec (changed by someone else)"
+        else:
+            continue
+        result.apply.append(manifest)
+        result.reasons[key(manifest)] = reason
     result.delete = [obj for obj in live if key(obj) not in wanted and owned_by(obj, owner)]
+    for obj in result.delete:
+        result.reasons[key(obj)] = "the spec no longer asks for it"
     return result
 
 
@@ -416,8 +427,7 @@ def reconcile(body: dict[str, Any], api: KubeApi, config: OperatorConfig, capabi
             result.outcome = "conflict"
         live_by_key = {key(obj): obj for obj in live}
         for manifest in actions.apply:
-            log.info("%s/%s: applying %s %s: %s", owner.namespace, owner.name, manifest["kind"], manifest["metadata"]["name"],
-                     "it does not exist yet" if key(manifest) not in live_by_key else "it differs from the spec")
+            log.info("%s/%s: applying %s %s: %s", owner.namespace, owner.name, manifest["kind"], manifest["metadata"]["name"], actions.reasons[key(manifest)])
             problem = apply_child(api, manifest, live_by_key.get(key(manifest)), spec, result, snapshot.remember)
             if problem is not None:
                 result.outcome = "apply_error"
@@ -426,7 +436,7 @@ def reconcile(body: dict[str, Any], api: KubeApi, config: OperatorConfig, capabi
                 if manifest["kind"] in {k.kind for k in MONITORING_KINDS}:
                     capabilities.forget()  # the Prometheus Operator CRDs may have gone: discover again
         for manifest in actions.delete:
-            log.info("%s/%s: deleting %s %s: the spec no longer asks for it", owner.namespace, owner.name, manifest["kind"], manifest["metadata"]["name"])
+            log.info("%s/%s: deleting %s %s: %s", owner.namespace, owner.name, manifest["kind"], manifest["metadata"]["name"], actions.reasons[key(manifest)])
             api.delete(kind_of(manifest), owner.namespace, manifest["metadata"]["name"], manifest["metadata"].get("uid"))
             result.pruned.append("/".join(key(manifest)))
         observation.deployment = result.written.get(("Deployment", owner.name)) or live_by_key.get(("Deployment", owner.name))

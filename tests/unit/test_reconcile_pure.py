@@ -88,6 +88,33 @@ def test_plan_applies_only_what_differs_and_prunes_only_what_it_owns():
     assert kinds_in(plan(fewer, live, OWNER).delete) == ["PodDisruptionBudget"]
 
 
+@pytest.mark.parametrize(
+    "change, reason",
+    [
+        ("missing", "it does not exist yet"),
+        ("spec", "the spec changed what it should be"),
+        ("edited", "it drifted from the spec (changed by someone else)"),
+        ("unwanted", "the spec no longer asks for it"),
+    ],
+)
+def test_every_planned_action_says_why(change, reason):
+    desired = built({"replicas": 2})
+    live = [as_live(c) for c in desired]
+    deployment = ("Deployment", "chat")
+    if change == "missing":
+        live = [c for c in live if c["kind"] != "Deployment"]
+    elif change == "spec":
+        desired = built({"replicas": 3})
+    elif change == "edited":
+        live_deployment = next(c for c in live if c["kind"] == "Deployment")
+        live_deployment["spec"] = {**live_deployment["spec"], "replicas": 5}
+    elif change == "unwanted":
+        desired = [c for c in desired if c["kind"] != "Deployment"]
+    actions = plan(desired, live, OWNER)
+    assert actions.reasons == {deployment: reason}
+    assert kinds_in(actions.delete if change == "unwanted" else actions.apply) == ["Deployment"]
+
+
 def test_plan_rolls_out_a_removed_optional_field():
     """The desired object without tolerations is a subset of the live one with them: only the hash sees it."""
     with_tolerations = built({"scheduling": {"tolerations": [{"key": "gpu", "operator": "Exists"}], "priorityClassName": "high"}})
