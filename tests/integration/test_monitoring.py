@@ -24,8 +24,8 @@ MONITORING = ("monitoring.coreos.com", "v1")
 # The operator looks for the monitoring.coreos.com API at most once per 30s (reconcile.CapabilityCache).
 CAPABILITY_TTL_SECONDS = 30
 ALERTS = {
-    "QwenInferenceDown", "QwenInferenceModelNotLoaded", "QwenInferenceHighErrorRate", "QwenInferenceHighLatencyP95",
-    "QwenInferenceHighTimeToFirstToken", "QwenInferenceQueueGrowing", "QwenInferenceKVCacheNearlyFull", "QwenInferenceCrashLooping",
+    "QwenInferenceDown", "QwenInferenceModelNotLoaded", "QwenInferenceHighErrorRate", "QwenInferenceHighTimeToFirstToken",
+    "QwenInferenceHighInterTokenLatency", "QwenInferenceQueueGrowing", "QwenInferencePreempting", "QwenInferenceCrashLooping",
 }
 
 

@@ -56,7 +56,8 @@ def test_cache_is_a_bound_pvc_per_resource_mounted_as_the_hf_cache(operator, k8s
     (pvc,) = pvcs_of(k8s, namespace, "cached")
     assert pvc.metadata.name == "cached-model-cache"
     assert pvc.metadata.owner_references[0].uid == owner_uid
-    assert pvc.spec.access_modes == ["ReadWriteMany"] and pvc.spec.resources.requests["storage"] == "7Gi"
+    # One replica: ReadWriteOnce, which every default StorageClass offers.
+    assert pvc.spec.access_modes == ["ReadWriteOnce"] and pvc.spec.resources.requests["storage"] == "7Gi"
     wait_until(lambda: client.CoreV1Api(k8s).read_namespaced_persistent_volume_claim("cached-model-cache", namespace).status.phase == "Bound", 30, "the cache PVC to bind")
     # The claim is applied before the Deployment, so no pod ever met a missing claim.
     assert not [e.message for e in events_for(k8s, namespace, "cached") if e.reason == "Unschedulable"]
