@@ -39,6 +39,7 @@ READ_WRITE_ONCE_ONLY_PROVISIONERS = frozenset({
 })
 # What provisioners write into their ProvisioningFailed Events when a class lacks the access mode asked for.
 ACCESS_MODE_REFUSALS = ("access mode", "accessmode", "multi_node", "multi-node", "multi writer", "volume capabilit", "only supports readwriteonce")
+PROVISIONER_ANNOTATION = "volume.kubernetes.io/storage-provisioner"
 GPU_MEMORY_LABEL = "nvidia.com/gpu.memory"  # MiB per GPU, set by gpu-feature-discovery
 
 
@@ -168,8 +169,9 @@ def rollout_blocked_by_capacity(deployment: dict[str, Any] | None, pods: list[di
 
 def cache_claim_problem(claim: dict[str, Any] | None, storage_class: dict[str, Any] | None, events: list[dict[str, Any]]) -> Problem | None:
     """Why the model cache PVC stays Pending, when its StorageClass cannot offer the access mode it asks
-    for: the provisioner said so in a ProvisioningFailed Event, or the class's provisioner is known to make
-    node-attached volumes only (ReadWriteOnce) and the claim asks for ReadWriteMany."""
+    for: the provisioner said so in a ProvisioningFailed Event, or the class's provisioner (from the class, or
+    the claim's volume.kubernetes.io/storage-provisioner annotation) is known to make node-attached volumes
+    only (ReadWriteOnce) and the claim asks for ReadWriteMany. storage_class and events may be left out."""
     if claim is None or (claim.get("status") or {}).get("phase") not in (None, "Pending"):
         return None
     modes = (claim.get("spec") or {}).get("accessModes") or []
@@ -182,7 +184,10 @@ def cache_claim_problem(claim: dict[str, Any] | None, storage_class: dict[str, A
         text = event.get("message", "")
         if event.get("reason") == "ProvisioningFailed" and any(word in text.lower() for word in ACCESS_MODE_REFUSALS):
             return Problem("CacheAccessModeUnsupported", f"PVC {name} stays Pending: StorageClass {class_name} cannot provision {', '.join(modes)} ({text.strip()[:300]}); {advice}")
-    provisioner = (storage_class or {}).get("provisioner")
+    # The PV controller writes the class's provisioner onto a claim it waits to have provisioned, so the
+    # claim alone is enough; the StorageClass, when read, says the same.
+    annotations = claim.get("metadata", {}).get("annotations") or {}
+    provisioner = (storage_class or {}).get("provisioner") or annotations.get(PROVISIONER_ANNOTATION)
     if "ReadWriteMany" in modes and provisioner in READ_WRITE_ONCE_ONLY_PROVISIONERS:
         return Problem("CacheAccessModeUnsupported", f"PVC {name} stays Pending: StorageClass {class_name} ({provisioner}) makes volumes one node attaches "
                        f"(ReadWriteOnce) and the claim asks for ReadWriteMany; {advice}")

@@ -233,6 +233,11 @@ def test_a_cache_claim_its_class_cannot_provision_is_named_from_the_api_objects(
         storage_class = client.ApiClient().sanitize_for_serialization(storage.read_storage_class(class_name))
         problem = status_lib.cache_claim_problem(claim, storage_class, [])
         assert problem is not None and problem.reason == "CacheAccessModeUnsupported" and "rancher.io/local-path" in problem.message
+        # The claim alone is enough: the PV controller annotates it with the provisioner it waits for.
+        claim = wait_until(lambda: (c := _read_claim(core, namespace, "shared-model-cache"))["metadata"].get("annotations", {}).get(
+            "volume.kubernetes.io/storage-provisioner") and c, 30, "the provisioner annotation")
+        problem = status_lib.cache_claim_problem(claim, None, [])
+        assert problem is not None and problem.reason == "CacheAccessModeUnsupported" and "rancher.io/local-path" in problem.message
         # What the provisioner would post when asked (here by the test, as local-path's controller does).
         core.create_namespaced_event(namespace, {
             "metadata": {"generateName": "shared-model-cache."},

@@ -90,6 +90,11 @@ def claim(modes: list[str], phase: str = "Pending") -> dict[str, Any]:
     return {"metadata": {"name": "chat-model-cache"}, "spec": {"accessModes": modes, "storageClassName": "standard"}, "status": {"phase": phase}}
 
 
+def annotated(pvc: dict[str, Any], provisioner: str) -> dict[str, Any]:
+    pvc["metadata"]["annotations"] = {"volume.kubernetes.io/storage-provisioner": provisioner}
+    return pvc
+
+
 def storage_class(provisioner: str) -> dict[str, Any]:
     return {"metadata": {"name": "standard"}, "provisioner": provisioner}
 
@@ -104,8 +109,11 @@ EBS_REFUSAL = "failed to provision volume with StorageClass \"gp2\": rpc error: 
     [
         (claim(["ReadWriteMany"]), storage_class("example.com/csi"), [{"reason": "ProvisioningFailed", "message": EBS_REFUSAL}], True),
         (claim(["ReadWriteMany"]), None, [{"reason": "ProvisioningFailed", "message": LOCAL_PATH_REFUSAL}], True),
-        # No Event yet, but the class's provisioner only ever makes node-attached volumes.
+        # No Event yet, but the class's provisioner only ever makes node-attached volumes...
         (claim(["ReadWriteMany"]), storage_class("ebs.csi.aws.com"), [], True),
+        # ...as the PV controller's annotation on the claim says, without reading the class.
+        (annotated(claim(["ReadWriteMany"]), "pd.csi.storage.gke.io"), None, [], True),
+        (annotated(claim(["ReadWriteMany"]), "filestore.csi.storage.gke.io"), None, [], False),
         # A ReadWriteOnce claim on the same class is fine, and so is a bound claim.
         (claim(["ReadWriteOnce"]), storage_class("ebs.csi.aws.com"), [], False),
         (claim(["ReadWriteMany"], phase="Bound"), storage_class("ebs.csi.aws.com"), [{"reason": "ProvisioningFailed", "message": EBS_REFUSAL}], False),
