@@ -129,3 +129,28 @@ def test_an_example_with_a_misspelt_field_is_refused(kubeconform: str, schemas: 
     assert conform(kubeconform, schemas, tmp_path, [example]).returncode == 0
     example["spec"]["scheduling"] = {"runtimeClass": "nvidia"}
     assert conform(kubeconform, schemas, tmp_path, [example]).returncode != 0
+
+
+# ---- the whole of hack/lint.sh ------------------------------------------------------------------
+
+
+def run_lint(tmp_path: Path, allowlist: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "LINT_OUT": str(tmp_path / "out"), "LINT_ALLOWLIST": str(allowlist)}
+    return subprocess.run([str(REPO / "hack" / "lint.sh")], cwd=REPO, env=env, capture_output=True, text=True, timeout=1800)
+
+
+def test_make_lint_passes_and_fails_on_a_finding_the_allowlist_does_not_name(tmp_path: Path) -> None:
+    result = run_lint(tmp_path, ALLOWLIST)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "Invalid: 0, Errors: 0" in result.stdout and ", 0 new" in result.stdout
+    # Every rendered file was checked: the chart's three renderings and one per example.
+    rendered = sorted(p.name for p in (tmp_path / "out" / "rendered").iterdir())
+    examples = sorted(f"children-{p.name}" for p in (REPO / "examples").glob("*.yaml"))
+    assert rendered == sorted(["chart-all.yaml", "chart-default.yaml", "chart-namespaced.yaml", *examples])
+    # Without one entry, its findings are new and make lint fails.
+    entries = yaml.safe_load(ALLOWLIST.read_text())["kube-score"]
+    reduced = tmp_path / "reduced.yaml"
+    reduced.write_text(yaml.safe_dump({"kube-score": [e for e in entries if "ImagePullPolicy" not in e["message"]]}))
+    result = run_lint(tmp_path, reduced)
+    assert result.returncode == 1
+    assert "NEW chart-default.yaml: [CRITICAL] qwen-operator/qwen-system apps/v1/Deployment: (operator) ImagePullPolicy is not set to Always" in result.stdout
