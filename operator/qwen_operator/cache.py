@@ -58,6 +58,8 @@ def slim_child(obj: dict[str, Any]) -> dict[str, Any]:
         slim[PACKED] = zlib.compress(json.dumps(packed, separators=(",", ":"), sort_keys=True).encode(), 1)
     if obj.get("status"):
         slim["status"] = obj["status"]
+    if "replicas" in (obj.get("spec") or {}):
+        slim["spec"] = {"replicas": obj["spec"]["replicas"]}  # read by the status without unpacking
     if obj.get("kind") == "Deployment" or "replicas" in (obj.get("spec") or {}):
         slim[REPLICAS_MANAGERS] = _replicas_managers(obj["metadata"])
     return slim
@@ -151,8 +153,10 @@ class ChildCaches:
     def synced(self) -> bool:
         return all(informer.synced.is_set() for informer in self.informers())
 
-    def children_of(self, key: Key) -> list[dict[str, Any]]:
-        return [expand(obj) for group in self.children.values() for informer in group for obj in informer.by_index(key)]
+    def children_of(self, key: Key, packed: bool = False) -> list[dict[str, Any]]:
+        """The children of one QwenInference, unpacked (or as slim as they are kept, with packed)."""
+        found = [obj for group in self.children.values() for informer in group for obj in informer.by_index(key)]
+        return found if packed else [expand(obj) for obj in found]
 
     def pods_of(self, key: Key) -> list[dict[str, Any]]:
         return [pod for informer in self.pods for pod in informer.by_index(key)]

@@ -57,6 +57,9 @@ class Controller:
         self.namespaces = namespaces or []
         self.bodies: dict[Key, dict[str, Any]] = {}  # the watched QwenInferences, from kopf's watch
         self.statuses: dict[Key, dict[str, Any]] = {}  # the status this operator last wrote, per resource
+        # Per resource: (generation, capabilities, {child: resourceVersion}) when a reconcile last found
+        # every child as desired. While the children stay exactly so, the next runs skip building them.
+        self.in_sync: dict[Key, tuple[Any, Any, dict[tuple[str, str], str]]] = {}
         self._lock = threading.Lock()
         self.caches = ChildCaches(api, CHILD_KINDS, MONITORING_KINDS, self._child_changed, relist_seconds, namespaces=self.namespaces)
         self.resync_seconds = resync_seconds
@@ -92,6 +95,7 @@ class Controller:
         with self._lock:
             self.bodies.pop((namespace, name), None)
             self.statuses.pop((namespace, name), None)
+            self.in_sync.pop((namespace, name), None)
         self.forget(namespace, name)
 
     def _child_changed(self, owner: Key) -> None:
@@ -135,15 +139,25 @@ class Controller:
                 outcome = "gone"
                 self.forget(namespace, name)
                 return
+            packed = self.caches.children_of(key, packed=True)
+            versions = {(c["kind"], c["metadata"]["name"]): c["metadata"].get("resourceVersion", "") for c in packed}
+            caps = self.capabilities.get()
+            with self._lock:
+                children_in_sync = self.in_sync.get(key) == (body["metadata"].get("generation"), caps, versions)
             snapshot = Snapshot(
-                children=self.caches.children_of(key), pods=self.caches.pods_of(key), node=self.caches.node,
+                children=packed if children_in_sync else self.caches.children_of(key), pods=self.caches.pods_of(key), node=self.caches.node,
+                children_in_sync=children_in_sync,
                 previous_status=previous_status if previous_status is not None else (body.get("status") or {}),
                 remember=self.caches.remember,
             )
             result = reconcile(body, self.api, self.config, self.capabilities, lambda *event: post_event(self.api, body, *event), snapshot)
-            if result.status is not None:
-                with self._lock:
+            with self._lock:
+                if result.status is not None:
                     self.statuses[key] = result.status
+                if result.in_sync and not result.applied and not result.recreated and not result.pruned:
+                    self.in_sync[key] = (body["metadata"].get("generation"), caps, versions)
+                else:
+                    self.in_sync.pop(key, None)
             outcome = result.outcome
             metrics.set_resource_ready(namespace, name, *result.ready)
             if result.applied or result.pruned or result.status_written:

@@ -103,6 +103,7 @@ class ReconcileResult:
     ready: tuple[str, str] = ("Unknown", "")  # the Ready condition's status and reason, for the metrics
     retry_after: float | None = None  # run again this soon: something failed that may pass
     status: dict[str, Any] | None = None  # the status written, when one was
+    in_sync: bool = False  # every child was as desired: nothing was applied, deleted or in conflict
     written: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)  # (kind, name) -> the API's answer to an apply
 
 
@@ -376,6 +377,10 @@ class Snapshot:
     node: Callable[[str], dict[str, Any] | None]  # a node's GPU labels by name
     previous_status: dict[str, Any]  # the status as last written (the cache may lag the operator's own write)
     remember: Callable[[dict[str, Any]], None] = lambda written: None  # put what the operator applied into the cache
+    # True when the children are exactly as they were when a reconcile of this generation last
+    # found them in sync (same objects, same resourceVersions): the desired set is not built again,
+    # and the children may be slim (cache.py: spec packed, spec.replicas kept) rather than unpacked.
+    children_in_sync: bool = False
 
 
 def needs_reference_check(previous_status: dict[str, Any], generation: int, plan_applies: bool) -> bool:
@@ -412,7 +417,8 @@ def reconcile(body: dict[str, Any], api: KubeApi, config: OperatorConfig, capabi
     caps = capabilities.get()
     live: list[dict[str, Any]] = list(snapshot.children)
     actions = Plan()
-    if spec is not None and model is not None and observation.blocking is None:
+    rolling_out = spec is not None and model is not None and observation.blocking is None and not snapshot.children_in_sync
+    if rolling_out:
         desired = keep_immutable_fields(desired_children(owner, spec, model, config, caps), live)
         live += names_taken(api, owner, desired, live)
         actions = plan(desired, live, owner)
@@ -420,12 +426,12 @@ def reconcile(body: dict[str, Any], api: KubeApi, config: OperatorConfig, capabi
             observation.blocking = check_references(api, owner, spec, read_secrets=config.read_secrets)
             if observation.blocking is not None:
                 result.outcome = "blocked"
-                actions = Plan(conflicts=actions.conflicts)  # nothing is rolled out while a reference is missing
-    if spec is not None and model is not None and observation.blocking is None:
+                rolling_out = False  # nothing is rolled out while a reference is missing
+    live_by_key = {key(obj): obj for obj in live}
+    if rolling_out:
         observation.conflicts = actions.conflicts
         if actions.conflicts:
             result.outcome = "conflict"
-        live_by_key = {key(obj): obj for obj in live}
         for manifest in actions.apply:
             log.info("%s/%s: applying %s %s: %s", owner.namespace, owner.name, manifest["kind"], manifest["metadata"]["name"], actions.reasons[key(manifest)])
             problem = apply_child(api, manifest, live_by_key.get(key(manifest)), spec, result, snapshot.remember)
@@ -439,12 +445,12 @@ def reconcile(body: dict[str, Any], api: KubeApi, config: OperatorConfig, capabi
             log.info("%s/%s: deleting %s %s: %s", owner.namespace, owner.name, manifest["kind"], manifest["metadata"]["name"], actions.reasons[key(manifest)])
             api.delete(kind_of(manifest), owner.namespace, manifest["metadata"]["name"], manifest["metadata"].get("uid"))
             result.pruned.append("/".join(key(manifest)))
+        result.in_sync = not (actions.apply or actions.delete or actions.conflicts)
+    elif snapshot.children_in_sync and observation.blocking is None and model is not None:
+        result.in_sync = True
+    if spec is not None:
         observation.deployment = result.written.get(("Deployment", owner.name)) or live_by_key.get(("Deployment", owner.name))
         observation.hpa = result.written.get(("HorizontalPodAutoscaler", owner.name)) or live_by_key.get(("HorizontalPodAutoscaler", owner.name))
-    elif spec is not None:
-        live_by_key = {key(obj): obj for obj in live}
-        observation.deployment = live_by_key.get(("Deployment", owner.name))
-        observation.hpa = live_by_key.get(("HorizontalPodAutoscaler", owner.name))
 
     if spec is not None:
         observe(owner, spec, model, caps, observation, snapshot)
