@@ -24,6 +24,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -45,6 +46,9 @@ CLUSTER_ENV = {
     "QWEN_APISERVER_PORT": "18443", "QWEN_ETCD_PORT": "25790", "QWEN_REAL_NODE": "0", "QWEN_CPU_NODES": "0",
 }
 PODS_PER_NODE = 100  # kwok nodes allow 110 pods
+# Both runs ask the same of each pod: small CPU and memory requests, so that the fake nodes' CPU
+# (96 cores each) does not cap how many pods fit, and one GPU.
+SPEC = {"resources": {"cpu": "100m", "memory": "256Mi"}}
 
 
 def sh(*args: str, env: dict[str, str] | None = None) -> str:
@@ -101,7 +105,7 @@ def wait_all(names: list[str], created: dict[str, float], ready_of, timeout: flo
 
 def run_floor(api, namespace: str, count: int, timeout: float) -> dict:
     core, apps = client.CoreV1Api(api), client.AppsV1Api(api)
-    spec = QwenInferenceSpec.model_validate({})
+    spec = QwenInferenceSpec.model_validate(SPEC)
     model = resolve_model(spec)
     names = [f"r{i:05d}" for i in range(count)]
     created: dict[str, float] = {}
@@ -135,7 +139,7 @@ def run_floor(api, namespace: str, count: int, timeout: float) -> dict:
 def run_operator(api, kubeconfig: str, namespace: str, count: int, timeout: float, steady_seconds: float, resync: float) -> dict:
     custom = client.CustomObjectsApi(api)
     port = free_port()
-    log_path = RESULTS / f"scale-operator-{count}.log"
+    log_path = Path(tempfile.gettempdir()) / f"qwen-scale-operator-{count}.log"
     env = {**os.environ, "KUBECONFIG": kubeconfig, "QWEN_OPERATOR_RESYNC_SECONDS": str(resync),
            "QWEN_OPERATOR_METRICS_PORT": str(port), "QWEN_OPERATOR_METRICS_ADDRESS": "127.0.0.1"}
     with open(log_path, "w") as log:
@@ -158,7 +162,7 @@ def run_operator(api, kubeconfig: str, namespace: str, count: int, timeout: floa
         created: dict[str, float] = {}
         start = time.monotonic()
         for name in names:
-            body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "QwenInference", "metadata": {"name": name}, "spec": {}}
+            body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "QwenInference", "metadata": {"name": name}, "spec": SPEC}
             custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
             created[name] = time.monotonic()
 
