@@ -16,7 +16,7 @@
 #   QWEN_APISERVER_PORT, QWEN_ETCD_PORT   loopback ports (16443, 23790); the real node's ports follow the apiserver's
 #   QWEN_REAL_NODE     auto (default: a real kubelet node where this machine can run one), 1 (required), 0 (none)
 #   QWEN_REAL_NODE_CIDR, QWEN_REAL_NODE_BRIDGE, QWEN_REAL_NODE_GPUS, QWEN_REAL_NODE_GPU_PRODUCT
-#                      the real node's pod network (10.85.0.0/24 on bridge qwen0) and fake GPUs (8 NVIDIA-L4)
+#                      the real node's pod network (10.85.0.0/24 on bridge qwen0) and fake GPUs (8 NVIDIA-L40S)
 # The real node (hack/real-node.sh) runs real containers; it is described there.
 set -euo pipefail
 

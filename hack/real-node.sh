@@ -13,8 +13,10 @@
 #     `kubernetes` Service's EndpointSlice names;
 #   the fake GPU device plugin (hack/fake-gpu-plugin), so nvidia.com/gpu goes through the kubelet.
 # The node is tainted $NODE_TAINT_KEY=true:NoSchedule: only pods that tolerate it run there, so the
-# kwok tests' pods never land on it. It carries the GPU feature labels but not nvidia.com/gpu.present,
-# which names the kwok GPU pool in the scheduling tests.
+# kwok tests' pods never land on it. Of the GPU feature labels it carries the product, count and
+# memory, of a product the kwok pools do not use (NVIDIA-L40S), but not nvidia.com/gpu.present nor
+# the compute capability: the kwok scheduling tests derive their node sets from those labels over
+# every node, and a tainted node in those sets would take no pod.
 #
 # The bridge, its addresses and port 53 on it are host-wide: one cluster at a time runs the real node
 # (/run/qwen-real-node.owner says which). `down` undoes every host change: processes, pods' network
@@ -29,7 +31,7 @@ NODE_BRIDGE=${QWEN_REAL_NODE_BRIDGE:-qwen0}
 NODE_IP=${NODE_CIDR%.*}.1
 NODE_PREFIX=${NODE_CIDR#*/}
 NODE_GPUS=${QWEN_REAL_NODE_GPUS:-8}
-NODE_GPU_PRODUCT=${QWEN_REAL_NODE_GPU_PRODUCT:-NVIDIA-L4}
+NODE_GPU_PRODUCT=${QWEN_REAL_NODE_GPU_PRODUCT:-NVIDIA-L40S}
 NODE_TAINT_KEY=qwen.qwenops.io/real-node
 NODE_CGROUP=qwen-real-node
 NODE_OWNER_FILE=/run/qwen-real-node.owner
@@ -362,10 +364,9 @@ EOF
 }
 
 write_kubelet_config() {
-  local gpu_labels facts mem major minor
-  facts=$(gpu_facts "$NODE_GPU_PRODUCT"); read -r mem major minor <<<"$facts"
+  local gpu_labels facts mem
+  facts=$(gpu_facts "$NODE_GPU_PRODUCT"); read -r mem _ <<<"$facts"
   gpu_labels="nvidia.com/gpu.product=$NODE_GPU_PRODUCT,nvidia.com/gpu.count=$NODE_GPUS,nvidia.com/gpu.memory=$mem"
-  gpu_labels+=",nvidia.com/gpu.compute.major=$major,nvidia.com/gpu.compute.minor=$minor"
   echo "type=real,node-role.qwenops.io/real=true,$gpu_labels" >"$NODE_DIR/kubelet-node-labels"
   mkdir -p "$NODE_DIR/kubelet" "$NODE_DIR/manifests" "$NODE_DIR/pod-logs"
   # Pods resolve through CoreDNS only; this file is what "dnsPolicy: Default" pods get: no server.

@@ -55,6 +55,9 @@ def real_node_or_skip(kubeconfig: str, k8s) -> RealNode:
     if not images_file.exists():
         reason = skip_file.read_text().strip() if skip_file.exists() else "hack/cluster.sh did not start the real node"
         pytest.skip(f"no real node: {reason}")
+    # The images as the checkout is now: an operator change since `cluster.sh up` is built and imported.
+    subprocess.run([str(REPO / "hack" / "images.sh"), "import", str(cluster_dir / "node" / "containerd" / "containerd.sock"), str(images_file)],
+                   check=True, timeout=1800)
     node = client.CoreV1Api(k8s).read_node(NODE_NAME)
     ready = next(c.status for c in node.status.conditions if c.type == "Ready")
     assert ready == "True", f"the real node {NODE_NAME} is not Ready"

@@ -166,7 +166,9 @@ def test_a_load_longer_than_the_startup_budget_is_reported(k8s, node, workspace)
 def test_the_kubelet_restarts_an_engine_that_exits_and_the_status_follows(k8s, node, workspace):
     namespace, _ = workspace
     create_qwen(k8s, namespace, "crashy", standin_spec(node))
-    wait_until(lambda: ready_condition(k8s, namespace, "crashy").get("status") == "True", 120, "crashy Ready")
+    applied = time.monotonic()
+    wait_until(lambda: ready_condition(k8s, namespace, "crashy").get("status") == "True", 120, "crashy Ready", interval=0.25)
+    write_figure("apply_to_ready_seconds_without_load", round(time.monotonic() - applied, 1))
     (pod,) = qwen_pods(k8s, namespace, "crashy")
     # The engine exits now, and its next two starts crash (the stand-in's fault switch); no pod is deleted.
     assert http_call(node, pod.status.pod_ip, "PUT", "/stand-in/fault?mode=exit&crash_starts=2")[0] == 204
