@@ -194,6 +194,21 @@ def cache_claim_problem(claim: dict[str, Any] | None, storage_class: dict[str, A
     return None
 
 
+def read_write_once_cache_shared(claim: dict[str, Any] | None, desired_replicas: int) -> Problem | None:
+    """A ReadWriteOnce cache claim (made for one replica, and kept: the mode is immutable) while more replicas
+    are wanted: a pod on another node cannot mount it (Multi-Attach error, or all pods pinned to the volume's
+    node)."""
+    if claim is None or desired_replicas <= 1 or (claim.get("spec") or {}).get("accessModes") != ["ReadWriteOnce"]:
+        return None
+    name = claim["metadata"]["name"]
+    return Problem(
+        "CacheReadWriteOnce",
+        f"{desired_replicas} replicas share the model cache PVC {name}, which is ReadWriteOnce (made when the spec had one "
+        "replica): pods on other nodes cannot mount it. Set spec.model.source.cache.accessMode: ReadWriteMany with a class "
+        f"that offers it, or cache.enabled: false, and delete PVC {name} so that it is made again",
+    )
+
+
 def gpu_memory_problem_on_nodes(model: ResolvedModel, spec: QwenInferenceSpec, nodes: list[dict[str, Any]]) -> Problem | None:
     """Nodes the pods may land on (their GPU memory label, nvidia.com/gpu.memory in MiB) whose GPUs are too
     small for the model at its maxModelLen: a pod there would crash-loop while loading. Nodes without the
@@ -305,7 +320,8 @@ def compute_status(owner: Owner, served_model: str, observed: Observation, previ
         step = loading or Problem("RollingOut", f"{updated}/{desired} replicas updated, {ready_replicas} ready", degraded=False)
         progressing = _condition(PROGRESSING, True, step.reason, step.message, generation)
 
-    degraded_by = next((p for p in (failure, *observed.warnings) if p is not None and p.degraded), None)
+    shared_cache = read_write_once_cache_shared(observed.cache_claim, desired)
+    degraded_by = next((p for p in (failure, shared_cache, *observed.warnings) if p is not None and p.degraded), None)
     if degraded_by is not None:
         degraded = _condition(DEGRADED, True, degraded_by.reason, degraded_by.message, generation)
     else:

@@ -166,3 +166,14 @@ def test_gpu_memory_on_candidate_nodes(nodes: list[dict[str, Any]], reason: str 
     assert (problem.reason if problem else None) == reason
     if problem:
         assert "l4-a (22 GiB)" in problem.message
+
+
+@pytest.mark.parametrize(
+    ("modes", "desired", "degraded"),
+    [(["ReadWriteOnce"], 3, "CacheReadWriteOnce"), (["ReadWriteOnce"], 1, None), (["ReadWriteMany"], 3, None)],
+)
+def test_a_read_write_once_cache_shared_by_several_replicas_is_degraded(modes: list[str], desired: int, degraded: str | None) -> None:
+    observation = status_lib.Observation(desired_replicas=desired, deployment=deployment(replicas=desired, ready=desired), cache_claim=claim(modes, phase="Bound"))
+    status = status_lib.compute_status(OWNER, "m", observation, {}, NOW)
+    condition = next(c for c in status["conditions"] if c["type"] == "Degraded")
+    assert (condition["reason"] if condition["status"] == "True" else None) == degraded
