@@ -183,3 +183,14 @@ def test_deprecated_thresholds_are_accepted_and_ignored() -> None:
     # Objects stored before the change still carry latencyP95Seconds and kvCacheUsage (the old CRD defaulted them).
     old = QwenInferenceSpec.model_validate({"monitoring": {"alerts": {"latencyP95Seconds": 30, "kvCacheUsage": 0.95}}})
     assert build_prometheus_rule(OWNER, old, SERVED_NAME, DEFAULT_BUDGET) == build_prometheus_rule(OWNER, DEFAULT_SPEC, SERVED_NAME, DEFAULT_BUDGET)
+
+
+def test_every_alert_has_a_firing_and_a_not_firing_case_in_the_fixtures() -> None:
+    firing: set[str] = set()
+    quiet: set[str] = set()
+    for fixture in FIXTURES.glob("*.yaml"):
+        for case in yaml.safe_load(fixture.read_text())["tests"]:
+            for check in case.get("alert_rule_test", []):
+                (firing if check.get("exp_alerts") else quiet).add(check["alertname"])
+    assert firing >= ALERT_NAMES, ALERT_NAMES - firing
+    assert quiet >= ALERT_NAMES, ALERT_NAMES - quiet
