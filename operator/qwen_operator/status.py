@@ -209,6 +209,41 @@ def read_write_once_cache_shared(claim: dict[str, Any] | None, desired_replicas:
     )
 
 
+def _matches_expression(labels: dict[str, str], expression: dict[str, Any]) -> bool:
+    key, operator, values = expression["key"], expression["operator"], expression.get("values") or []
+    if operator == "In":
+        return labels.get(key) in values
+    if operator == "NotIn":
+        return labels.get(key) not in values
+    if operator == "Exists":
+        return key in labels
+    if operator == "DoesNotExist":
+        return key not in labels
+    if operator in ("Gt", "Lt") and labels.get(key, "").lstrip("-").isdigit() and values and values[0].lstrip("-").isdigit():
+        value, bound = int(labels[key]), int(values[0])
+        return value > bound if operator == "Gt" else value < bound
+    return False
+
+
+def node_may_run(pod_spec: dict[str, Any], node: dict[str, Any]) -> bool:
+    """Whether a node's labels satisfy a pod's nodeSelector and required node affinity (the scheduler's label
+    filters; taints and free capacity are not judged)."""
+    labels = node.get("metadata", {}).get("labels") or {}
+    if any(labels.get(k) != v for k, v in (pod_spec.get("nodeSelector") or {}).items()):
+        return False
+    required = ((pod_spec.get("affinity") or {}).get("nodeAffinity") or {}).get("requiredDuringSchedulingIgnoredDuringExecution")
+    if not required:
+        return True
+    # Terms are ORed, the expressions of a term ANDed; a term without expressions matches nothing.
+    return any(term.get("matchExpressions") and all(_matches_expression(labels, e) for e in term["matchExpressions"])
+               for term in required.get("nodeSelectorTerms") or [])
+
+
+def candidate_nodes(pod_spec: dict[str, Any], nodes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The nodes the pods of pod_spec may be scheduled on, by labels: judge GPU memory before any pod lands."""
+    return [node for node in nodes if node_may_run(pod_spec, node)]
+
+
 def gpu_memory_problem_on_nodes(model: ResolvedModel, spec: QwenInferenceSpec, nodes: list[dict[str, Any]]) -> Problem | None:
     """Nodes the pods may land on (their GPU memory label, nvidia.com/gpu.memory in MiB) whose GPUs are too
     small for the model at its maxModelLen: a pod there would crash-loop while loading. Nodes without the

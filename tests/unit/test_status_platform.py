@@ -177,3 +177,54 @@ def test_a_read_write_once_cache_shared_by_several_replicas_is_degraded(modes: l
     status = status_lib.compute_status(OWNER, "m", observation, {}, NOW)
     condition = next(c for c in status["conditions"] if c["type"] == "Degraded")
     assert (condition["reason"] if condition["status"] == "True" else None) == degraded
+
+
+# --- the nodes the pods may land on ------------------------------------------------------------
+
+
+def labelled(name: str, **labels: str) -> dict[str, Any]:
+    return {"metadata": {"name": name, "labels": {"kubernetes.io/hostname": name, **labels}}}
+
+
+NODES = [
+    labelled("l4-a", **{"nvidia.com/gpu.product": "NVIDIA-L4", "nvidia.com/gpu.memory": "23034", "nvidia.com/gpu.compute.major": "8", "pool": "gpu"}),
+    labelled("t4-a", **{"nvidia.com/gpu.product": "Tesla-T4", "nvidia.com/gpu.memory": "15360", "nvidia.com/gpu.compute.major": "7", "pool": "gpu"}),
+    labelled("h100-a", **{"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3", "nvidia.com/gpu.memory": "81559", "nvidia.com/gpu.compute.major": "9"}),
+    labelled("cpu-a"),
+]
+
+
+def names_for(spec_fields: dict[str, Any]) -> list[str]:
+    from qwen_operator.builders.deployment import build_deployment
+    from qwen_operator.config import OperatorConfig
+
+    spec = QwenInferenceSpec.model_validate(spec_fields)
+    pod_spec = build_deployment(OWNER, spec, resolve_model(spec), OperatorConfig(), manage_replicas=True)["spec"]["template"]["spec"]
+    return [n["metadata"]["name"] for n in status_lib.candidate_nodes(pod_spec, NODES)]
+
+
+@pytest.mark.parametrize(
+    ("spec_fields", "names"),
+    [
+        # A BF16 model with no placement: anywhere (the GPU request does the rest at scheduling).
+        ({"model": {"name": "Qwen/Qwen3-8B"}}, ["l4-a", "t4-a", "h100-a", "cpu-a"]),
+        # Pinned products become required node affinity.
+        ({"model": {"name": "Qwen/Qwen3-8B-FP8"}, "resources": {"gpu": {"products": ["NVIDIA-L4", "NVIDIA-H100-80GB-HBM3"]}}}, ["l4-a", "h100-a"]),
+        # An FP8 model requires compute capability 8.0 or more, or no GPU labels at all.
+        ({"model": {"name": "Qwen/Qwen3-0.6B-FP8"}}, ["l4-a", "h100-a", "cpu-a"]),
+        ({"model": {"name": "Qwen/Qwen3-8B"}, "scheduling": {"nodeSelector": {"pool": "gpu"}}}, ["l4-a", "t4-a"]),
+    ],
+)
+def test_candidate_nodes_follow_the_pods_placement(spec_fields: dict[str, Any], names: list[str]) -> None:
+    assert names_for(spec_fields) == names
+
+
+def test_gpu_memory_is_judged_on_the_candidate_nodes_before_any_pod_lands() -> None:
+    spec = QwenInferenceSpec.model_validate({"model": {"name": "Qwen/Qwen3-8B"}, "scheduling": {"nodeSelector": {"pool": "gpu"}}})
+    from qwen_operator.builders.deployment import build_deployment
+    from qwen_operator.config import OperatorConfig
+
+    pod_spec = build_deployment(OWNER, spec, resolve_model(spec), OperatorConfig(), manage_replicas=True)["spec"]["template"]["spec"]
+    problem = status_lib.gpu_memory_problem_on_nodes(resolve_model(spec), spec, status_lib.candidate_nodes(pod_spec, NODES))
+    # Both the L4 (22.5 GiB) and the T4 (15 GiB) are below the 23.2 GiB Qwen3-8B needs at 32k.
+    assert problem is not None and problem.reason == "GPUMemoryTooSmall"
