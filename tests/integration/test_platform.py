@@ -163,15 +163,20 @@ def test_a_model_too_large_for_the_pinned_gpus_is_refused_with_a_reason(operator
     wait_ready(k8s, namespace, "too-big", timeout=120)
 
 
-def test_gpu_memory_labels_of_the_real_nodes_are_judged(k8s):
-    nodes = [n.to_dict() for n in client.CoreV1Api(k8s).list_node(label_selector="nvidia.com/gpu.memory").items]
-    nodes = [{"metadata": {"name": n["metadata"]["name"], "labels": n["metadata"]["labels"]}} for n in nodes]
-    assert nodes, "the test cluster has GPU nodes labelled by gpu-feature-discovery"
-    big = QwenInferenceSpec.model_validate({"model": {"name": "Qwen/Qwen3-4B-Thinking-2507"}})  # 49.9 GiB at 262k
-    problem = status_lib.gpu_memory_problem_on_nodes(resolve_model(big), big, nodes)
-    assert problem is not None and problem.reason == "GPUMemoryTooSmall"
-    small = QwenInferenceSpec.model_validate({"model": {"name": BF16_SMALL}})
-    assert status_lib.gpu_memory_problem_on_nodes(resolve_model(small), small, nodes) is None
+def test_gpu_memory_is_judged_on_the_nodes_the_live_pod_template_may_land_on(operator, k8s, namespace):
+    # No products pinned, so admission and the catalog cannot judge it: the GPU nodes' memory labels can.
+    create(k8s, namespace, "eight-b", {"model": {"name": "Qwen/Qwen3-8B"}, "scheduling": {"nodeSelector": {"node-role.qwenops.io/gpu": "true"}}})
+    live = wait_until(lambda: deployment(k8s, namespace, "eight-b"), 60, "the Deployment")
+    pod_spec = client.ApiClient().sanitize_for_serialization(live.spec.template.spec)
+    nodes = [client.ApiClient().sanitize_for_serialization(n) for n in client.CoreV1Api(k8s).list_node().items]
+    candidates = status_lib.candidate_nodes(pod_spec, nodes)
+    assert candidates and all(n["metadata"]["labels"].get("node-role.qwenops.io/gpu") == "true" for n in candidates)
+    spec = QwenInferenceSpec.model_validate(get(k8s, namespace, "eight-b")["spec"])
+    problem = status_lib.gpu_memory_problem_on_nodes(resolve_model(spec), spec, candidates)
+    # The test cluster's GPUs are L4s (22.5 GiB) and a T4 (15 GiB): Qwen3-8B at 32k needs 23.2 GiB.
+    assert problem is not None and problem.reason == "GPUMemoryTooSmall" and "gpu-l4-0" in problem.message
+    fitting = QwenInferenceSpec.model_validate({**spec.model_dump(by_alias=True, exclude_none=True), "model": {"name": "Qwen/Qwen3-8B", "maxModelLen": 16384}})
+    assert status_lib.gpu_memory_problem_on_nodes(resolve_model(fitting), fitting, [n for n in candidates if "l4" in n["metadata"]["name"]]) is None
 
 
 # ---- a rollout blocked by capacity --------------------------------------------------------------
