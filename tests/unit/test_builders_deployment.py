@@ -390,6 +390,8 @@ def test_startup_probe_threshold_from_budget(spec_fields: dict[str, Any], thresh
         # Raising only readiness past the catalog's liveness timeout keeps liveness the more tolerant one.
         ({"engine": {"probes": {"readinessTimeoutSeconds": 15}}}, (15, 3), (15, 6)),
         ({"engine": {"probes": {"livenessTimeoutSeconds": 30, "livenessFailureThreshold": 10}}}, (5, 3), (30, 10)),
+        # A liveness timeout below the catalog's readiness timeout is raised to it.
+        ({"engine": {"probes": {"livenessTimeoutSeconds": 2}}}, (5, 3), (5, 6)),
     ],
 )
 def test_readiness_and_liveness(spec_fields: dict[str, Any], readiness: tuple[int, int], liveness: tuple[int, int]) -> None:

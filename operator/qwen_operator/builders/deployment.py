@@ -279,8 +279,8 @@ def probes(spec: QwenInferenceSpec, model: ResolvedModel) -> dict[str, Any]:
     budget = startup_budget_seconds(spec, model)
     timing, overrides = model.probes, spec.engine.probes
     readiness_timeout = overrides.readiness_timeout_seconds or timing.readiness_timeout_seconds
-    # Liveness stays the more tolerant probe when only the readiness timeout is raised.
-    liveness_timeout = overrides.liveness_timeout_seconds or max(timing.liveness_timeout_seconds, readiness_timeout)
+    # Liveness stays the more tolerant probe whichever of the two timeouts the spec sets.
+    liveness_timeout = max(overrides.liveness_timeout_seconds or timing.liveness_timeout_seconds, readiness_timeout)
     return {
         # vLLM listens only once the model is loaded: the startup probe holds the other two off
         # for the whole load budget instead of letting liveness kill a slow load.
