@@ -58,8 +58,10 @@ def slim_child(obj: dict[str, Any]) -> dict[str, Any]:
         slim[PACKED] = zlib.compress(json.dumps(packed, separators=(",", ":"), sort_keys=True).encode(), 1)
     if obj.get("status"):
         slim["status"] = obj["status"]
-    if "replicas" in (obj.get("spec") or {}):
-        slim["spec"] = {"replicas": obj["spec"]["replicas"]}  # read by the status without unpacking
+    # What the status reads without unpacking: a Deployment's replicas, a claim's modes and class.
+    visible = {k: v for k, v in (obj.get("spec") or {}).items() if k in ("replicas", "accessModes", "storageClassName")}
+    if visible:
+        slim["spec"] = visible
     if obj.get("kind") == "Deployment" or "replicas" in (obj.get("spec") or {}):
         slim[REPLICAS_MANAGERS] = _replicas_managers(obj["metadata"])
     return slim

@@ -38,7 +38,7 @@ from qwen_operator.builders.networkpolicy import build_network_policy
 from qwen_operator.builders.pdb import build_pdb
 from qwen_operator.builders.service import build_service
 from qwen_operator.builders.storage import build_cache_pvc
-from qwen_operator.catalog import ResolvedModel, check_gpu_fp8, lookup_gpu, resolve_model
+from qwen_operator.catalog import ResolvedModel, check_gpu_fp8, gpu_memory_problems, lookup_gpu, resolve_model
 from qwen_operator.config import OperatorConfig
 from qwen_operator.k8s import client as kinds
 from qwen_operator.k8s.client import KubeApi, KubeError, Kind, kind_of
@@ -132,9 +132,9 @@ def desired_children(owner: Owner, spec: QwenInferenceSpec, model: ResolvedModel
         children.append(build_dashboard_configmap(owner, spec, model.served_name))
     if caps.prometheus_operator:
         if spec.monitoring.service_monitor:
-            children.append(build_service_monitor(owner, spec))
+            children.append(build_service_monitor(owner, spec, config.monitoring_labels))
         if spec.monitoring.prometheus_rule:
-            children.append(build_prometheus_rule(owner, spec, model.served_name, startup_budget_seconds(spec, model)))
+            children.append(build_prometheus_rule(owner, spec, model.served_name, startup_budget_seconds(spec, model), config.monitoring_labels))
     return [c for c in children if c is not None]
 
 
@@ -321,14 +321,18 @@ def judge_spec(name: str, spec: QwenInferenceSpec) -> tuple[ResolvedModel, list[
     if problem is not None:
         raise SpecError("InvalidName", problem)
     model = resolve_model(spec)
+    warnings: list[status_lib.Problem] = []
+    _, memory_warning = gpu_memory_problems(model, spec)
+    if memory_warning:
+        warnings.append(status_lib.Problem("GPUMemoryTooSmallOnSomeProducts", memory_warning))
     products = spec.resources.gpu.products
     message = check_gpu_fp8(model, products)
     if message is None:
-        return model, []
+        return model, warnings
     unusable = [p for p in products if (gpu := lookup_gpu(p)) is not None and gpu.compute_capability < (8, 0)]
     if len(unusable) == len(products):
         raise SpecError("GPUIncompatible", message)
-    return model, [status_lib.Problem("GPUWithoutNativeFP8", message)]
+    return model, warnings + [status_lib.Problem("GPUWithoutNativeFP8", message)]
 
 
 def secret_value(secret: dict[str, Any], key_name: str) -> str | None:
@@ -552,9 +556,14 @@ def observe(owner: Owner, spec: QwenInferenceSpec, model: ResolvedModel | None, 
         selector = common.selector_labels(owner)
         observation.pods = [p for p in snapshot.pods if selector.items() <= (p["metadata"].get("labels") or {}).items()]
         node_names = {p.get("spec", {}).get("nodeName") for p in observation.pods} - {None, ""}
-        if model is not None and model.is_fp8 and node_names:
+        if model is not None and node_names:
             observation.nodes = {n: node for n in node_names if (node := snapshot.node(n)) is not None}
-            observation.warnings.extend(gpu_warnings(model, observation.pods, observation.nodes))
+            if model.is_fp8:
+                observation.warnings.extend(gpu_warnings(model, observation.pods, observation.nodes))
+            if (memory := status_lib.gpu_memory_problem_on_nodes(model, spec, list(observation.nodes.values()))) is not None:
+                observation.warnings.append(memory)
+    observation.cache_claim = next((c for c in snapshot.children if c.get("kind") == "PersistentVolumeClaim"
+                                    and c["metadata"]["name"] == common.cache_claim_name(owner)), None)
     wants_monitoring = spec.monitoring.service_monitor or spec.monitoring.prometheus_rule
     if not wants_monitoring:
         observation.monitoring_condition = ("False", "Disabled", "spec.monitoring turns the ServiceMonitor and PrometheusRule off")

@@ -158,23 +158,23 @@ class KubeApi:
             query.append(("resourceVersion", resource_version))
         accept = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json" if metadata_only else "application/json"
         headers = {"Accept": accept}
-        status = 0
         try:
             method, url, headers_, body, _ = self._api.param_serialize("GET", kind.path(namespace), query_params=query, header_params=headers,
                                                                          auth_settings=["BearerToken"])
-            response = self._api.call_api(method, url, headers_, body, _request_timeout=(10, timeout_seconds + 30))
-            status = response.status
-            if status >= 400:
+            try:
+                response = self._api.call_api(method, url, headers_, body, _request_timeout=(10, timeout_seconds + 30))
+            except (urllib3.exceptions.HTTPError, OSError):
+                self._observe("watch", kind.kind, 0)
+                raise
+            self._observe("watch", kind.kind, response.status)  # counted when it opens: a stream lasts minutes
+            if response.status >= 400:
                 response.read()
                 raise ApiException(http_resp=response)
             yield from iter_json_lines(response.response.stream(amt=None, decode_content=False))
         except ApiException as error:
-            status = error.status or 0
             raise _as_kube_error(error) from None
         except (urllib3.exceptions.HTTPError, OSError) as error:
             raise KubeError(0, "ConnectionError", f"{type(error).__name__}: {error}"[:500]) from None
-        finally:
-            self._observe("watch", kind.kind, status)
 
     def served_resources(self, group_version: str) -> set[str] | None:
         """Plural names the API serves in group_version, or None when the group/version is not served."""
