@@ -228,7 +228,7 @@ def main() -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     rows = []
     for count in counts:
-        nodes = math.ceil(count / PODS_PER_NODE) + 1
+        nodes = math.ceil(2 * count / PODS_PER_NODE) + 1  # the floor's pods stay while the operator runs
         env = {**CLUSTER_ENV, "QWEN_GPU_POOLS": f"NVIDIA-L4:{nodes}", "QWEN_GPUS_PER_NODE": str(PODS_PER_NODE + 10)}
         sh(str(REPO / "hack/cluster.sh"), "down", env=env)
         sh(str(REPO / "hack/cluster.sh"), "up", env=env)
