@@ -6,6 +6,8 @@
 #   hack/cluster.sh up          start (or reuse) the cluster; first run builds the binaries
 #   hack/cluster.sh down        stop the processes this script started and delete the cluster's data
 #   hack/cluster.sh status      say whether it runs, and list the nodes
+#   hack/cluster.sh node-up     start (or reuse) only the real node, beside a running control plane
+#   hack/cluster.sh node-down   stop only the real node and undo its host changes
 #   hack/cluster.sh kubeconfig  print the kubeconfig path
 #
 # Settings (environment):
@@ -338,7 +340,9 @@ source "$HACK_DIR/real-node.sh"
 case "${1:-}" in
   up) up ;;
   down) down ;;
+  node-up) running || die "the control plane is not running (hack/cluster.sh up)"; real_node_up ;;
+  node-down) real_node_down ;;
   status) status ;;
   kubeconfig) echo "$KUBECONFIG_FILE" ;;
-  *) echo "usage: $0 up|down|status|kubeconfig" >&2; exit 2 ;;
+  *) echo "usage: $0 up|down|status|kubeconfig|node-up|node-down" >&2; exit 2 ;;
 esac

@@ -579,6 +579,11 @@ real_node_down_quietly() {
 real_node_down() {
   [[ -d $NODE_DIR || -f $PIDS/containerd ]] || return 0
   real_node_down_quietly
+  # A control plane that keeps running sees kwok nodes only again.
+  if apiserver_ready; then
+    kc delete node "$NODE_NAME" --ignore-not-found --wait=false >/dev/null || true
+    kc delete endpointslice kubernetes -n default --ignore-not-found >/dev/null || true
+  fi
   log "real node down"
 }
 

@@ -1,7 +1,8 @@
 """Shared test fixtures.
 
 `cluster` (session): the local control plane from hack/cluster.sh, started once per test run, or
-reused when one is already running (then it is left running afterwards). Tests that need it are
+reused when one is already running (then it is left running afterwards). Its real kubelet node is
+left to tests/realnode, which starts it (and stops it when it started it). Tests that need it are
 marked `@pytest.mark.cluster` (the marker pulls the fixture in) or ask for it by name.
 `namespace`: a fresh namespace for one test, deleted afterwards.
 `operator`: `qwen-operator run --all-namespaces --standalone` as a subprocess, one per test module.
@@ -63,7 +64,9 @@ def _cluster_running() -> bool:
 @pytest.fixture(scope="session")
 def cluster() -> Cluster:
     started_here = not _cluster_running()
-    subprocess.run([str(CLUSTER_SH), "up"], check=True, timeout=3600)
+    # The real kubelet node is started by the tests that use it (tests/realnode: `cluster.sh node-up`),
+    # so the kwok tests see only kwok nodes.
+    subprocess.run([str(CLUSTER_SH), "up"], check=True, timeout=3600, env={**os.environ, "QWEN_REAL_NODE": "0"})
     kubeconfig = subprocess.run([str(CLUSTER_SH), "kubeconfig"], check=True, capture_output=True, text=True).stdout.strip()
     os.environ["KUBECONFIG"] = kubeconfig
     yield Cluster(kubeconfig=kubeconfig)

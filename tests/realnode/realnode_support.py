@@ -8,6 +8,7 @@ from __future__ import annotations
 import http.client
 import ipaddress
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -47,6 +48,31 @@ class RealNode:
         return address
 
 
+CLUSTER_SH = REPO / "hack" / "cluster.sh"
+
+
+def real_node_running(kubeconfig: str) -> bool:
+    kubelet_pid = Path(kubeconfig).parent / "pids" / "kubelet"
+    if not kubelet_pid.exists():
+        return False
+    try:
+        os.kill(int(kubelet_pid.read_text()), 0)
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+def real_node_up() -> None:
+    """`hack/cluster.sh node-up`: starts the real node where it can run (QWEN_REAL_NODE, default
+    auto), or reuses it; either way the images are imported as the checkout is now. Where the node
+    cannot run, it records why, and real_node_or_skip skips with that."""
+    subprocess.run([str(CLUSTER_SH), "node-up"], check=True, timeout=3600)
+
+
+def real_node_down() -> None:
+    subprocess.run([str(CLUSTER_SH), "node-down"], check=True, timeout=600)
+
+
 def real_node_or_skip(kubeconfig: str, k8s) -> RealNode:
     """The running real node; a skip naming the missing piece where this machine cannot run one."""
     cluster_dir = Path(kubeconfig).parent
@@ -55,9 +81,6 @@ def real_node_or_skip(kubeconfig: str, k8s) -> RealNode:
     if not images_file.exists():
         reason = skip_file.read_text().strip() if skip_file.exists() else "hack/cluster.sh did not start the real node"
         pytest.skip(f"no real node: {reason}")
-    # The images as the checkout is now: an operator change since `cluster.sh up` is built and imported.
-    subprocess.run([str(REPO / "hack" / "images.sh"), "import", str(cluster_dir / "node" / "containerd" / "containerd.sock"), str(images_file)],
-                   check=True, timeout=1800)
     node = client.CoreV1Api(k8s).read_node(NODE_NAME)
     ready = next(c.status for c in node.status.conditions if c.type == "Ready")
     assert ready == "True", f"the real node {NODE_NAME} is not Ready"

@@ -32,7 +32,10 @@ from realnode_support import (
     patch_qwen_spec,
     qwen_pods,
     ready_condition,
+    real_node_down,
     real_node_or_skip,
+    real_node_running,
+    real_node_up,
     server_status,
     service_address,
     standin_spec,
@@ -46,7 +49,14 @@ API_KEY = "sk-realnode-" + uuid.uuid4().hex[:8]
 
 @pytest.fixture(scope="module")
 def node(cluster, k8s):
-    return real_node_or_skip(cluster.kubeconfig, k8s)
+    """The real node, started for these tests (and stopped after them) unless it already ran."""
+    started_here = not real_node_running(cluster.kubeconfig)
+    real_node_up()
+    try:
+        yield real_node_or_skip(cluster.kubeconfig, k8s)
+    finally:
+        if started_here:
+            real_node_down()
 
 
 @pytest.fixture(scope="module")
@@ -218,11 +228,18 @@ def test_killing_the_active_operator_pod_hands_over_to_the_other(k8s, node, work
     active = active_operator_pod(k8s, operator)
     client.CoreV1Api(k8s).delete_namespaced_pod(active, operator.release.namespace)
     killed = time.monotonic()
+
+    def other_leads():
+        try:
+            return active_operator_pod(k8s, operator) != active
+        except AssertionError:  # nobody holds the Lease for a moment
+            return False
+
+    wait_until(other_leads, 60, "another operator pod to take the leader Lease", interval=0.2)
+    took_over = time.monotonic()
+    write_figure("operator_failover_seconds", round(took_over - killed, 1))
     create_qwen(k8s, namespace, "after-failover", standin_spec(node))
-    handled = wait_until(lambda: (get_qwen(k8s, namespace, "after-failover").get("status") or {}).get("observedGeneration") == 1
-                         and time.monotonic(), 180, "the other operator to reconcile a new QwenInference", interval=0.25)
-    write_figure("operator_failover_seconds", round(handled - killed, 1))
-    survivors = {p.metadata.name for p in operator.pods(k8s)}
-    assert active not in survivors
+    wait_until(lambda: (get_qwen(k8s, namespace, "after-failover").get("status") or {}).get("observedGeneration") == 1,
+               60, "the new leader to reconcile a new QwenInference", interval=0.25)
     wait_until(lambda: ready_condition(k8s, namespace, "after-failover").get("status") == "True", 120, "after-failover Ready")
     delete_qwen(k8s, namespace, "after-failover")
