@@ -2,6 +2,7 @@
 // devices of RESOURCE (nvidia.com/gpu) through the kubelet's device-plugin gRPC API (v1beta1),
 // so the scheduler and the kubelet account for and allocate them exactly as on a GPU node.
 // There is no GPU: Allocate only hands the container NVIDIA_VISIBLE_DEVICES naming its devices.
+// Go, because k8s.io/kubelet ships the API's generated gRPC code at the pinned Kubernetes version.
 //
 //	fake-gpu-plugin --device-plugin-dir KUBELET_ROOT/device-plugins --count 8
 package main
