@@ -83,6 +83,8 @@ def slim_pod(pod: dict[str, Any]) -> dict[str, Any]:
         terminated = (c.get("lastState") or {}).get("terminated")
         if terminated:
             kept["lastState"] = {"terminated": {k: terminated[k] for k in ("exitCode", "reason") if k in terminated}}
+            if terminated.get("message"):  # the deep health agent's verdict (status.engine_hang)
+                kept["lastState"]["terminated"]["message"] = terminated["message"][:1024]
         return kept
 
     return {

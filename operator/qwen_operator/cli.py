@@ -12,8 +12,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable
 from urllib.parse import urlsplit
 
-import kopf
-
 log = logging.getLogger("qwen_operator")
 
 
@@ -40,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help="this replica's name in the Lease (default: POD_NAME)")
     run.add_argument("--liveness", default=os.environ.get("QWEN_OPERATOR_LIVENESS"), help="health endpoint, e.g. http://0.0.0.0:8080/healthz")
     run.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    from qwen_agent.server import build_parser as agent_parser
+
+    agent_parser(commands.add_parser("agent", help="the deep health agent beside vLLM in each engine pod (/livez, /health/detailed)"))
     return parser
 
 
@@ -73,6 +74,12 @@ class HealthServer:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "agent":
+        from qwen_agent.server import main as agent_main
+
+        return agent_main(args)
+    import kopf  # here, not at the top: the agent (`qwen-operator agent`) runs without it
+
     kopf.configure(verbose=args.verbose, log_format=kopf.LogFormat.FULL)
     if not args.verbose:
         # kopf logs every handler run at INFO; with event-driven reconciles that is noise.

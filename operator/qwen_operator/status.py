@@ -27,6 +27,8 @@ CONTAINER_START_FAILURES = frozenset({
     "ImagePullBackOff", "ErrImagePull", "ErrImageNeverPull", "InvalidImageName", "ImageInspectError",
     "CreateContainerConfigError", "CreateContainerError", "RunContainerError", "PreStartHookError", "PostStartHookError",
 })
+# The deep health agent's verdict, as vLLM's preStop hook leaves it in the termination message (qwen_agent.judge).
+ENGINE_VERDICT = re.compile(r"^(EngineHung|EngineUnhealthy): (.*)$", re.DOTALL)
 # Ready=False reasons that are steps of a normal rollout: their Events are Normal, not Warning.
 PROGRESS_REASONS = frozenset({"ModelLoading", "ModelDownloading", "ReplicasNotReady", "VolumePending", "RollingOut", "ScaledToZero"})
 # The kubelet's message for an env var or volume whose Secret is missing: `secret "NAME" not found`.
@@ -99,7 +101,14 @@ def pod_problems(pods: list[dict[str, Any]]) -> tuple[Problem | None, Problem | 
         for container in status.get("initContainerStatuses", []) + status.get("containerStatuses", []):
             waiting = container.get("state", {}).get("waiting") or {}
             restarts = container.get("restartCount", 0)
-            if waiting.get("reason") == "CrashLoopBackOff" or (restarts >= CRASH_LOOP_RESTARTS and not container.get("ready")):
+            if (hang := engine_hang(container)) is not None:
+                # Restarted by the deep health agent's verdict, and not serving again yet.
+                crash = crash or Problem(
+                    hang[0],
+                    f"container {container['name']} in pod {name} was restarted by its deep health check ({hang[1]}); "
+                    f"see kubectl logs {name} -c health-agent and kubectl logs {name} -c {container['name']} --previous",
+                )
+            elif waiting.get("reason") == "CrashLoopBackOff" or (restarts >= CRASH_LOOP_RESTARTS and not container.get("ready")):
                 last = container.get("lastState", {}).get("terminated") or {}
                 detail = f", last exit code {last['exitCode']}" if "exitCode" in last else ""
                 crash = crash or Problem(
@@ -123,6 +132,18 @@ def pod_problems(pods: list[dict[str, Any]]) -> tuple[Problem | None, Problem | 
             if "running" in container.get("state", {}):
                 loading = loading or Problem("ModelDownloading", f"pod {name} is downloading the model ({container['name']})", degraded=False)
     return unschedulable, crash, loading
+
+
+def engine_hang(container: dict[str, Any]) -> tuple[str, str] | None:
+    """(EngineHung or EngineUnhealthy, the agent's verdict) when the vLLM container was last stopped for a deep
+    health verdict and is not ready again: its preStop hook wrote the agent's verdict into the termination message."""
+    if container.get("name") != SERVER_CONTAINER or container.get("ready"):
+        return None
+    message = (((container.get("lastState") or {}).get("terminated") or {}).get("message") or "").strip()
+    match = ENGINE_VERDICT.match(message)
+    if match is None:
+        return None
+    return match.group(1), match.group(2).strip()
 
 
 def _template_hash(pod: dict[str, Any]) -> str | None:

@@ -331,6 +331,35 @@ class ProbeSpec(_Model):
     )
 
 
+class DeepHealthSpec(_Model):
+    """A health agent beside vLLM (the operator's image, `qwen-operator agent`) that tells a hung engine from a busy
+    one: vLLM's /health stays 200 while its engine is stuck. Every interval the agent checks that the generated-token
+    counter rises or, when it does not, that a 1-token completion on the served model answers within the timeout; after
+    failuresBeforeRestart failing checks in a row vLLM's liveness probe (which asks the agent) fails, the kubelet
+    restarts vLLM, and the status says EngineHung. Disabled, vLLM's liveness probe asks its own /health."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_rules(
+            {
+                "rule": "!has(self.timeoutSeconds) || !has(self.intervalSeconds) || self.timeoutSeconds <= self.intervalSeconds",
+                "message": "engine.deepHealth.timeoutSeconds must not exceed intervalSeconds (one check must end before the next)",
+            },
+        )
+    )
+
+    enabled: bool = Field(default=False, description="Run the health agent and point vLLM's liveness probe at it.")
+    interval_seconds: int = Field(default=10, ge=2, le=300, description="Seconds between two checks.")
+    timeout_seconds: int = Field(
+        default=5, ge=1, le=120,
+        description="Seconds the 1-token completion may take (each request of a check is bounded by it too).",
+    )
+    failures_before_restart: int = Field(
+        default=3, ge=1, le=60,
+        description="Failing checks in a row before vLLM is restarted: a hung engine is restarted about "
+        "intervalSeconds x failuresBeforeRestart after it stopped, plus one liveness probe period.",
+    )
+
+
 class RolloutSpec(_Model):
     """How the Deployment replaces pods when the spec changes."""
 
@@ -395,6 +424,9 @@ class EngineSpec(_Model):
         default=None, ge=30, le=86400, description="How long the model may take to load; defaults to the catalog's budget."
     )
     probes: ProbeSpec = Field(default_factory=ProbeSpec, description="Readiness and liveness probe timing under load.")
+    deep_health: DeepHealthSpec = Field(
+        default_factory=DeepHealthSpec, description="The health agent that restarts a hung engine (vLLM's /health stays 200 when it hangs)."
+    )
     extra_args: list[str] = Field(
         default_factory=list,
         max_length=64,

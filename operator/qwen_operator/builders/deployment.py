@@ -18,6 +18,7 @@ from qwen_operator.config import OperatorConfig
 
 CONTAINER_NAME = "vllm"
 DOWNLOAD_CONTAINER_NAME = "download-model"
+AGENT_CONTAINER_NAME = "health-agent"
 # Node labels of the NVIDIA GPU operator (gpu-feature-discovery).
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 GPU_COMPUTE_MAJOR_LABEL = "nvidia.com/gpu.compute.major"
@@ -25,6 +26,39 @@ GPU_COMPUTE_MINOR_LABEL = "nvidia.com/gpu.compute.minor"
 FP8_NATIVE_PREFERENCE_WEIGHT = 100
 HEALTH_PATH = "/health"
 STARTUP_PROBE_PERIOD_SECONDS = 10
+
+# The deep health agent (spec.engine.deepHealth; qwen_agent): its port, and vLLM's liveness probe on its /livez.
+# A probe may name another container's port in the same pod; the kubelet then restarts the probe's own
+# container (vLLM). The agent answers from memory, so the probe asks often, and two misses in a row (an agent
+# restarting) do not restart vLLM.
+AGENT_PORT = 8081
+AGENT_PORT_NAME = "agent"
+LIVEZ_PATH = "/livez"
+AGENT_HEALTH_PATH = "/healthz"
+DEEP_LIVENESS_PERIOD_SECONDS = 5
+DEEP_LIVENESS_TIMEOUT_SECONDS = 3
+DEEP_LIVENESS_FAILURE_THRESHOLD = 2
+# A hung engine has nothing to drain: the kubelet stops it within this many seconds instead of the pod's
+# terminationGracePeriodSeconds (probe-level terminationGracePeriodSeconds).
+HUNG_ENGINE_GRACE_SECONDS = 10
+AGENT_RESOURCES = {"cpu": "50m", "memory": "64Mi", "ephemeral-storage": "64Mi"}
+# vLLM's preStop hook with deep health: it asks the agent for its verdict and, when vLLM is being restarted
+# because the agent judged it hung, writes the verdict into vLLM's termination message (the operator reads it
+# from the pod's status: lastState.terminated.message) and skips the drain; otherwise it sleeps as the
+# preStop sleep does. Python's standard library only: every vLLM image has python3.
+PRE_STOP_VERDICT_SCRIPT = """\
+import sys, time, urllib.error, urllib.request
+try:
+    urllib.request.urlopen("http://127.0.0.1:%s%s" % (sys.argv[1], sys.argv[2]), timeout=2).read()
+except urllib.error.HTTPError as error:
+    if error.code == 500:
+        with open("/dev/termination-log", "w") as log:
+            log.write(error.read().decode("utf-8", "replace")[:3500])
+        sys.exit(0)
+except Exception:
+    pass
+time.sleep(float(sys.argv[3]))
+"""
 
 # Pod "restricted" Pod Security Standard: a fixed non-root user.
 RUN_AS_USER = 1000
@@ -299,12 +333,53 @@ def probes(spec: QwenInferenceSpec, model: ResolvedModel) -> dict[str, Any]:
             "failureThreshold": overrides.readiness_failure_threshold or timing.readiness_failure_threshold,
         },
         # Far more tolerant: a saturated pod leaves the Service long before it would be restarted.
-        "livenessProbe": {
+        "livenessProbe": deep_liveness_probe() if spec.engine.deep_health.enabled else {
             "httpGet": http_get(),
             "periodSeconds": timing.liveness_period_seconds,
             "timeoutSeconds": liveness_timeout,
             "failureThreshold": overrides.liveness_failure_threshold or timing.liveness_failure_threshold,
         },
+    }
+
+
+def deep_liveness_probe() -> dict[str, Any]:
+    """vLLM's liveness probe with deep health: the agent's /livez (the agent counts the failing checks itself)."""
+    return {
+        "httpGet": {"path": LIVEZ_PATH, "port": AGENT_PORT},
+        "periodSeconds": DEEP_LIVENESS_PERIOD_SECONDS,
+        "timeoutSeconds": DEEP_LIVENESS_TIMEOUT_SECONDS,
+        "failureThreshold": DEEP_LIVENESS_FAILURE_THRESHOLD,
+        "terminationGracePeriodSeconds": HUNG_ENGINE_GRACE_SECONDS,
+    }
+
+
+def agent_container(spec: QwenInferenceSpec, model: ResolvedModel, image: str) -> dict[str, Any]:
+    """The deep health agent: `qwen-operator agent` from the operator's image, beside vLLM."""
+    deep = spec.engine.deep_health
+    env = [_secret_env("VLLM_API_KEY", spec.auth.api_key_secret_ref)] if spec.auth.api_key_secret_ref is not None else []
+    return {
+        "name": AGENT_CONTAINER_NAME,
+        "image": image,
+        "args": [
+            "agent",
+            "--port", str(AGENT_PORT),
+            "--vllm-port", str(API_PORT),
+            "--served-model-name", model.served_name,
+            "--interval", str(deep.interval_seconds),
+            "--timeout", str(deep.timeout_seconds),
+            "--failures", str(deep.failures_before_restart),
+        ],  # fmt: skip
+        "ports": [{"name": AGENT_PORT_NAME, "containerPort": AGENT_PORT, "protocol": "TCP"}],
+        "env": env,
+        "resources": {"requests": dict(AGENT_RESOURCES), "limits": dict(AGENT_RESOURCES)},
+        # The agent's own liveness: its check loop runs (/livez is vLLM's, never the agent's).
+        "livenessProbe": {
+            "httpGet": {"path": AGENT_HEALTH_PATH, "port": AGENT_PORT_NAME},
+            "periodSeconds": 10,
+            "timeoutSeconds": 3,
+            "failureThreshold": 3,
+        },
+        "securityContext": container_security_context(),
     }
 
 
@@ -337,7 +412,11 @@ def server_container(spec: QwenInferenceSpec, model: ResolvedModel, image: str) 
         "volumeMounts": server_mounts(spec),
         "securityContext": container_security_context(),
     }
-    if spec.engine.pre_stop_sleep_seconds > 0:
+    if spec.engine.deep_health.enabled:
+        # The preStop sleep, plus: a restart for a hang leaves the agent's verdict in vLLM's termination message.
+        script = ["python3", "-c", PRE_STOP_VERDICT_SCRIPT, str(AGENT_PORT), LIVEZ_PATH, str(spec.engine.pre_stop_sleep_seconds)]
+        container["lifecycle"] = {"preStop": {"exec": {"command": script}}}
+    elif spec.engine.pre_stop_sleep_seconds > 0:
         # Keep serving while endpoints controllers and load balancers stop sending traffic.
         container["lifecycle"] = {"preStop": {"sleep": {"seconds": spec.engine.pre_stop_sleep_seconds}}}
     return container
@@ -497,7 +576,8 @@ def build_deployment(
         "terminationGracePeriodSeconds": (
             engine.pre_stop_sleep_seconds + engine.shutdown_timeout_seconds + TERMINATION_MARGIN_SECONDS
         ),
-        "containers": [server_container(spec, model, image)],
+        "containers": [server_container(spec, model, image)]
+        + ([agent_container(spec, model, config.operator_image)] if engine.deep_health.enabled else []),
         "volumes": volumes(owner, spec, model),
         **scheduling_fields(owner, spec, model),
     }
