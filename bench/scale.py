@@ -228,7 +228,7 @@ def main() -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     rows = []
     for count in counts:
-        nodes = math.ceil(2 * count / PODS_PER_NODE) + 1  # the floor's pods stay while the operator runs
+        nodes = math.ceil(count / PODS_PER_NODE) + 1
         env = {**CLUSTER_ENV, "QWEN_GPU_POOLS": f"NVIDIA-L4:{nodes}", "QWEN_GPUS_PER_NODE": str(PODS_PER_NODE + 10)}
         sh(str(REPO / "hack/cluster.sh"), "down", env=env)
         sh(str(REPO / "hack/cluster.sh"), "up", env=env)
@@ -242,6 +242,12 @@ def main() -> int:
             core = client.CoreV1Api(api)
             timeout = 120 + 1.0 * count
             floor = run_floor(api, fresh_namespace(core, f"floor-{count}"), count, timeout)
+            # The cluster must start the operator's run as idle as it started the floor's.
+            core.delete_namespace(f"floor-{count}")
+            deadline = time.monotonic() + timeout
+            while core.list_namespaced_pod(f"floor-{count}", limit=1).items and time.monotonic() < deadline:
+                time.sleep(2)
+            time.sleep(10)
             operator = run_operator(api, kubeconfig, fresh_namespace(core, f"operator-{count}"), count, timeout, args.steady, args.resync)
         finally:
             sh(str(REPO / "hack/cluster.sh"), "down", env=env)

@@ -30,6 +30,7 @@ REPLICAS_MANAGERS = "_replicasManagers"  # Deployments: field managers that own 
 DROPPED_ANNOTATIONS = ("kubectl.kubernetes.io/last-applied-configuration",)
 
 Key = tuple[str, str]
+OPTIONAL_KINDS = frozenset({"ServiceMonitor", "PrometheusRule"})
 
 
 def _slim_metadata(meta: dict[str, Any]) -> dict[str, Any]:
@@ -151,11 +152,12 @@ class ChildCaches:
             for informer in group:
                 informer.start()
 
-    def wait_synced(self, timeout: float) -> bool:
-        return all(informer.synced.wait(timeout) for informer in self.informers())
-
     def synced(self) -> bool:
-        return all(informer.synced.is_set() for informer in self.informers())
+        """The children's and pods' caches have listed once (nodes and optional kinds are not waited
+        for: a missing node label only delays a warning, and an optional API may vanish before its
+        first list)."""
+        return all(informer.synced.is_set() for group in self.children.values() for informer in group if informer.kind.kind not in OPTIONAL_KINDS) \
+            and all(informer.synced.is_set() for informer in self.pods)
 
     def children_of(self, key: Key, packed: bool = False) -> list[dict[str, Any]]:
         """The children of one QwenInference, unpacked (or as slim as they are kept, with packed)."""

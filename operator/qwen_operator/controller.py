@@ -45,8 +45,8 @@ PERSISTENT_FAILURES = 5  # transient failures in a row (about 15 s of backoff) b
 # A child's or pod's event queues its owner once the burst it belongs to has been quiet this long,
 # and at most CHILD_EVENT_MAX_WAIT after the burst began.
 CHILD_EVENT_QUIET = 1.0
-CHILD_EVENT_MAX_WAIT = 5.0
-CACHE_SYNC_TIMEOUT = 120.0
+CHILD_EVENT_MAX_WAIT = 10.0
+CACHE_SYNC_RETRY_SECONDS = 0.5
 
 
 class Controller:
@@ -130,8 +130,8 @@ class Controller:
         outcome = "error"
         body: dict[str, Any] | None = None
         try:
-            if not self.caches.synced() and not self.caches.wait_synced(CACHE_SYNC_TIMEOUT):
-                raise Retry("the caches have not synced yet")
+            if not self.caches.synced():
+                raise Retry("the caches have not listed yet", CACHE_SYNC_RETRY_SECONDS)  # never hold a worker
             with self._lock:
                 body = self.bodies.get(key)
                 previous_status = self.statuses.get(key)
