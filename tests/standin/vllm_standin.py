@@ -478,11 +478,14 @@ def write_where_vllm_writes() -> StartupWrites:
     hub_lock.parent.mkdir(parents=True, exist_ok=True)
     hub_lock.write_text("")
     writes.paths.append(str(hub_lock))
-    socket_path = os.path.join(tempfile.gettempdir(), f"vllm-stand-in-ipc-{os.getpid()}.sock")
+    # Unique names, as vLLM's (uuid4 ZMQ paths, random shared-memory names): /tmp and /dev/shm are emptyDirs that
+    # outlive a container restart, and a killed process leaves its socket and segment behind.
+    unique = f"{os.getpid()}-{os.urandom(4).hex()}"
+    socket_path = os.path.join(tempfile.gettempdir(), f"vllm-stand-in-ipc-{unique}.sock")
     writes.ipc_socket = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     writes.ipc_socket.bind(socket_path)
     writes.paths.append(socket_path)
-    writes.shared_memory = shared_memory.SharedMemory(name=f"vllm_stand_in_{os.getpid()}", create=True, size=1 << 20)
+    writes.shared_memory = shared_memory.SharedMemory(name=f"vllm_stand_in_{unique.replace('-', '_')}", create=True, size=1 << 20)
     writes.paths.append(f"/dev/shm/{writes.shared_memory.name}")
     return writes
 
