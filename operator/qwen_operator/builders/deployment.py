@@ -35,12 +35,12 @@ AGENT_PORT = 8081
 AGENT_PORT_NAME = "agent"
 LIVEZ_PATH = "/livez"
 AGENT_HEALTH_PATH = "/healthz"
-DEEP_LIVENESS_PERIOD_SECONDS = 5
-DEEP_LIVENESS_TIMEOUT_SECONDS = 3
+DEEP_LIVENESS_PERIOD_SECONDS = 3
+DEEP_LIVENESS_TIMEOUT_SECONDS = 2
 DEEP_LIVENESS_FAILURE_THRESHOLD = 2
-# A hung engine has nothing to drain: the kubelet stops it within this many seconds instead of the pod's
-# terminationGracePeriodSeconds (probe-level terminationGracePeriodSeconds).
-HUNG_ENGINE_GRACE_SECONDS = 10
+# A hung engine has nothing to drain (its requests never finish): the kubelet stops it within this many
+# seconds instead of the pod's terminationGracePeriodSeconds (probe-level terminationGracePeriodSeconds).
+HUNG_ENGINE_GRACE_SECONDS = 5
 AGENT_RESOURCES = {"cpu": "50m", "memory": "64Mi", "ephemeral-storage": "64Mi"}
 # vLLM's preStop hook with deep health: it asks the agent for its verdict and, when vLLM is being restarted
 # because the agent judged it hung, writes the verdict into vLLM's termination message (the operator reads it
