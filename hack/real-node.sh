@@ -60,23 +60,23 @@ SYSCTLS_TO_RESTORE=(net.ipv4.ip_forward net.bridge.bridge-nf-call-iptables net.b
 # where it can; where it cannot, $NODE_SKIP_FILE says why and the real-node tests skip with that).
 real_node_mode() { echo "${QWEN_REAL_NODE:-auto}"; }
 
-# Prints why the real node cannot run on this machine, or nothing when it can.
+# Prints why the real node cannot run on this machine ("needs ..."), or nothing when it can.
 real_node_missing() {
-  [[ $(id -u) -eq 0 ]] || { echo "root (containerd, the kubelet and the pod network need it)"; return; }
+  [[ $(id -u) -eq 0 ]] || { echo "needs root (containerd, the kubelet and the pod network need it)"; return; }
   local c
   for c in containerd runc ctr iptables ip6tables iptables-save socat buildah debootstrap gcc ip; do
-    command -v "$c" >/dev/null || { echo "the '$c' command (make tools installs it: hack/install-node-packages.sh)"; return; }
+    command -v "$c" >/dev/null || { echo "needs the '$c' command (make tools installs it: hack/install-node-packages.sh)"; return; }
   done
   for c in bridge host-local portmap; do
-    [[ -x /usr/lib/cni/$c ]] || { echo "the CNI plugin /usr/lib/cni/$c (Debian's containernetworking-plugins)"; return; }
+    [[ -x /usr/lib/cni/$c ]] || { echo "needs the CNI plugin /usr/lib/cni/$c (Debian's containernetworking-plugins)"; return; }
   done
-  [[ -d /sys/fs/cgroup/memory || -f /sys/fs/cgroup/cgroup.controllers ]] || { echo "the memory cgroup (/sys/fs/cgroup)"; return; }
-  grep -qw overlay /proc/filesystems || { echo "overlayfs (containerd's snapshotter)"; return; }
-  [[ -d /proc/sys/net/bridge ]] || { echo "bridge netfilter (br_netfilter)"; return; }
+  [[ -d /sys/fs/cgroup/memory || -f /sys/fs/cgroup/cgroup.controllers ]] || { echo "needs the memory cgroup (/sys/fs/cgroup)"; return; }
+  grep -qw overlay /proc/filesystems || { echo "needs overlayfs (containerd's snapshotter)"; return; }
+  [[ -d /proc/sys/net/bridge ]] || { echo "needs bridge netfilter (br_netfilter)"; return; }
   if [[ -f $NODE_OWNER_FILE ]]; then
     local owner; owner=$(cat "$NODE_OWNER_FILE")
     if [[ $owner != "$CLUSTER_DIR" && -f $owner/pids/containerd ]] && kill -0 "$(cat "$owner/pids/containerd")" 2>/dev/null; then
-      echo "the host's one real node, which the cluster in $owner runs"
+      echo "is in use by the cluster in $owner (one real node per host)"
       return
     fi
   fi
@@ -93,9 +93,9 @@ real_node_wanted() {
   esac
   missing=$(real_node_missing)
   [[ -z $missing ]] && return 0
-  [[ $mode == auto ]] || die "the real node needs $missing"
-  log "no real node: it needs $missing"
-  echo "the real node needs $missing" >"$NODE_SKIP_FILE"
+  [[ $mode == auto ]] || die "the real node $missing"
+  log "no real node: it $missing"
+  echo "the real node $missing" >"$NODE_SKIP_FILE"
   return 1
 }
 

@@ -2,7 +2,7 @@
 
 `cluster` (session): the local control plane from hack/cluster.sh, started once per test run, or
 reused when one is already running (then it is left running afterwards). Its real kubelet node is
-left to tests/realnode, which starts it (and stops it when it started it). Tests that need it are
+left to `real_node_session`, which the tests on it (tests/realnode) ask for. Tests that need it are
 marked `@pytest.mark.cluster` (the marker pulls the fixture in) or ask for it by name.
 `namespace`: a fresh namespace for one test, deleted afterwards.
 `operator`: `qwen-operator run --all-namespaces --standalone` as a subprocess, one per test module.
@@ -72,6 +72,26 @@ def cluster() -> Cluster:
     yield Cluster(kubeconfig=kubeconfig)
     if started_here:
         subprocess.run([str(CLUSTER_SH), "down"], check=False, timeout=120)
+
+
+def _pid_file_alive(pid_file: Path) -> bool:
+    try:
+        os.kill(int(pid_file.read_text()), 0)
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+@pytest.fixture(scope="session")
+def real_node_session(cluster: Cluster) -> Cluster:
+    """The cluster with its real kubelet node (`hack/cluster.sh node-up`), started once for every test
+    that asks, and stopped at the end of the run when it was started here. Where this machine cannot
+    run it, node-up records why, and tests/realnode (realnode_support.real_node_or_skip) skips with that."""
+    was_running = _pid_file_alive(Path(cluster.kubeconfig).parent / "pids" / "kubelet")
+    subprocess.run([str(CLUSTER_SH), "node-up"], check=True, timeout=3600)
+    yield cluster
+    if not was_running:
+        subprocess.run([str(CLUSTER_SH), "node-down"], check=False, timeout=600)
 
 
 @pytest.fixture(scope="session")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from datetime import datetime, timezone
 
 import pytest
 from kubernetes import client
@@ -32,10 +33,7 @@ from realnode_support import (
     patch_qwen_spec,
     qwen_pods,
     ready_condition,
-    real_node_down,
     real_node_or_skip,
-    real_node_running,
-    real_node_up,
     server_status,
     service_address,
     standin_spec,
@@ -47,16 +45,17 @@ pytestmark = [pytest.mark.cluster, pytest.mark.realnode]
 API_KEY = "sk-realnode-" + uuid.uuid4().hex[:8]
 
 
+def seconds_between(start: str, end: str) -> float:
+    """Seconds between two API timestamps (whole seconds: 2026-12-01T16:15:51Z)."""
+    def parse(stamp: str) -> datetime:
+        return datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+
+    return (parse(end) - parse(start)).total_seconds()
+
+
 @pytest.fixture(scope="module")
-def node(cluster, k8s):
-    """The real node, started for these tests (and stopped after them) unless it already ran."""
-    started_here = not real_node_running(cluster.kubeconfig)
-    real_node_up()
-    try:
-        yield real_node_or_skip(cluster.kubeconfig, k8s)
-    finally:
-        if started_here:
-            real_node_down()
+def node(real_node_session, k8s):
+    return real_node_or_skip(real_node_session.kubeconfig, k8s)
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +68,10 @@ def workspace(cluster, k8s, node):
     core.create_namespaced_secret(namespace, client.V1Secret(metadata=client.V1ObjectMeta(name="keys"), string_data={"api-key": API_KEY}))
     release = Release(name="qwen-operator", namespace=f"realnode-system-{suffix}")
     operator = install_operator(cluster, k8s, node, release, namespace)
+    # The QwenInferences of the later tests start now, side by side, so their waits overlap.
+    create_qwen(k8s, namespace, "slow", standin_spec(node, env={"VLLM_STANDIN_LOAD_SECONDS": "600"}, startup_timeout=30))
+    create_qwen(k8s, namespace, "crashy", standin_spec(node))
+    create_qwen(k8s, namespace, "rolling", standin_spec(node, replicas=2, pre_stop_sleep=5, shutdown_timeout=10))
     try:
         yield namespace, operator
     finally:
@@ -152,7 +155,7 @@ def test_the_engine_runs_as_uid_1000_on_a_read_only_root_and_all_its_writes_succ
 
 def test_a_load_longer_than_the_startup_budget_is_reported(k8s, node, workspace):
     namespace, _ = workspace
-    create_qwen(k8s, namespace, "slow", standin_spec(node, env={"VLLM_STANDIN_LOAD_SECONDS": "600"}, startup_timeout=30))
+    # "slow" loads for 600 s with a startup budget of 30 s (made with the workspace).
     # The kubelet kills the engine after the startup probe's budget (3 x 10 s) and restarts it.
     def restarted_and_reported():
         pods = qwen_pods(k8s, namespace, "slow")
@@ -175,10 +178,9 @@ def test_a_load_longer_than_the_startup_budget_is_reported(k8s, node, workspace)
 
 def test_the_kubelet_restarts_an_engine_that_exits_and_the_status_follows(k8s, node, workspace):
     namespace, _ = workspace
-    create_qwen(k8s, namespace, "crashy", standin_spec(node))
-    applied = time.monotonic()
-    wait_until(lambda: ready_condition(k8s, namespace, "crashy").get("status") == "True", 120, "crashy Ready", interval=0.25)
-    write_figure("apply_to_ready_seconds_without_load", round(time.monotonic() - applied, 1))
+    ready = wait_until(lambda: (c := ready_condition(k8s, namespace, "crashy")).get("status") == "True" and c, 120, "crashy Ready", interval=0.25)
+    created = get_qwen(k8s, namespace, "crashy")["metadata"]["creationTimestamp"]
+    write_figure("apply_to_ready_seconds_without_load", seconds_between(created, ready["lastTransitionTime"]))
     (pod,) = qwen_pods(k8s, namespace, "crashy")
     # The engine exits now, and its next two starts crash (the stand-in's fault switch); no pod is deleted.
     assert http_call(node, pod.status.pod_ip, "PUT", "/stand-in/fault?mode=exit&crash_starts=2")[0] == 204
@@ -196,7 +198,6 @@ def test_the_kubelet_restarts_an_engine_that_exits_and_the_status_follows(k8s, n
 def test_a_rolling_update_under_steady_load_fails_no_request(k8s, node, workspace):
     """2 replicas, maxNumSeqs changed under load: preStop sleep, drain and readiness gating together."""
     namespace, _ = workspace
-    create_qwen(k8s, namespace, "rolling", standin_spec(node, replicas=2, pre_stop_sleep=5, shutdown_timeout=10))
     wait_until(lambda: ready_condition(k8s, namespace, "rolling").get("status") == "True", 120, "rolling Ready with 2 replicas")
     old_pods = {p.metadata.uid for p in qwen_pods(k8s, namespace, "rolling")}
     address = service_address(k8s, namespace, "rolling")
