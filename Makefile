@@ -27,6 +27,7 @@ tools:
 	hack/install-node-packages.sh
 	hack/build-tools.sh all
 	hack/install-prometheus.sh
+	hack/images.sh prebuild
 
 cluster-up: venv
 	hack/cluster.sh up

@@ -2,6 +2,7 @@
 # Builds the images the real node runs, without any registry, and imports them into its containerd.
 #
 #   hack/images.sh build                 build every image (each is cached by the hash of its inputs)
+#   hack/images.sh prebuild              the same where the real node can run (make tools), else say why
 #   hack/images.sh import SOCKET FILE    build, then import every image into the containerd at SOCKET,
 #                                        and write their references to FILE (NAME=REFERENCE lines)
 #   hack/images.sh ref NAME              print the reference of base|pause|operator|standin
@@ -139,7 +140,18 @@ build_dockerfile() { # name dockerfile context [build-args...]
   export_archive "$r"
   # Only the archive is kept: storage would otherwise grow by one copy per change.
   "${BUILDAH[@]}" rmi "$r" >/dev/null 2>&1 || true
+  prune_archives "$r"
   log "$name: built in $((SECONDS - t0))s"
+}
+
+# Keeps the newest archives of an image (each source change makes one; other clusters may still
+# import a recent one) and deletes the older ones.
+ARCHIVES_KEPT=3
+prune_archives() { # reference
+  local r=$1 repository
+  repository=${r%:*}; repository=${repository#localhost/}
+  # shellcheck disable=SC2012
+  ls -t "$ARCHIVES/$repository"-*.tar 2>/dev/null | tail -n +$((ARCHIVES_KEPT + 1)) | xargs -r rm -f
 }
 
 build_pause() {
@@ -204,9 +216,20 @@ import_all() { # socket refs-file
   mv "$refs_file.tmp" "$refs_file"
 }
 
+# make tools builds the images ahead of the tests, unless the real node is off or could not run here.
+prebuild() {
+  if [[ ${QWEN_REAL_NODE:-auto} == 0 ]]; then log "QWEN_REAL_NODE=0: not building the real node's images"; return; fi
+  if [[ $(id -u) -ne 0 ]] || ! command -v buildah >/dev/null || ! command -v debootstrap >/dev/null; then
+    log "not building the real node's images: they need root, buildah and debootstrap (hack/install-node-packages.sh)"
+    return
+  fi
+  build_all
+}
+
 case "${1:-}" in
   build) build_all ;;
+  prebuild) prebuild ;;
   import) [[ -n ${3:-} ]] || die "usage: $0 import CONTAINERD_SOCKET REFS_FILE"; import_all "$2" "$3" ;;
   ref) ref "${2:?usage: $0 ref base|pause|operator|standin}" ;;
-  *) echo "usage: $0 build | import CONTAINERD_SOCKET REFS_FILE | ref NAME" >&2; exit 2 ;;
+  *) echo "usage: $0 build | prebuild | import CONTAINERD_SOCKET REFS_FILE | ref NAME" >&2; exit 2 ;;
 esac
