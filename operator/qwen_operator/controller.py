@@ -23,6 +23,7 @@ Failures are kept per resource:
 
 from __future__ import annotations
 
+import copy
 import logging
 import threading
 import time
@@ -83,6 +84,7 @@ class Controller:
 
     def observed(self, body: dict[str, Any]) -> None:
         """kopf saw this QwenInference (added, changed, listed): keep it, and queue it unless only its status changed."""
+        body = copy.deepcopy(body)  # kopf's nested dicts are its own: keep a copy nothing else can change
         meta = body["metadata"]
         key = (meta["namespace"], meta["name"])
         with self._lock:

@@ -224,7 +224,7 @@ def plan(desired: list[dict[str, Any]], live: list[dict[str, Any]], owner: Owner
             kind, name = key(manifest)
             result.conflicts.append(status_lib.Problem(
                 "NameConflict",
-                f"{kind} {owner.namespace}/{name} already exists and {ownership(current)}; the operator never adopts, "
+                f"{kind} {owner.namespace}/{name} already exists and {ownership(current)}, not by this QwenInference (uid {owner.uid}); the operator never adopts, "
                 f"changes or deletes it. Rename the QwenInference or remove that {kind}",
             ))
             continue

@@ -99,6 +99,8 @@ class Informer:
             old = self._objects.get(key)
             if old is not None and _without_version(old) == _without_version(obj):
                 self._objects[key] = obj  # keep the newest resourceVersion, report nothing
+                if self.index_key is not None:
+                    self._index.setdefault(self.index_key(obj), {})[key] = obj
                 return
             self._objects[key] = obj
             if self.index_key is not None:
