@@ -20,6 +20,7 @@ import argparse
 import json
 import math
 import os
+import signal
 import socket
 import statistics
 import subprocess
@@ -143,8 +144,10 @@ def run_operator(api, kubeconfig: str, namespace: str, count: int, timeout: floa
     env = {**os.environ, "KUBECONFIG": kubeconfig, "QWEN_OPERATOR_RESYNC_SECONDS": str(resync),
            "QWEN_OPERATOR_METRICS_PORT": str(port), "QWEN_OPERATOR_METRICS_ADDRESS": "127.0.0.1"}
     with open(log_path, "w") as log:
-        operator = subprocess.Popen(["timeout", "7200", str(REPO / ".venv/bin/qwen-operator"), "run", "--namespace", namespace],
-                                    env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        # Its own session, and the timeout as the last resort: a benchmark killed midway must not
+        # leave an operator behind to act on the next run's cluster.
+        operator = subprocess.Popen(["timeout", str(int(2 * timeout + steady_seconds + 300)), str(REPO / ".venv/bin/qwen-operator"), "run", "--namespace", namespace],
+                                    env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -200,11 +203,11 @@ def run_operator(api, kubeconfig: str, namespace: str, count: int, timeout: floa
             "steady_cpu_fraction": steady_cpu / steady_wall,
         }
     finally:
-        operator.terminate()
+        os.killpg(operator.pid, signal.SIGTERM)
         try:
             operator.wait(timeout=30)
         except subprocess.TimeoutExpired:
-            operator.kill()
+            os.killpg(operator.pid, signal.SIGKILL)
 
 
 def fresh_namespace(core, name: str) -> str:
@@ -219,6 +222,7 @@ def fresh_namespace(core, name: str) -> str:
 
 
 def main() -> int:
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally blocks: stop the operator, the cluster
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--counts", default="100,1000", help="comma-separated N (default 100,1000; 5000 takes about an hour)")
     parser.add_argument("--steady", type=float, default=60.0, help="steady-state window in seconds (default 60)")
