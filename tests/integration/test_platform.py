@@ -101,6 +101,8 @@ def test_two_replicas_spread_over_nodes_with_sized_storage_probes_and_runtime_cl
         "model": {"name": BF16_SMALL, "maxModelLen": 8192},
         "replicas": 2,
         "scheduling": {"runtimeClassName": runtime_class, "nodeSelector": {"node-role.qwenops.io/gpu": "true"}},
+        # The catalog's timing of vLLM's own /health liveness is checked: without the deep health agent.
+        "engine": {"deepHealth": {"enabled": False}},
     })
     wait_ready(k8s, namespace, "spread", timeout=120)
     pod_spec = deployment(k8s, namespace, "spread").spec.template.spec

@@ -182,9 +182,12 @@ def test_api_key_comes_from_the_secret_and_probes_stay_on_health(operator, k8s, 
     assert (key.value_from.secret_key_ref.name, key.value_from.secret_key_ref.key) == ("qwen-keys", "api-key")
     assert not any(a == "--api-key" or a.startswith("--api-key=") for a in server.args)
     assert "VLLM_API_KEY" not in env_of(pod.spec.init_containers[0])  # the download step has no use for it
-    for probe in (server.startup_probe, server.readiness_probe, server.liveness_probe):
+    for probe in (server.startup_probe, server.readiness_probe):
         assert probe.http_get.path == "/health" and probe.http_get.port == "http"
         assert not probe.http_get.http_headers  # /health needs no key
+    # Liveness asks the deep health agent beside vLLM (spec.engine.deepHealth, on by default), which holds the key itself.
+    assert (server.liveness_probe.http_get.path, server.liveness_probe.http_get.port) == ("/livez", 8081)
+    assert not server.liveness_probe.http_get.http_headers
 
 
 # --- disruptions and rollouts ----------------------------------------------------------------
@@ -229,7 +232,9 @@ def test_rollout_keeps_every_replica_available_and_drains_in_time(operator, k8s,
 
     for pod in live_pods(k8s, namespace, "rolling"):
         server = container(pod.spec)
-        pre_stop = server.lifecycle.pre_stop.sleep.seconds
+        hook = server.lifecycle.pre_stop
+        # With deep health (on by default) the hook is an exec that asks the agent for a verdict, then sleeps its last argument.
+        pre_stop = hook.sleep.seconds if hook.sleep else int(hook._exec.command[-1])
         shutdown = int(server.args[server.args.index("--shutdown-timeout") + 1])
         assert (pre_stop, shutdown) == (7, 20)
         assert pod.spec.termination_grace_period_seconds > pre_stop + shutdown

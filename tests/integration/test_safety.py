@@ -261,7 +261,9 @@ def test_ready_is_false_while_the_old_pod_serves_a_stuck_rollout(operator, k8s, 
 
 def test_removed_optional_fields_are_rolled_out(operator, k8s, namespace):
     apps = client.AppsV1Api(k8s)
-    create(k8s, namespace, "optional", {"scheduling": {"tolerations": [{"key": "team", "operator": "Exists"}], "nodeSelector": {"node-role.qwenops.io/gpu": "true"}}, "engine": {"preStopSleepSeconds": 5}})
+    create(k8s, namespace, "optional", {"scheduling": {"tolerations": [{"key": "team", "operator": "Exists"}], "nodeSelector": {"node-role.qwenops.io/gpu": "true"}},
+                                          # The preStop sleep (not the deep health agent's hook) is the optional field removed here.
+                                          "engine": {"preStopSleepSeconds": 5, "deepHealth": {"enabled": False}}})
     wait_ready(k8s, namespace, "optional")
     pod_spec = apps.read_namespaced_deployment("optional", namespace).spec.template.spec
     assert any(t.key == "team" for t in pod_spec.tolerations or []) and pod_spec.node_selector

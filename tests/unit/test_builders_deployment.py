@@ -237,7 +237,8 @@ def test_api_key_and_hf_token_only_as_secret_refs() -> None:
                 assert "value" not in entry
         words = container.get("args", []) + container.get("command", [])
         assert not any(w.split("=")[0] in ("--api-key", "--token", "--hf-token") for w in words)
-    assert serialized.count("secretKeyRef") == 2
+    # vLLM's key, the deep health agent's (the same Secret: its 1-token completion needs it) and the download's token.
+    assert serialized.count("secretKeyRef") == 3
 
 
 def test_no_secret_env_without_refs() -> None:
@@ -353,7 +354,7 @@ def test_ephemeral_storage_covers_the_emptydirs_and_the_model(source: dict[str, 
     volumes = {v["name"]: v for v in pod(d)["volumes"]}
     if cache_volume is not None:
         assert volumes["model-cache"]["emptyDir"] == {"sizeLimit": cache_volume}
-    for container in pod(d)["containers"] + init_containers(d):
+    for container in [server(d)] + init_containers(d):  # the deep health agent writes only its log
         assert container["resources"]["requests"]["ephemeral-storage"] == ephemeral
         assert container["resources"]["limits"]["ephemeral-storage"] == ephemeral
 
@@ -378,6 +379,12 @@ def test_startup_probe_threshold_from_budget(spec_fields: dict[str, Any], thresh
     assert probe["timeoutSeconds"] >= 5
 
 
+def without_deep_health(spec_fields: dict[str, Any]) -> dict[str, Any]:
+    """spec_fields with spec.engine.deepHealth off: vLLM's liveness probe then asks its own /health (tests/unit/test_deep_health.py
+    covers the probe on the agent)."""
+    return {**spec_fields, "engine": {**spec_fields.get("engine", {}), "deepHealth": {"enabled": False}}}
+
+
 @pytest.mark.parametrize(
     ("spec_fields", "readiness", "liveness"),
     [
@@ -395,7 +402,7 @@ def test_startup_probe_threshold_from_budget(spec_fields: dict[str, Any], thresh
     ],
 )
 def test_readiness_and_liveness(spec_fields: dict[str, Any], readiness: tuple[int, int], liveness: tuple[int, int]) -> None:
-    c = server(build(make_spec(**spec_fields)))
+    c = server(build(make_spec(**without_deep_health(spec_fields))))
     health = {"path": "/health", "port": "http"}
     assert c["readinessProbe"] == {"httpGet": health, "periodSeconds": 10, "timeoutSeconds": readiness[0], "failureThreshold": readiness[1]}
     assert c["livenessProbe"] == {"httpGet": health, "periodSeconds": 20, "timeoutSeconds": liveness[0], "failureThreshold": liveness[1]}
@@ -411,7 +418,7 @@ def test_readiness_and_liveness(spec_fields: dict[str, Any], readiness: tuple[in
 
 @pytest.mark.parametrize(("pre_stop", "shutdown", "grace"), [(10, 30, 55), (0, 0, 15), (60, 600, 675)])
 def test_drain(pre_stop: int, shutdown: int, grace: int) -> None:
-    d = build(make_spec(engine={"preStopSleepSeconds": pre_stop, "shutdownTimeoutSeconds": shutdown}))
+    d = build(make_spec(engine={"preStopSleepSeconds": pre_stop, "shutdownTimeoutSeconds": shutdown, "deepHealth": {"enabled": False}}))
     assert pod(d)["terminationGracePeriodSeconds"] == grace
     assert flag_value(args(d), "--shutdown-timeout") == str(shutdown)
     lifecycle = server(d).get("lifecycle")

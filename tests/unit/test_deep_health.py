@@ -33,6 +33,16 @@ def containers(spec_fields: dict[str, Any], config: OperatorConfig = OperatorCon
 DEEP = {"engine": {"deepHealth": {"enabled": True, "intervalSeconds": 4, "timeoutSeconds": 2, "failuresBeforeRestart": 5}}}
 
 
+def test_on_by_default() -> None:
+    assert list(containers({})) == ["vllm", AGENT_CONTAINER_NAME]
+
+
+@pytest.mark.parametrize("pre_stop", [0, 10])
+def test_the_pre_stop_hook_keeps_the_drain_sleep(pre_stop: int) -> None:
+    command = containers({"engine": {"preStopSleepSeconds": pre_stop}})["vllm"]["lifecycle"]["preStop"]["exec"]["command"]
+    assert command[-1] == str(pre_stop)
+
+
 def test_disabled_keeps_vllms_own_health_liveness_and_no_agent() -> None:
     found = containers({"engine": {"deepHealth": {"enabled": False}}})
     assert list(found) == ["vllm"]

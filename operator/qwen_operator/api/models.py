@@ -347,7 +347,7 @@ class DeepHealthSpec(_Model):
         )
     )
 
-    enabled: bool = Field(default=False, description="Run the health agent and point vLLM's liveness probe at it.")
+    enabled: bool = Field(default=True, description="Run the health agent and point vLLM's liveness probe at it.")
     interval_seconds: int = Field(default=10, ge=2, le=300, description="Seconds between two checks.")
     timeout_seconds: int = Field(
         default=5, ge=1, le=120,
