@@ -89,7 +89,13 @@ def test_metrics_are_vllm_shaped_and_follow_the_control_endpoint(served):
     assert before["vllm:num_requests_waiting"][labels] == 0
     assert call("PUT", f"{served}/stand-in/queue?waiting=20&running=3&kv=0.5")[0] == 204
     call("POST", f"{served}/v1/completions", {"model": "qwen3-0.6b-fp8", "prompt": "hi"}, token="sk-test")
+    # The stand-in counts a request as running until its handler returns, a moment after the
+    # client has the answer: read again until that request has left the gauge.
+    deadline = time.monotonic() + 5
     after = metric_values(served)
+    while after["vllm:num_requests_running"][labels] != 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+        after = metric_values(served)
     assert after["vllm:num_requests_waiting"][labels] == 20
     assert after["vllm:num_requests_running"][labels] == 3
     assert after["vllm:kv_cache_usage_perc"][labels] == 0.5
