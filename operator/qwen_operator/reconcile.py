@@ -486,11 +486,14 @@ def apply_child(api: KubeApi, manifest: dict[str, Any], live: dict[str, Any] | N
     if kind == "Deployment" and live is not None and spec.autoscaling.enabled and owns_replicas(live, api.field_manager):
         # Hand replicas over before the apply that leaves them out, or they would reset to 1.
         api.apply(hpa_handover(live), field_manager=HPA_HANDOVER_MANAGER)
-    try:
+    def apply_and_record(done: list[str]) -> None:
         written = api.apply(manifest)
-        result.applied.append(f"{kind}/{name}")
+        done.append(f"{kind}/{name}")
         result.written[(kind, name)] = written
         remember(written)
+
+    try:
+        apply_and_record(result.applied)
         return None
     except KubeError as error:
         if error.transient:
@@ -506,10 +509,7 @@ def apply_child(api: KubeApi, manifest: dict[str, Any], live: dict[str, Any] | N
         log.info("recreating %s %s/%s: the API refused the apply because of the live object: %s", kind, live["metadata"]["namespace"], name, first_error.message)
         api.delete(kind_of(manifest), live["metadata"]["namespace"], name, live["metadata"].get("uid"))
         try:
-            written = api.apply(manifest)
-            result.recreated.append(f"{kind}/{name}")
-            result.written[(kind, name)] = written
-            remember(written)
+            apply_and_record(result.recreated)
             return None
         except KubeError as error:
             if error.transient:
