@@ -71,3 +71,6 @@ lint: venv
 lock:
 	$(PYTHON) -m venv /tmp/qwen-uv && /tmp/qwen-uv/bin/pip install -q uv==0.13.9
 	/tmp/qwen-uv/bin/uv pip compile pyproject.toml --extra dev --generate-hashes --python-version 3.11 -o requirements.lock
+	. hack/versions.env && echo "vllm-router==$${VLLM_ROUTER_VERSION#v}" > images/router/requirements.in
+	/tmp/qwen-uv/bin/uv pip compile images/router/requirements.in --generate-hashes --python-version 3.11 \
+	  --python-platform x86_64-manylinux_2_28 -o images/router/requirements.lock
