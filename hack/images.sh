@@ -5,7 +5,7 @@
 #   hack/images.sh prebuild              the same where the real node can run (make tools), else say why
 #   hack/images.sh import SOCKET FILE    build, then import every image into the containerd at SOCKET,
 #                                        and write their references to FILE (NAME=REFERENCE lines)
-#   hack/images.sh ref NAME              print the reference of base|pause|operator|standin
+#   hack/images.sh ref NAME              print the reference of base|pause|operator|standin|router
 #
 # The images:
 #   base      Debian (DEBIAN_SUITE in hack/versions.env) made with debootstrap from Debian's mirror,
@@ -13,6 +13,9 @@
 #   pause     the pod sandbox: the pause binary hack/build-tools.sh compiles from k8s.io/kubernetes
 #   operator  images/operator/Dockerfile, BASE=the Debian base
 #   standin   tests/standin/Dockerfile (the vLLM stand-in, not vLLM), BASE=the Debian base
+#   router    images/router/Dockerfile (vllm-router VLLM_ROUTER_VERSION from its hash-locked wheel), BASE=the
+#             Debian base; on import it is also tagged localhost/qwen-vllm-router:VLLM_ROUTER_VERSION, the
+#             operator's default router image (operator/qwen_operator/config.py)
 # The Dockerfiles take their base as the build argument BASE, so the same files build elsewhere
 # against public bases.
 #
@@ -65,13 +68,21 @@ standin_hash() {
   { base_hash; for f in $(standin_files); do [[ -f $f ]] && sha256sum <"$f"; done; } | hash_of
 }
 
+router_files() { echo "$REPO_DIR/images/router/Dockerfile" "$REPO_DIR/images/router/requirements.lock"; }
+router_hash() {
+  { base_hash; echo "$VLLM_ROUTER_VERSION"; for f in $(router_files); do sha256sum <"$f"; done; } | hash_of
+}
+# The name the operator deploys by default: the same on every node, whatever the build's hash.
+ROUTER_IMAGE=localhost/qwen-vllm-router:$VLLM_ROUTER_VERSION
+
 ref() {
   case "$1" in
     base) echo "localhost/qwen-debian-base:$DEBIAN_SUITE-$(base_hash)" ;;
     pause) echo "localhost/qwen-pause:$KUBERNETES_VERSION-$(pause_hash)" ;;
     operator) echo "localhost/qwen-operator:$(operator_hash)" ;;
     standin) echo "localhost/qwen-vllm-standin:$(standin_hash)" ;;
-    *) die "unknown image: $1 (base, pause, operator, standin)" ;;
+    router) echo "localhost/qwen-vllm-router:$VLLM_ROUTER_VERSION-$(router_hash)" ;;
+    *) die "unknown image: $1 (base, pause, operator, standin, router)" ;;
   esac
 }
 archive_for() { local r=$1; echo "$ARCHIVES/${r#localhost/}.tar" | tr ':' '-'; }
@@ -183,6 +194,15 @@ build_standin() {
   rm -rf "$context"
 }
 
+# The router's context is images/router: its Dockerfile and the hash-locked requirements.
+build_router() {
+  local context
+  context=$(mktemp -d)
+  cp $(router_files) "$context/"
+  build_dockerfile router "$context/Dockerfile" "$context" --build-arg "BASE=$(ref base)"
+  rm -rf "$context"
+}
+
 build_all() {
   command -v buildah >/dev/null || die "buildah is missing: run make tools (hack/install-node-packages.sh)"
   [[ $(id -u) -eq 0 ]] || die "building images needs root (debootstrap, buildah's storage)"
@@ -190,10 +210,11 @@ build_all() {
   "$HACK_DIR/build-tools.sh" pause
   build_pause
   local need_base=0 name
-  for name in operator standin; do [[ -f $(archive_of "$name") ]] || need_base=1; done
+  for name in operator standin router; do [[ -f $(archive_of "$name") ]] || need_base=1; done
   if ((need_base)); then build_base; fi
   build_operator
   build_standin
+  build_router
 }
 
 # Imports every archive whose image the containerd does not have yet (the name carries the hash),
@@ -203,7 +224,7 @@ import_all() { # socket refs-file
   build_all
   present=$(ctr --address "$socket" --namespace k8s.io images list --quiet)
   : >"$refs_file.tmp"
-  for name in pause operator standin; do
+  for name in pause operator standin router; do
     r=$(ref "$name")
     [[ -f $(archive_for "$r") ]] || die "no archive for $r (its files changed during the build? run it again)"
     if ! grep -qxF "$r" <<<"$present"; then
@@ -213,6 +234,8 @@ import_all() { # socket refs-file
     fi
     echo "$name=$r" >>"$refs_file.tmp"
   done
+  # The router's default name points at the build just imported (a changed build moves the tag).
+  ctr --address "$socket" --namespace k8s.io images tag --force "$(ref router)" "$ROUTER_IMAGE" >/dev/null
   mv "$refs_file.tmp" "$refs_file"
 }
 
@@ -230,6 +253,6 @@ case "${1:-}" in
   build) build_all ;;
   prebuild) prebuild ;;
   import) [[ -n ${3:-} ]] || die "usage: $0 import CONTAINERD_SOCKET REFS_FILE"; import_all "$2" "$3" ;;
-  ref) ref "${2:?usage: $0 ref base|pause|operator|standin}" ;;
+  ref) ref "${2:?usage: $0 ref base|pause|operator|standin|router}" ;;
   *) echo "usage: $0 build | prebuild | import CONTAINERD_SOCKET REFS_FILE | ref NAME" >&2; exit 2 ;;
 esac
