@@ -9,10 +9,26 @@ Routes (as vLLM v0.19 serves them):
   GET  /metrics                 Prometheus text: vllm:num_requests_waiting, vllm:num_requests_running,
                                 vllm:kv_cache_usage_perc (gauges, labels model_name and engine),
                                 vllm:request_success_total, vllm:prompt_tokens_total,
-                                vllm:generation_tokens_total (counters),
+                                vllm:generation_tokens_total, vllm:prefix_cache_queries_total,
+                                vllm:prefix_cache_hits_total (counters, in tokens, as vLLM's),
                                 vllm:e2e_request_latency_seconds, vllm:time_to_first_token_seconds
                                 (histograms) and http_requests_total{handler,method,status}
 The API key (--api-key or VLLM_API_KEY) protects /v1/* only, as in vLLM; /health and /metrics stay open.
+Every completion answers with the header X-Stand-In-Pod (the pod's name: the host name under `serve`,
+pod-<port> under `pods`), so a test can tell which engine answered behind a Service or a router.
+
+An emulated prefix cache (vLLM's automatic prefix caching, without a model), on every pod:
+  - the prompt is the chat rendered with Qwen's ChatML template (or the completion's prompt); with no
+    tokenizer, a token is counted as 4 characters (the usual rule of thumb for English BPE text);
+  - it is cut into full blocks of 16 tokens (vLLM's default block size), each block's hash chained to
+    the previous one's; an LRU of block hashes holds VLLM_STANDIN_PREFIX_CACHE_TOKENS (16384) tokens;
+  - the cached part of a prompt is its leading run of blocks found in the LRU; the counters above,
+    usage.prompt_tokens and usage.prompt_tokens_details.cached_tokens report it;
+  - with VLLM_STANDIN_PREFILL_TOKENS_PER_SECOND=R (0, off: nothing waits, as before) the uncached part
+    costs (uncached tokens)/R seconds of emulated prefill on the pod's one emulated GPU, first come
+    first served, and the completion waits for it. Its emulated time to first token (queue + prefill)
+    goes into vllm:time_to_first_token_seconds and the header X-Stand-In-Emulated-TTFT-Ms. These are
+    EMULATED figures, not measurements of vLLM.
 
 Like vLLM (`serve` only):
   - it refuses command-line flags that vLLM (the version in vllm_flags.yaml, the operator's list)
@@ -36,6 +52,8 @@ Fault switches, for tests (environment at start, or the control endpoint):
 Control endpoint, for tests (not part of vLLM, no API key):
   PUT  /stand-in/queue?waiting=N[&running=M][&kv=F]   sets the gauges
   PUT  /stand-in/health?status=503                    makes /health answer that status
+  PUT  /stand-in/prefix-cache?[tokens_per_second=R][&capacity_tokens=C]
+                                                      empties the emulated prefix cache, sets its rate/size
   PUT  /stand-in/fault?mode=none|hang|slow|exit[&seconds=S][&crash_starts=N]
                                                       sets the fault; exit ends the process now (exit
                                                       code 1), after arranging N crashing starts
@@ -46,15 +64,19 @@ Two ways to run it:
   vllm_standin.py serve MODEL [--port 8000] [--host H] [--served-model-name N] [--api-key K] [vLLM flags...]
       one fake pod, as `vllm serve` is called; tests/standin/vllm is a `vllm` executable that runs
       this. The host defaults to 127.0.0.1 (VLLM_STANDIN_HOST overrides it: images set 0.0.0.0).
-  vllm_standin.py pods --count N --served-model-name NAME [--ports-file PATH]
+  vllm_standin.py pods --count N --served-model-name NAME [--ports-file PATH] [--keep-alive]
+                       [--prefill-tokens-per-second R] [--prefix-cache-tokens C]
       N fake pods in one process, each on its own free port on 127.0.0.1; prints the ports as one
-      JSON line ({"ports": [...]}) on stdout (and into --ports-file) once all listen.
+      JSON line ({"ports": [...]}) on stdout (and into --ports-file) once all listen. --keep-alive
+      answers HTTP/1.1 and keeps connections open, as vLLM's uvicorn does (HTTP/1.0 otherwise).
 Both stop by themselves after --stand-in-max-seconds (default 7200), the stand-in's only own flag.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
+import hashlib
 import json
 import os
 import signal
@@ -80,6 +102,69 @@ CANNED_ANSWER = "stand-in"
 # What one canned request "took": the histograms need observations with a plausible shape.
 CANNED_LATENCY_SECONDS = 0.42
 CANNED_TTFT_SECONDS = 0.03
+# The emulated prefix cache (see the module docstring).
+CHARS_PER_TOKEN = 4
+BLOCK_TOKENS = 16
+DEFAULT_PREFIX_CACHE_TOKENS = 16384
+
+
+def render_prompt(request: dict) -> str:
+    """The prompt text vLLM would tokenize: chat messages through Qwen's ChatML template, or `prompt`."""
+    if "messages" in request:
+        parts = []
+        for message in request.get("messages") or []:
+            content = message.get("content") if isinstance(message, dict) else ""
+            if isinstance(content, list):  # OpenAI content parts
+                content = "".join(part.get("text", "") for part in content if isinstance(part, dict))
+            parts.append(f"<|im_start|>{message.get('role', 'user') if isinstance(message, dict) else 'user'}\n{content or ''}<|im_end|>\n")
+        return "".join(parts) + "<|im_start|>assistant\n"
+    prompt = request.get("prompt", "")
+    return prompt if isinstance(prompt, str) else json.dumps(prompt)
+
+
+class PrefixCache:
+    """vLLM's automatic prefix caching, emulated: an LRU of full-block hashes, each chained to the one
+    before, so a block is found only with the whole prefix before it. Sizes are in tokens of
+    CHARS_PER_TOKEN characters. Thread-safe."""
+
+    def __init__(self, capacity_tokens: int = DEFAULT_PREFIX_CACHE_TOKENS, tokens_per_second: float = 0.0):
+        self.capacity_blocks = max(0, capacity_tokens) // BLOCK_TOKENS
+        self.tokens_per_second = tokens_per_second
+        self.blocks: collections.OrderedDict[bytes, None] = collections.OrderedDict()
+        self.lock = threading.Lock()
+        self.gpu_free_at = 0.0  # the emulated GPU prefills one request after another
+
+    def lookup(self, text: str) -> tuple[int, int]:
+        """(prompt tokens, cached tokens) of this prompt; its blocks then become the most recently used."""
+        tokens = max(1, -(-len(text) // CHARS_PER_TOKEN))
+        block_chars = BLOCK_TOKENS * CHARS_PER_TOKEN
+        hashes, previous = [], b""
+        for start in range(0, len(text) - block_chars + 1, block_chars):
+            previous = hashlib.blake2b(previous + text[start:start + block_chars].encode(), digest_size=16).digest()
+            hashes.append(previous)
+        with self.lock:
+            cached_blocks = 0
+            for block in hashes:
+                if block not in self.blocks:
+                    break
+                cached_blocks += 1
+            for block in hashes:
+                self.blocks[block] = None
+                self.blocks.move_to_end(block)
+            while len(self.blocks) > self.capacity_blocks:
+                self.blocks.popitem(last=False)
+        # As vLLM, the last token is always computed, even when the whole prompt is cached.
+        return tokens, min(cached_blocks * BLOCK_TOKENS, tokens - 1)
+
+    def schedule_prefill(self, uncached_tokens: int) -> float:
+        """Seconds from now until this request's emulated prefill ends (0 when the emulation is off)."""
+        if self.tokens_per_second <= 0:
+            return 0.0
+        with self.lock:
+            now = time.monotonic()
+            start = max(now, self.gpu_free_at)
+            self.gpu_free_at = start + uncached_tokens / self.tokens_per_second
+            return self.gpu_free_at - now
 
 
 class Histogram:
@@ -100,8 +185,13 @@ class Histogram:
 class FakePod:
     """The state of one fake vLLM server: what its /metrics and /health report."""
 
-    def __init__(self, served_name: str, api_key: str | None = None, max_model_len: int = 32768):
+    def __init__(self, served_name: str, api_key: str | None = None, max_model_len: int = 32768,
+                 prefix_cache: PrefixCache | None = None, name: str = "pod"):
         self.served_name = served_name
+        self.name = name
+        self.prefix_cache = prefix_cache or PrefixCache()
+        self.prefix_cache_queries = 0
+        self.prefix_cache_hits = 0
         self.api_key = api_key
         self.max_model_len = max_model_len
         self.lock = threading.Lock()
@@ -128,13 +218,15 @@ class FakePod:
             key = (handler, method, f"{status // 100}xx")
             self.http_requests[key] = self.http_requests.get(key, 0) + 1
 
-    def record_completion(self, prompt_tokens: int, generation_tokens: int) -> None:
+    def record_completion(self, prompt_tokens: int, generation_tokens: int, cached_tokens: int = 0, ttft: float | None = None) -> None:
         with self.lock:
             self.successes["stop"] += 1
             self.prompt_tokens += prompt_tokens
             self.generation_tokens += generation_tokens
+            self.prefix_cache_queries += prompt_tokens
+            self.prefix_cache_hits += cached_tokens
             self.e2e_latency.observe(CANNED_LATENCY_SECONDS)
-            self.ttft.observe(CANNED_TTFT_SECONDS)
+            self.ttft.observe(CANNED_TTFT_SECONDS if ttft is None else ttft)
 
     def metrics_text(self) -> str:
         labels = f'engine="0",model_name="{self.served_name}"'
@@ -166,6 +258,10 @@ class FakePod:
             lines.append(f"vllm:prompt_tokens_total{{{labels}}} {self.prompt_tokens}")
             family("vllm:generation_tokens_total", "counter", "Number of generation tokens processed.")
             lines.append(f"vllm:generation_tokens_total{{{labels}}} {self.generation_tokens}")
+            family("vllm:prefix_cache_queries_total", "counter", "Prefix cache queries, in terms of number of queried tokens.")
+            lines.append(f"vllm:prefix_cache_queries_total{{{labels}}} {self.prefix_cache_queries}")
+            family("vllm:prefix_cache_hits_total", "counter", "Prefix cache hits, in terms of number of cached tokens.")
+            lines.append(f"vllm:prefix_cache_hits_total{{{labels}}} {self.prefix_cache_hits}")
             histogram("vllm:e2e_request_latency_seconds", "Histogram of e2e request latency in seconds.", self.e2e_latency)
             histogram("vllm:time_to_first_token_seconds", "Histogram of time to first token in seconds.", self.ttft)
             family("http_requests_total", "counter", "Total number of requests by method, status and handler.")
@@ -174,22 +270,25 @@ class FakePod:
         return "\n".join(lines) + "\n"
 
 
-def make_handler(pod: FakePod, on_exit_fault=None) -> type[BaseHTTPRequestHandler]:
+def make_handler(pod: FakePod, on_exit_fault=None, keep_alive: bool = False) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         server_version = "vllm-stand-in"
+        protocol_version = "HTTP/1.1" if keep_alive else "HTTP/1.0"
 
         def log_message(self, *_args) -> None:  # quiet: Prometheus scrapes every second
             pass
 
-        def _send(self, status: int, body: bytes = b"", content_type: str = "application/json") -> None:
+        def _send(self, status: int, body: bytes = b"", content_type: str = "application/json", headers: dict[str, str] | None = None) -> None:
             self.send_response(status)
             self.send_header("Content-Type", content_type)
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
 
-        def _json(self, status: int, value: object) -> None:
-            self._send(status, json.dumps(value).encode())
+        def _json(self, status: int, value: object, headers: dict[str, str] | None = None) -> None:
+            self._send(status, json.dumps(value).encode(), headers=headers)
 
         def _authorized(self) -> bool:
             # As vLLM's middleware: only /v1/* asks for the key.
@@ -222,7 +321,11 @@ def make_handler(pod: FakePod, on_exit_fault=None) -> type[BaseHTTPRequestHandle
                 with pod.lock:
                     self._json(200, {
                         "waiting": pod.waiting, "running": pod.running, "kv": pod.kv_cache_usage, "health": pod.health_status,
-                        "fault": pod.fault, "in_flight": pod.in_flight, **pod.facts,
+                        "fault": pod.fault, "in_flight": pod.in_flight, "name": pod.name,
+                        "prefix_cache": {"capacity_tokens": pod.prefix_cache.capacity_blocks * BLOCK_TOKENS,
+                                         "tokens_per_second": pod.prefix_cache.tokens_per_second,
+                                         "queries": pod.prefix_cache_queries, "hits": pod.prefix_cache_hits},
+                        **pod.facts,
                     })
             else:
                 self._json(404, {"detail": "Not Found"})
@@ -256,16 +359,24 @@ def make_handler(pod: FakePod, on_exit_fault=None) -> type[BaseHTTPRequestHandle
                 pod.in_flight += 1
             try:
                 self._wait_out_fault()
-                prompt_tokens, completion_tokens = 8, 1
-                pod.record_completion(prompt_tokens, completion_tokens)
+                prompt_tokens, cached_tokens = pod.prefix_cache.lookup(render_prompt(request))
+                completion_tokens = 1
+                ttft = pod.prefix_cache.schedule_prefill(prompt_tokens - cached_tokens)
+                if ttft > 0:
+                    time.sleep(ttft)
+                headers = {"X-Stand-In-Pod": pod.name}
+                if pod.prefix_cache.tokens_per_second > 0:
+                    headers["X-Stand-In-Emulated-TTFT-Ms"] = f"{ttft * 1000:.3f}"
+                pod.record_completion(prompt_tokens, completion_tokens, cached_tokens, ttft if pod.prefix_cache.tokens_per_second > 0 else None)
                 pod.count_http(path, "POST", 200)
-                usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens}
+                usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens,
+                         "prompt_tokens_details": {"cached_tokens": cached_tokens}}
                 if path == "/v1/chat/completions":
                     choice = {"index": 0, "message": {"role": "assistant", "content": CANNED_ANSWER}, "finish_reason": "stop"}
-                    self._json(200, {"id": "chatcmpl-stand-in", "object": "chat.completion", "created": int(time.time()), "model": pod.served_name, "choices": [choice], "usage": usage})
+                    self._json(200, {"id": "chatcmpl-stand-in", "object": "chat.completion", "created": int(time.time()), "model": pod.served_name, "choices": [choice], "usage": usage}, headers)
                 else:
                     choice = {"index": 0, "text": CANNED_ANSWER, "finish_reason": "stop"}
-                    self._json(200, {"id": "cmpl-stand-in", "object": "text_completion", "created": int(time.time()), "model": pod.served_name, "choices": [choice], "usage": usage})
+                    self._json(200, {"id": "cmpl-stand-in", "object": "text_completion", "created": int(time.time()), "model": pod.served_name, "choices": [choice], "usage": usage}, headers)
             finally:
                 with pod.lock:
                     pod.in_flight -= 1
@@ -282,6 +393,13 @@ def make_handler(pod: FakePod, on_exit_fault=None) -> type[BaseHTTPRequestHandle
                         pod.kv_cache_usage = float(query.get("kv", pod.kv_cache_usage))
                 elif url.path == "/stand-in/health":
                     pod.health_status = int(query["status"])
+                elif url.path == "/stand-in/prefix-cache":
+                    old = pod.prefix_cache
+                    capacity = int(query.get("capacity_tokens", old.capacity_blocks * BLOCK_TOKENS))
+                    rate = float(query.get("tokens_per_second", old.tokens_per_second))
+                    if capacity < 0 or rate < 0:
+                        raise ValueError("capacity_tokens and tokens_per_second must not be negative")
+                    pod.prefix_cache = PrefixCache(capacity, rate)
                 elif url.path == "/stand-in/fault":
                     mode = query["mode"]
                     if mode not in ("none", "hang", "slow", "exit"):
@@ -308,8 +426,8 @@ def make_handler(pod: FakePod, on_exit_fault=None) -> type[BaseHTTPRequestHandle
     return Handler
 
 
-def start_pod(pod: FakePod, host: str, port: int, on_exit_fault=None) -> ThreadingHTTPServer:
-    server = ThreadingHTTPServer((host, port), make_handler(pod, on_exit_fault))
+def start_pod(pod: FakePod, host: str, port: int, on_exit_fault=None, keep_alive: bool = False) -> ThreadingHTTPServer:
+    server = ThreadingHTTPServer((host, port), make_handler(pod, on_exit_fault, keep_alive))
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, name=f"stand-in-{server.server_address[1]}", daemon=True).start()
     return server
@@ -559,7 +677,7 @@ def serve(argv: list[str]) -> int:
             writes.close()
             return 1
 
-    pod = FakePod(served_name, api_key, int(last("--max-model-len", "32768")))
+    pod = FakePod(served_name, api_key, int(last("--max-model-len", "32768")), prefix_cache_from_env(), socket.gethostname())
     pod.fault = os.environ.get("VLLM_STANDIN_FAULT", "none")
     pod.slow_seconds = float(os.environ.get("VLLM_STANDIN_SLOW_SECONDS", "2"))
     pod.facts = {
@@ -591,15 +709,31 @@ def serve(argv: list[str]) -> int:
     return 0
 
 
+def prefix_cache_from_env() -> PrefixCache:
+    return PrefixCache(int(os.environ.get("VLLM_STANDIN_PREFIX_CACHE_TOKENS", DEFAULT_PREFIX_CACHE_TOKENS)),
+                       float(os.environ.get("VLLM_STANDIN_PREFILL_TOKENS_PER_SECOND", "0")))
+
+
 def serve_pods(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="vllm_standin.py pods", description="several fake vLLM pods on 127.0.0.1 (not vLLM)")
     parser.add_argument("--count", type=int, required=True)
     parser.add_argument("--served-model-name", required=True)
     parser.add_argument("--ports-file")
     parser.add_argument("--stand-in-max-seconds", type=float, default=7200)
+    parser.add_argument("--keep-alive", action="store_true", help="HTTP/1.1 with persistent connections, as vLLM's uvicorn")
+    parser.add_argument("--prefill-tokens-per-second", type=float, help="emulated prefill rate (default: VLLM_STANDIN_PREFILL_TOKENS_PER_SECOND, else 0: off)")
+    parser.add_argument("--prefix-cache-tokens", type=int, help="emulated prefix cache size (default: VLLM_STANDIN_PREFIX_CACHE_TOKENS, else 16384)")
     args = parser.parse_args(argv)
     stop_after(args.stand_in_max_seconds)
-    servers = [start_pod(FakePod(args.served_model_name), "127.0.0.1", 0) for _ in range(args.count)]
+    servers = []
+    for _ in range(args.count):
+        cache = prefix_cache_from_env()
+        cache = PrefixCache(cache.capacity_blocks * BLOCK_TOKENS if args.prefix_cache_tokens is None else args.prefix_cache_tokens,
+                            cache.tokens_per_second if args.prefill_tokens_per_second is None else args.prefill_tokens_per_second)
+        pod = FakePod(args.served_model_name, prefix_cache=cache)
+        server = start_pod(pod, "127.0.0.1", 0, keep_alive=args.keep_alive)
+        pod.name = f"pod-{server.server_address[1]}"
+        servers.append(server)
     line = json.dumps({"ports": [s.server_address[1] for s in servers]})
     if args.ports_file:
         with open(args.ports_file + ".tmp", "w") as f:
