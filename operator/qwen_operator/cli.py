@@ -22,6 +22,9 @@ def build_parser() -> argparse.ArgumentParser:
     scope = run.add_mutually_exclusive_group()
     scope.add_argument("-A", "--all-namespaces", action="store_true", help="watch every namespace (the default)")
     scope.add_argument("-n", "--namespace", action="append", default=[], help="watch this namespace (repeatable)")
+    run.add_argument("--namespace-selector", default=os.environ.get("QWEN_OPERATOR_NAMESPACE_SELECTOR") or None,
+                     help="with every namespace watched: serve only the namespaces whose labels match this label "
+                          "selector, e.g. team=ml or 'env in (prod,staging)' (default: all)")
     run.add_argument("--standalone", action="store_true", help="run without leader election (the default; kept for scripts that pass it)")
     election = run.add_argument_group("leader election (one active replica, the others stand by on a Lease)")
     election.add_argument("--leader-elect", action="store_true", default=os.environ.get("QWEN_OPERATOR_LEADER_ELECT") == "true",
@@ -41,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     from qwen_agent.server import build_parser as agent_parser
 
     agent_parser(commands.add_parser("agent", help="the deep health agent beside vLLM in each engine pod (/livez, /health/detailed)"))
+    from qwen_gateway.server import build_parser as gateway_parser
+
+    gateway_parser(commands.add_parser("gateway", help="one OpenAI endpoint for every QwenInference, with API keys, limits and quotas"))
     return parser
 
 
@@ -78,6 +84,13 @@ def main(argv: list[str] | None = None) -> int:
         from qwen_agent.server import main as agent_main
 
         return agent_main(args)
+    if args.command == "gateway":
+        from qwen_gateway.server import main as gateway_main
+
+        return gateway_main(args)
+    if args.namespace_selector and args.namespace:
+        print("qwen-operator: --namespace-selector chooses among every namespace; it cannot be combined with --namespace", file=sys.stderr)
+        return 2
     import kopf  # here, not at the top: the agent (`qwen-operator agent`) runs without it
 
     kopf.configure(verbose=args.verbose, log_format=kopf.LogFormat.FULL)
@@ -125,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         kopf.run(
             standalone=True,  # one active replica is the Lease's job, not kopf peering's
-            memo=kopf.Memo(namespaces=list(args.namespace)),
+            memo=kopf.Memo(namespaces=list(args.namespace), namespace_selector=args.namespace_selector),
             clusterwide=not args.namespace,
             namespaces=args.namespace,
         )

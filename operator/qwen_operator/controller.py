@@ -35,6 +35,7 @@ from qwen_operator.builders.common import MANAGED_BY
 from qwen_operator.config import OperatorConfig
 from qwen_operator.k8s import client as kinds
 from qwen_operator.k8s.client import KubeApi, KubeError
+from qwen_operator.k8s.informer import Informer
 from qwen_operator.cache import ChildCaches
 from qwen_operator.reconcile import CHILD_KINDS, MONITORING_KINDS, CapabilityCache, Snapshot, now_rfc3339, owner_of, reconcile
 from qwen_operator.workqueue import Retry, WorkQueue
@@ -52,10 +53,16 @@ CACHE_SYNC_RETRY_SECONDS = 0.5
 
 class Controller:
     def __init__(self, api: KubeApi, config: OperatorConfig, capabilities: CapabilityCache, *, workers: int,
-                 resync_seconds: float, namespaces: list[str] | None = None, base_delay: float = 0.5, max_delay: float = 120.0,
-                 relist_seconds: float = 600.0):
+                 resync_seconds: float, namespaces: list[str] | None = None, namespace_selector: str | None = None,
+                 base_delay: float = 0.5, max_delay: float = 120.0, relist_seconds: float = 600.0):
         self.api, self.config, self.capabilities = api, config, capabilities
         self.namespaces = namespaces or []
+        # With a namespace selector, only the QwenInferences of the namespaces whose labels match it
+        # are served; the others are kept (a namespace may be labelled later) but never reconciled.
+        self.selected_namespaces: Informer | None = None
+        if namespace_selector:
+            self.selected_namespaces = Informer(api, kinds.NAMESPACE, label_selector=namespace_selector, metadata_only=True,
+                                                slim=_namespace_name, on_change=self._namespace_changed, relist_seconds=relist_seconds)
         self.bodies: dict[Key, dict[str, Any]] = {}  # the watched QwenInferences, from kopf's watch
         self.statuses: dict[Key, dict[str, Any]] = {}  # the status this operator last wrote, per resource
         # Per resource: (generation, capabilities, {child: resourceVersion}) when a reconcile last found
@@ -69,6 +76,8 @@ class Controller:
         self._resync = threading.Thread(target=self._resync_loop, name="qwen-resync", daemon=True)
 
     def start(self) -> None:
+        if self.selected_namespaces is not None:
+            self.selected_namespaces.start()
         self.caches.start()
         if self.capabilities.get().prometheus_operator:
             self.caches.enable_optional()
@@ -79,6 +88,20 @@ class Controller:
         self._stopped.set()
         self.queue.stop()
         self.caches.stop()
+        if self.selected_namespaces is not None:
+            self.selected_namespaces.stop()
+
+    def serves(self, namespace: str) -> bool:
+        """Whether this operator serves the namespace: always without a namespace selector."""
+        return self.selected_namespaces is None or self.selected_namespaces.get(None, namespace) is not None
+
+    def _namespace_changed(self, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
+        if new is not None and old is None:  # a namespace now matches the selector: serve what it holds
+            namespace = new["metadata"]["name"]
+            with self._lock:
+                keys = [key for key in self.bodies if key[0] == namespace]
+            for key in keys:
+                self.enqueue(*key)
 
     # Triggers
 
@@ -90,7 +113,7 @@ class Controller:
         with self._lock:
             before = self.bodies.get(key)
             self.bodies[key] = body
-        if before is None or _what_matters(before) != _what_matters(body):
+        if (before is None or _what_matters(before) != _what_matters(body)) and self.serves(key[0]):
             self.enqueue(*key)
 
     def deleted(self, namespace: str, name: str) -> None:
@@ -122,7 +145,8 @@ class Controller:
             with self._lock:
                 keys = list(self.bodies)
             for key in keys:
-                self.enqueue(*key)
+                if self.serves(key[0]):
+                    self.enqueue(*key)
 
     # One run
 
@@ -132,8 +156,11 @@ class Controller:
         outcome = "error"
         body: dict[str, Any] | None = None
         try:
-            if not self.caches.synced():
+            if not self.caches.synced() or (self.selected_namespaces is not None and not self.selected_namespaces.synced.is_set()):
                 raise Retry("the caches have not listed yet", CACHE_SYNC_RETRY_SECONDS)  # never hold a worker
+            if not self.serves(namespace):
+                outcome = "not_served"
+                return  # its namespace does not (or no longer) match the namespace selector: hands off
             with self._lock:
                 body = self.bodies.get(key)
                 previous_status = self.statuses.get(key)
@@ -236,3 +263,7 @@ def _what_matters(body: dict[str, Any]) -> tuple[Any, ...]:
     """What of a QwenInference can change its reconcile (not the status the operator writes)."""
     meta = body["metadata"]
     return meta.get("generation"), meta.get("uid"), meta.get("deletionTimestamp"), body.get("spec")
+
+
+def _namespace_name(namespace: dict[str, Any]) -> dict[str, Any]:
+    return {"metadata": {"name": namespace["metadata"]["name"], "resourceVersion": namespace["metadata"].get("resourceVersion", "")}}

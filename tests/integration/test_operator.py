@@ -199,3 +199,32 @@ def test_resources_carry_no_finalizer_so_they_delete_without_the_operator(operat
     body = get(k8s, namespace, "plain")
     assert not body["metadata"].get("finalizers"), body["metadata"].get("finalizers")
     assert not any(k.startswith("kopf.zalando.org") for k in body["metadata"].get("annotations", {}))
+
+
+def test_a_namespace_selector_serves_only_the_namespaces_it_matches(cluster, k8s, tmp_path):
+    """`--namespace-selector` (chart: watchNamespaceSelector): an operator serves the namespaces whose
+    labels match, leaves the others untouched, and takes a namespace over once it is labelled."""
+    import uuid
+
+    core = client.CoreV1Api(k8s)
+    mark = uuid.uuid4().hex[:8]
+    served, other = f"selected-{mark}", f"not-selected-{mark}"
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=served, labels={"qwen-tests": "true", "qwen-tests-selector": mark})))
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=other, labels={"qwen-tests": "true"})))
+    operator = start_operator(cluster, tmp_path / "selector-operator.log", "--all-namespaces", "--namespace-selector", f"qwen-tests-selector={mark}")
+    try:
+        wait_until(lambda: core.read_namespaced_service_account("default", served) and core.read_namespaced_service_account("default", other), 30, "service accounts")
+        create(k8s, served, "chosen", {})
+        create(k8s, other, "ignored", {})
+        wait_condition(k8s, served, "chosen", "Ready", "True")
+        time.sleep(operator.resync_seconds + 1)  # a resync judged every known resource meanwhile
+        assert "status" not in get(k8s, other, "ignored")
+        assert client.AppsV1Api(k8s).list_namespaced_deployment(other).items == []
+
+        core.patch_namespace(other, {"metadata": {"labels": {"qwen-tests-selector": mark}}})
+        wait_condition(k8s, other, "ignored", "Ready", "True")
+    finally:
+        stop_operator(operator)
+        for name in (served, other):
+            core.delete_namespace(name)
+    assert "Traceback" not in operator.log_text(), operator.log_text()[-3000:]

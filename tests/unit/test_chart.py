@@ -24,7 +24,8 @@ RELEASE = "qwen-operator"
 NAMESPACE = "qwen-system"
 WATCHED = ["team-a", "team-b"]
 NAMESPACED_MODE = ["--set-json", f"watchNamespaces={json.dumps(WATCHED)}"]
-MODES = {"default": [], "namespaced": NAMESPACED_MODE}
+SELECTOR_MODE = ["--set-string", "watchNamespaceSelector=team=ml"]
+MODES = {"default": [], "namespaced": NAMESPACED_MODE, "selector": SELECTOR_MODE}
 
 # What the operator uses, and nothing more: (apiGroup, resource) -> verbs. A change to the chart's
 # RBAC must change this table too, where a reviewer sees it. Measured, not guessed:
@@ -189,6 +190,11 @@ def test_cluster_mode_grants_exactly_what_the_operator_uses(helm: str) -> None:
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": the(docs, "ServiceAccount")["metadata"]["name"], "namespace": NAMESPACE}]
 
 
+def test_a_namespace_selector_adds_only_reading_namespaces_to_the_cluster_mode_grants(helm: str) -> None:
+    docs = documents(helm, *SELECTOR_MODE)
+    assert grants(the(docs, "ClusterRole", RELEASE)["rules"]) == CLUSTER_MODE_GRANTS | {("", "namespaces"): {"list", "watch"}}
+
+
 def test_namespaced_mode_grants_namespaced_kinds_only_in_the_watched_namespaces(helm: str) -> None:
     docs = documents(helm, *NAMESPACED_MODE)
     service_account = the(docs, "ServiceAccount")["metadata"]["name"]
@@ -211,7 +217,8 @@ def operator_container(docs: list[dict[str, Any]]) -> dict[str, Any]:
 
 @pytest.mark.parametrize(
     ("mode", "watch_args"),
-    [("default", ["--all-namespaces"]), ("namespaced", ["--namespace", "team-a", "--namespace", "team-b"])],
+    [("default", ["--all-namespaces"]), ("namespaced", ["--namespace", "team-a", "--namespace", "team-b"]),
+     ("selector", ["--all-namespaces", "--namespace-selector", "team=ml"])],
 )
 def test_operator_args_follow_the_mode(helm: str, mode: str, watch_args: list[str]) -> None:
     container = operator_container(documents(helm, *MODES[mode]))

@@ -119,8 +119,9 @@ It renders a YAML list with a leading newline: use it as `... | trim | nindent 2
 - apiGroups: [""]
   resources: ["nodes"]
   verbs: ["list", "watch"]
-{{- if eq .scope "cluster" }}
-# kopf watches the namespaces it was given by name (namespaced mode only).
+{{- if or (eq .scope "cluster") (and (eq .scope "all") .namespaceSelector) }}
+# kopf watches the namespaces it was given by name (namespaced mode); with watchNamespaceSelector
+# the operator watches the namespaces whose labels match it.
 - apiGroups: [""]
   resources: ["namespaces"]
   verbs: ["list", "watch"]

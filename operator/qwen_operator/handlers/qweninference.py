@@ -46,7 +46,7 @@ def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     api = KubeApi.from_environment(config.field_manager, observe=metrics.observe_request)
     memo.api = api
     memo.controller = Controller(api, config, CapabilityCache(api), workers=WORKERS, resync_seconds=RESYNC_SECONDS,
-                                 namespaces=list(memo.get("namespaces") or []))
+                                 namespaces=list(memo.get("namespaces") or []), namespace_selector=memo.get("namespace_selector"))
     memo.controller.start()
     log.info("qwen-operator started: %d workers, resync every %ss, metrics on %s:%s, vLLM image %s",
              WORKERS, RESYNC_SECONDS, metrics.METRICS_ADDRESS, metrics.METRICS_PORT, config.default_vllm_image)

@@ -53,6 +53,7 @@ SECRET = Kind("v1", "Secret", "secrets")
 CONFIG_MAP = Kind("v1", "ConfigMap", "configmaps")
 PVC = Kind("v1", "PersistentVolumeClaim", "persistentvolumeclaims")
 NODE = Kind("v1", "Node", "nodes", namespaced=False)
+NAMESPACE = Kind("v1", "Namespace", "namespaces", namespaced=False)
 EVENT = Kind("v1", "Event", "events")
 PDB = Kind("policy/v1", "PodDisruptionBudget", "poddisruptionbudgets")
 NETWORK_POLICY = Kind("networking.k8s.io/v1", "NetworkPolicy", "networkpolicies")
@@ -60,10 +61,14 @@ HPA = Kind("autoscaling/v2", "HorizontalPodAutoscaler", "horizontalpodautoscaler
 SERVICE_MONITOR = Kind("monitoring.coreos.com/v1", "ServiceMonitor", "servicemonitors")
 PROMETHEUS_RULE = Kind("monitoring.coreos.com/v1", "PrometheusRule", "prometheusrules")
 LEASE = Kind("coordination.k8s.io/v1", "Lease", "leases")
+SERVICE_ACCOUNT = Kind("v1", "ServiceAccount", "serviceaccounts")
+ROLE = Kind("rbac.authorization.k8s.io/v1", "Role", "roles")
+ROLE_BINDING = Kind("rbac.authorization.k8s.io/v1", "RoleBinding", "rolebindings")
 
 KINDS_BY_KEY: dict[tuple[str, str], Kind] = {
     (k.api_version, k.kind): k
-    for k in (QWEN_INFERENCE, DEPLOYMENT, SERVICE, POD, SECRET, CONFIG_MAP, PVC, NODE, EVENT, PDB, NETWORK_POLICY, HPA, SERVICE_MONITOR, PROMETHEUS_RULE)
+    for k in (QWEN_INFERENCE, DEPLOYMENT, SERVICE, POD, SECRET, CONFIG_MAP, PVC, NODE, EVENT, PDB, NETWORK_POLICY, HPA, SERVICE_MONITOR, PROMETHEUS_RULE,
+              SERVICE_ACCOUNT, ROLE, ROLE_BINDING)
 }
 
 
