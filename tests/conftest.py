@@ -10,6 +10,8 @@ marked `@pytest.mark.cluster` (the marker pulls the fixture in) or ask for it by
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import subprocess
 import time
@@ -23,6 +25,11 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 CLUSTER_SH = REPO / "hack" / "cluster.sh"
 KUBECTL = REPO / ".venv" / "bin" / "kubectl"
+# Under pytest-xdist each worker runs its own modules at the same time as the others. The `namespace`
+# fixture labels its namespaces with the worker's name, and the module `operator` serves only those
+# (--namespace-selector), so no two workers' operators ever reconcile the same resource.
+WORKER = os.environ.get("PYTEST_XDIST_WORKER", "main")
+WORKER_LABEL = "qwen-tests-worker"
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.5) -> Any:
@@ -61,37 +68,72 @@ def _cluster_running() -> bool:
     return subprocess.run([str(CLUSTER_SH), "status"], capture_output=True, timeout=30).returncode == 0
 
 
-@pytest.fixture(scope="session")
-def cluster() -> Cluster:
-    started_here = not _cluster_running()
-    # The real kubelet node is started by the tests that use it (tests/realnode: `cluster.sh node-up`),
-    # so the kwok tests see only kwok nodes.
-    subprocess.run([str(CLUSTER_SH), "up"], check=True, timeout=3600, env={**os.environ, "QWEN_REAL_NODE": "0"})
-    kubeconfig = subprocess.run([str(CLUSTER_SH), "kubeconfig"], check=True, capture_output=True, text=True).stdout.strip()
-    os.environ["KUBECONFIG"] = kubeconfig
-    yield Cluster(kubeconfig=kubeconfig)
-    if started_here:
-        subprocess.run([str(CLUSTER_SH), "down"], check=False, timeout=120)
+CLUSTER_DIR = Path(os.environ.get("QWEN_CLUSTER_DIR") or Path.home() / ".cache" / "qwen-operator" / "cluster")
 
 
-def _pid_file_alive(pid_file: Path) -> bool:
+@contextlib.contextmanager
+def _cluster_lock():
+    """Held while bringing the cluster (or its node) up: xdist workers ask at the same time."""
+    CLUSTER_DIR.parent.mkdir(parents=True, exist_ok=True)
+    with open(CLUSTER_DIR.parent / f".{CLUSTER_DIR.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def _real_node_running() -> bool:
     try:
-        os.kill(int(pid_file.read_text()), 0)
+        os.kill(int((CLUSTER_DIR / "pids" / "kubelet").read_text()), 0)
         return True
     except (OSError, ValueError):
         return False
 
 
+def _is_xdist_worker(config: pytest.Config) -> bool:
+    return hasattr(config, "workerinput")
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    # The cluster and its real node are brought up lazily, by the first test that needs them (in
+    # whichever xdist worker), and taken down at the end of the whole run by the process that
+    # started the run, if they were not running before it.
+    if not _is_xdist_worker(session.config):
+        session.config.stash[_WAS_RUNNING] = (_cluster_running(), _real_node_running())
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    if _is_xdist_worker(session.config) or _WAS_RUNNING not in session.config.stash:
+        return
+    cluster_was_running, node_was_running = session.config.stash[_WAS_RUNNING]
+    if not cluster_was_running:
+        if _cluster_running():
+            subprocess.run([str(CLUSTER_SH), "down"], check=False, timeout=600)
+    elif not node_was_running and _real_node_running():
+        subprocess.run([str(CLUSTER_SH), "node-down"], check=False, timeout=600)
+
+
+_WAS_RUNNING = pytest.StashKey[tuple[bool, bool]]()
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Cluster:
+    # The real kubelet node is started by the tests that use it (tests/realnode: `cluster.sh node-up`);
+    # it is tainted, so the kwok tests' pods never land on it.
+    with _cluster_lock():
+        subprocess.run([str(CLUSTER_SH), "up"], check=True, timeout=3600, env={**os.environ, "QWEN_REAL_NODE": "0"})
+    kubeconfig = subprocess.run([str(CLUSTER_SH), "kubeconfig"], check=True, capture_output=True, text=True).stdout.strip()
+    os.environ["KUBECONFIG"] = kubeconfig
+    return Cluster(kubeconfig=kubeconfig)
+
+
 @pytest.fixture(scope="session")
 def real_node_session(cluster: Cluster) -> Cluster:
     """The cluster with its real kubelet node (`hack/cluster.sh node-up`), started once for every test
-    that asks, and stopped at the end of the run when it was started here. Where this machine cannot
-    run it, node-up records why, and tests/realnode (realnode_support.real_node_or_skip) skips with that."""
-    was_running = _pid_file_alive(Path(cluster.kubeconfig).parent / "pids" / "kubelet")
-    subprocess.run([str(CLUSTER_SH), "node-up"], check=True, timeout=3600)
-    yield cluster
-    if not was_running:
-        subprocess.run([str(CLUSTER_SH), "node-down"], check=False, timeout=600)
+    that asks (they all run in one xdist worker: the `realnode` group), and stopped at the end of the
+    run when it was started by it. Where this machine cannot run it, node-up records why, and
+    tests/realnode (realnode_support.real_node_or_skip) skips with that."""
+    with _cluster_lock():
+        subprocess.run([str(CLUSTER_SH), "node-up"], check=True, timeout=3600)
+    return cluster
 
 
 @pytest.fixture(scope="session")
@@ -110,7 +152,8 @@ def namespace(request: pytest.FixtureRequest, k8s) -> str:
     base = request.node.name.lower().replace("_", "-")
     name = "".join(c for c in base if c.isalnum() or c == "-")[:40].strip("-") + "-" + uuid.uuid4().hex[:5]
     labels = getattr(request, "param", None) or {}
-    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name, labels={"qwen-tests": "true", **labels})))
+    labels = {"qwen-tests": "true", WORKER_LABEL: WORKER, **labels}
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name, labels=labels)))
     wait_until(lambda: core.read_namespaced_service_account("default", name), 30, f"default service account in {name}")
     yield name
     core.delete_namespace(name)
@@ -120,6 +163,13 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if item.get_closest_marker("cluster") and "cluster" not in getattr(item, "fixturenames", ["cluster"]):
             item.fixturenames.insert(0, "cluster")
+        # Under pytest-xdist (`make test`: --dist loadgroup), a module runs whole in one worker (its
+        # module-scoped fixtures start once), and the real-node tests share one worker: the node is
+        # a host singleton, and they are the longest group, so they go first.
+        path = Path(str(item.path))
+        group = "realnode" if "realnode" in path.parts else str(path.relative_to(REPO))
+        item.add_marker(pytest.mark.xdist_group(group))
+    items.sort(key=lambda item: "realnode" not in Path(str(item.path)).parts)
 
 
 @dataclass
@@ -201,7 +251,8 @@ def operator(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Runn
     """One cluster-admin operator per test module, so modules that run the operator under other
     credentials (tests/integration/test_helm_install.py) never have it reconciling beside them."""
     install_crds(cluster)
-    running = start_operator(cluster, tmp_path_factory.mktemp("operator") / "operator.log", "--all-namespaces")
+    running = start_operator(cluster, tmp_path_factory.mktemp("operator") / "operator.log", "--all-namespaces",
+                             "--namespace-selector", f"{WORKER_LABEL}={WORKER}")
     try:
         yield running
     finally:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import http.client
 import ipaddress
 import json
-import os
 import subprocess
 import sys
 import threading
@@ -46,31 +45,6 @@ class RealNode:
         ip = ipaddress.ip_address(address)
         assert ip in self.pod_network or ip in self.service_network, f"{address} is not on the real node's pod or service network"
         return address
-
-
-CLUSTER_SH = REPO / "hack" / "cluster.sh"
-
-
-def real_node_running(kubeconfig: str) -> bool:
-    kubelet_pid = Path(kubeconfig).parent / "pids" / "kubelet"
-    if not kubelet_pid.exists():
-        return False
-    try:
-        os.kill(int(kubelet_pid.read_text()), 0)
-        return True
-    except (OSError, ValueError):
-        return False
-
-
-def real_node_up() -> None:
-    """`hack/cluster.sh node-up`: starts the real node where it can run (QWEN_REAL_NODE, default
-    auto), or reuses it; either way the images are imported as the checkout is now. Where the node
-    cannot run, it records why, and real_node_or_skip skips with that."""
-    subprocess.run([str(CLUSTER_SH), "node-up"], check=True, timeout=3600)
-
-
-def real_node_down() -> None:
-    subprocess.run([str(CLUSTER_SH), "node-down"], check=True, timeout=600)
 
 
 def real_node_or_skip(kubeconfig: str, k8s) -> RealNode:

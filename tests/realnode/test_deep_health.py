@@ -27,10 +27,7 @@ from realnode_support import (
     install_operator,
     qwen_pods,
     ready_condition,
-    real_node_down,
     real_node_or_skip,
-    real_node_running,
-    real_node_up,
     server_status,
     standin_spec,
     write_figure,
@@ -47,15 +44,8 @@ PROBE_PERIOD, PROBE_FAILURES, HUNG_GRACE = 3, 2, 5
 
 
 @pytest.fixture(scope="module")
-def node(cluster, k8s):
-    """The real node, started for these tests (and stopped after them) unless it already ran."""
-    started_here = not real_node_running(cluster.kubeconfig)
-    real_node_up()
-    try:
-        yield real_node_or_skip(cluster.kubeconfig, k8s)
-    finally:
-        if started_here:
-            real_node_down()
+def node(real_node_session, k8s):
+    return real_node_or_skip(real_node_session.kubeconfig, k8s)
 
 
 @pytest.fixture(scope="module")
