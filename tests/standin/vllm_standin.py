@@ -52,6 +52,9 @@ Fault switches, for tests (environment at start, or the control endpoint):
 Control endpoint, for tests (not part of vLLM, no API key):
   PUT  /stand-in/queue?waiting=N[&running=M][&kv=F]   sets the gauges
   PUT  /stand-in/health?status=503                    makes /health answer that status
+  PUT  /stand-in/stream?token_seconds=S&break_after=N   streamed answers (stream: true): S seconds between
+                                                      events; the connection dropped after N events (an
+                                                      engine dying mid-stream; 0: never)
   PUT  /stand-in/prefix-cache?[tokens_per_second=R][&capacity_tokens=C]
                                                       empties the emulated prefix cache, sets its rate/size
   PUT  /stand-in/fault?mode=none|hang|slow|exit[&seconds=S][&crash_starts=N]
@@ -211,6 +214,9 @@ class FakePod:
         self.slow_seconds = 2.0
         self.fault_changed = threading.Condition(self.lock)
         self.in_flight = 0
+        # Streams ("stream": true): seconds between events, and events before the connection drops (0: never).
+        self.token_seconds = float(os.environ.get("VLLM_STANDIN_TOKEN_SECONDS", "0"))
+        self.break_after = 0
         self.facts: dict[str, object] = {}
 
     def count_http(self, handler: str, method: str, status: int) -> None:
@@ -359,6 +365,9 @@ def make_handler(pod: FakePod, on_exit_fault=None, keep_alive: bool = False) -> 
                 pod.in_flight += 1
             try:
                 self._wait_out_fault()
+                if request.get("stream") is True:
+                    self._stream(path, request)
+                    return
                 prompt_tokens, cached_tokens = pod.prefix_cache.lookup(render_prompt(request))
                 completion_tokens = 1
                 ttft = pod.prefix_cache.schedule_prefill(prompt_tokens - cached_tokens)
@@ -382,6 +391,52 @@ def make_handler(pod: FakePod, on_exit_fault=None, keep_alive: bool = False) -> 
                     pod.in_flight -= 1
                     pod.fault_changed.notify_all()
 
+        def _stream(self, path: str, request: dict) -> None:
+            """SSE as vLLM sends it: for chat a role delta, reasoning deltas (the qwen3 parser's `reasoning`), content
+            deltas, a finish; the usage event (choices []) when stream_options.include_usage; then [DONE].
+            max_tokens content tokens (default 2: \"stand\", \"-in\")."""
+            chat = path == "/v1/chat/completions"
+            count = request.get("max_tokens") if isinstance(request.get("max_tokens"), int) else 2
+            words = ["stand", "-in"] + [" token"] * max(0, count - 2)
+            words = words[:max(1, count)]
+            thinking = ["Thinking", " it over."] if chat else []
+            base = {"id": "chatcmpl-stand-in" if chat else "cmpl-stand-in", "object": "chat.completion.chunk" if chat else "text_completion",
+                    "created": int(time.time()), "model": pod.served_name}
+
+            def chunk(delta: dict | None = None, finish: str | None = None, text: str = "") -> dict:
+                choice = {"index": 0, "delta": delta or {}} if chat else {"index": 0, "text": text}
+                return {**base, "choices": [{**choice, "finish_reason": finish}]}
+
+            events = ([chunk({"role": "assistant", "content": ""})] if chat else [])
+            events += [chunk({"reasoning": t}) for t in thinking]
+            events += [chunk({"content": w}) if chat else chunk(text=w) for w in words]
+            events.append(chunk(finish="stop"))
+            prompt_tokens, completion_tokens = 8, len(thinking) + len(words)
+            if (request.get("stream_options") or {}).get("include_usage"):
+                events.append({**base, "choices": [], "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                                                                "total_tokens": prompt_tokens + completion_tokens}})
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream; charset=utf-8")
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.close_connection = True
+            try:
+                for number, event in enumerate(events, 1):
+                    if pod.break_after and number > pod.break_after:
+                        self.connection.shutdown(socket.SHUT_RDWR)  # the engine died mid-stream
+                        return
+                    self.wfile.write(b"data: " + json.dumps(event).encode() + b"\n\n")
+                    self.wfile.flush()
+                    if pod.token_seconds:
+                        time.sleep(pod.token_seconds)
+                self.wfile.write(b"data: [DONE]\n\n")
+                self.wfile.flush()
+            except (BrokenPipeError, ConnectionResetError):
+                pod.count_http(path, "POST", 499)  # the client went away: vLLM aborts the request
+                return
+            pod.record_completion(prompt_tokens, completion_tokens)
+            pod.count_http(path, "POST", 200)
+
         def do_PUT(self) -> None:
             url = urlsplit(self.path)
             query = {k: v[-1] for k, v in parse_qs(url.query).items()}
@@ -391,6 +446,9 @@ def make_handler(pod: FakePod, on_exit_fault=None, keep_alive: bool = False) -> 
                         pod.waiting = float(query.get("waiting", pod.waiting))
                         pod.running = float(query.get("running", pod.running))
                         pod.kv_cache_usage = float(query.get("kv", pod.kv_cache_usage))
+                elif url.path == "/stand-in/stream":
+                    pod.token_seconds = float(query.get("token_seconds", pod.token_seconds))
+                    pod.break_after = int(query.get("break_after", pod.break_after))
                 elif url.path == "/stand-in/health":
                     pod.health_status = int(query["status"])
                 elif url.path == "/stand-in/prefix-cache":
