@@ -54,7 +54,7 @@ def slim_child(obj: dict[str, Any]) -> dict[str, Any]:
     for key in ("apiVersion", "kind"):
         if key in obj:
             slim[key] = obj[key]
-    packed = {k: obj[k] for k in ("spec", "data", "rules", "subsets") if k in obj}
+    packed = {k: obj[k] for k in ("spec", "data", "rules", "subsets", "roleRef", "subjects") if k in obj}
     if packed:
         slim[PACKED] = zlib.compress(json.dumps(packed, separators=(",", ":"), sort_keys=True).encode(), 1)
     if obj.get("status"):
@@ -94,6 +94,7 @@ def slim_pod(pod: dict[str, Any]) -> dict[str, Any]:
         "spec": {"nodeName": (pod.get("spec") or {}).get("nodeName")},
         "status": {
             "phase": status.get("phase"),
+            "podIP": status.get("podIP"),  # vllm-router discovers only pods with an address (status.discoverable_engines)
             "conditions": [{k: c[k] for k in ("type", "status", "reason", "message") if k in c} for c in status.get("conditions") or []],
             "containerStatuses": [container(c) for c in status.get("containerStatuses") or []],
             "initContainerStatuses": [container(c) for c in status.get("initContainerStatuses") or []],

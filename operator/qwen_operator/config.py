@@ -14,12 +14,17 @@ DEFAULT_VLLM_IMAGE = "vllm/vllm-openai:v0.19.1"
 # The operator's own image, which also runs the engine pods' health agent (`qwen-operator agent`); the chart
 # sets QWEN_OPERATOR_IMAGE to the image it runs. Keep the tag equal to the chart's appVersion.
 DEFAULT_OPERATOR_IMAGE = "qwen-operator:0.1.0"
+# The router image spec.router.image defaults to: vllm-router (VLLM_ROUTER_VERSION in hack/versions.env) as
+# images/router builds it; hack/images.sh tags its build with this name on the real node. The chart sets
+# QWEN_OPERATOR_ROUTER_IMAGE to the image of its registry.
+DEFAULT_ROUTER_IMAGE = "localhost/qwen-vllm-router:0.1.17"
 FIELD_MANAGER = "qwen-operator"
 DEFAULT_CLUSTER_DOMAIN = "cluster.local"
 
 # Environment variables from_env() reads (the Helm chart sets them).
 ENV_VLLM_IMAGE = "QWEN_OPERATOR_VLLM_IMAGE"
 ENV_OPERATOR_IMAGE = "QWEN_OPERATOR_IMAGE"
+ENV_ROUTER_IMAGE = "QWEN_OPERATOR_ROUTER_IMAGE"
 ENV_CLUSTER_DOMAIN = "QWEN_OPERATOR_CLUSTER_DOMAIN"
 # A JSON object of labels for every ServiceMonitor and PrometheusRule (chart value monitoring.labels).
 ENV_MONITORING_LABELS = "QWEN_OPERATOR_MONITORING_LABELS"
@@ -32,6 +37,7 @@ ENV_READ_SECRETS = "QWEN_OPERATOR_READ_SECRETS"
 class OperatorConfig:
     default_vllm_image: str = DEFAULT_VLLM_IMAGE
     operator_image: str = DEFAULT_OPERATOR_IMAGE  # the health agent's image
+    router_image: str = DEFAULT_ROUTER_IMAGE  # spec.router.image's default
     field_manager: str = FIELD_MANAGER
     cluster_domain: str = DEFAULT_CLUSTER_DOMAIN
     monitoring_labels: dict[str, str] = field(default_factory=dict)
@@ -53,6 +59,7 @@ def from_env(environ: Mapping[str, str] | None = None) -> OperatorConfig:
     return OperatorConfig(
         default_vllm_image=env.get(ENV_VLLM_IMAGE) or DEFAULT_VLLM_IMAGE,
         operator_image=env.get(ENV_OPERATOR_IMAGE) or DEFAULT_OPERATOR_IMAGE,
+        router_image=env.get(ENV_ROUTER_IMAGE) or DEFAULT_ROUTER_IMAGE,
         cluster_domain=env.get(ENV_CLUSTER_DOMAIN) or DEFAULT_CLUSTER_DOMAIN,
         monitoring_labels=parse_labels(env[ENV_MONITORING_LABELS]) if env.get(ENV_MONITORING_LABELS) else {},
         read_secrets=(env.get(ENV_READ_SECRETS) or "true").lower() != "false",

@@ -33,9 +33,10 @@ from qwen_operator.builders.autoscaling import build_hpa
 from qwen_operator.builders.common import Owner
 from qwen_operator.builders.dashboard import build_dashboard_configmap
 from qwen_operator.builders.deployment import build_deployment, startup_budget_seconds
-from qwen_operator.builders.monitoring import build_prometheus_rule, build_service_monitor
-from qwen_operator.builders.networkpolicy import build_network_policy
+from qwen_operator.builders.monitoring import build_prometheus_rule, build_router_service_monitor, build_service_monitor
+from qwen_operator.builders.networkpolicy import build_network_policy, build_router_network_policy
 from qwen_operator.builders.pdb import build_pdb
+from qwen_operator.builders.router import build_router_children, router_enabled, router_name
 from qwen_operator.builders.service import build_service
 from qwen_operator.builders.storage import build_cache_pvc
 from qwen_operator.catalog import ResolvedModel, check_gpu_fp8, gpu_memory_problems, lookup_gpu, resolve_model
@@ -48,6 +49,7 @@ log = logging.getLogger(__name__)
 # Every kind the operator may create for a QwenInference: listed (by label) to find what to prune.
 CHILD_KINDS: tuple[Kind, ...] = (
     kinds.DEPLOYMENT, kinds.SERVICE, kinds.PVC, kinds.PDB, kinds.NETWORK_POLICY, kinds.HPA, kinds.CONFIG_MAP,
+    kinds.SERVICE_ACCOUNT, kinds.ROLE, kinds.ROLE_BINDING,
 )
 MONITORING_KINDS: tuple[Kind, ...] = (kinds.SERVICE_MONITOR, kinds.PROMETHEUS_RULE)
 FP8_NATIVE_MIN_CC = (8, 9)
@@ -89,7 +91,7 @@ HPA_HANDOVER_MANAGER = "qwen-operator-hpa-handover"
 # Kinds whose objects are deleted and made again when an apply is refused because of the live object
 # (an immutable field, a list entry edited by hand). Never the PVC: it holds the model cache.
 RECREATABLE_KINDS = frozenset({"Deployment", "Service", "PodDisruptionBudget", "NetworkPolicy", "HorizontalPodAutoscaler",
-                               "ConfigMap", "ServiceMonitor", "PrometheusRule"})
+                               "ConfigMap", "ServiceMonitor", "PrometheusRule", "ServiceAccount", "Role", "RoleBinding"})
 APPLY_RETRY_SECONDS = 30.0  # a child that could not be applied is tried again this soon, not at the next resync
 
 
@@ -127,12 +129,16 @@ def desired_children(owner: Owner, spec: QwenInferenceSpec, model: ResolvedModel
         build_pdb(owner, spec),
         build_network_policy(owner, spec),
         build_hpa(owner, spec),
+        # The router (spec.router): its ServiceAccount and Role first, then its Deployment, the engine Service, its PDB.
+        *build_router_children(owner, spec, config),
+        build_router_network_policy(owner, spec),
     ]
     if spec.monitoring.dashboard:
         children.append(build_dashboard_configmap(owner, spec, model.served_name))
     if caps.prometheus_operator:
         if spec.monitoring.service_monitor:
             children.append(build_service_monitor(owner, spec, config.monitoring_labels))
+            children.append(build_router_service_monitor(owner, spec, config.monitoring_labels))
         if spec.monitoring.prometheus_rule:
             children.append(build_prometheus_rule(owner, spec, model.served_name, startup_budget_seconds(spec, model), config.monitoring_labels))
     return [c for c in children if c is not None]
@@ -455,6 +461,8 @@ def reconcile(body: dict[str, Any], api: KubeApi, config: OperatorConfig, capabi
     if spec is not None:
         observation.deployment = result.written.get(("Deployment", owner.name)) or live_by_key.get(("Deployment", owner.name))
         observation.hpa = result.written.get(("HorizontalPodAutoscaler", owner.name)) or live_by_key.get(("HorizontalPodAutoscaler", owner.name))
+        observation.router_deployment = (result.written.get(("Deployment", router_name(owner)))
+                                         or live_by_key.get(("Deployment", router_name(owner))))
 
     if spec is not None:
         observe(owner, spec, model, caps, observation, snapshot)
@@ -545,6 +553,11 @@ def observe(owner: Owner, spec: QwenInferenceSpec, model: ResolvedModel | None, 
         observation.deployment = None  # someone else's Deployment of that name (a NameConflict): never its status
     if observation.hpa is not None and not owned_by(observation.hpa, owner):
         observation.hpa = None
+    observation.router_enabled = router_enabled(spec)
+    observation.router_name = router_name(owner)
+    observation.router_replicas = spec.router.replicas
+    if not observation.router_enabled or (observation.router_deployment is not None and not owned_by(observation.router_deployment, owner)):
+        observation.router_deployment = None
     observation.autoscaling_enabled = spec.autoscaling.enabled
     if not spec.autoscaling.enabled:
         observation.hpa = None
@@ -585,4 +598,6 @@ def event_for(condition: dict[str, Any]) -> tuple[str, str, str] | None:
         return ("Warning", reason, message)
     if type_ in (status_lib.MONITORING, status_lib.AUTOSCALING):
         return ("Normal" if status == "True" else "Warning", reason, message)
+    if type_ == status_lib.ROUTING:
+        return ("Normal" if status == "True" or reason in status_lib.ROUTING_PROGRESS_REASONS else "Warning", reason, message)
     return None

@@ -18,6 +18,7 @@ from qwen_operator.builders.common import Owner
 from qwen_operator.catalog import ResolvedModel, gpu_memory_need
 
 READY, PROGRESSING, DEGRADED, AUTOSCALING, MONITORING = "Ready", "Progressing", "Degraded", "Autoscaling", "Monitoring"
+ROUTING = "Routing"
 SERVER_CONTAINER = "vllm"
 # A pod whose container restarted this often without becoming ready is called crash looping even
 # before the kubelet reports CrashLoopBackOff.
@@ -30,7 +31,10 @@ CONTAINER_START_FAILURES = frozenset({
 # The deep health agent's verdict, as vLLM's preStop hook leaves it in the termination message (qwen_agent.judge).
 ENGINE_VERDICT = re.compile(r"^(EngineHung|EngineUnhealthy): (.*)$", re.DOTALL)
 # Ready=False reasons that are steps of a normal rollout: their Events are Normal, not Warning.
-PROGRESS_REASONS = frozenset({"ModelLoading", "ModelDownloading", "ReplicasNotReady", "VolumePending", "RollingOut", "ScaledToZero"})
+PROGRESS_REASONS = frozenset({"ModelLoading", "ModelDownloading", "ReplicasNotReady", "VolumePending", "RollingOut", "ScaledToZero",
+                              "RouterNotReady"})
+# Routing=False reasons that are steps of a normal start (their Events are Normal).
+ROUTING_PROGRESS_REASONS = frozenset({"RouterPending", "NoEngineReady"})
 # The kubelet's message for an env var or volume whose Secret is missing: `secret "NAME" not found`.
 MISSING_SECRET = re.compile(r'secret "([^"]+)" not found')
 # Provisioners whose volumes are block devices or node-local paths: they never offer ReadWriteMany.
@@ -74,6 +78,11 @@ class Observation:
     cache_claim: dict[str, Any] | None = None
     cache_storage_class: dict[str, Any] | None = None
     cache_claim_events: list[dict[str, Any]] = field(default_factory=list)
+    # The router (spec.router): whether it is on, how many replicas it should have, its Deployment and name.
+    router_enabled: bool = False
+    router_replicas: int = 0
+    router_deployment: dict[str, Any] | None = None
+    router_name: str = ""
 
 
 def pod_problems(pods: list[dict[str, Any]]) -> tuple[Problem | None, Problem | None, Problem | None]:
@@ -287,6 +296,51 @@ def gpu_memory_problem_on_nodes(model: ResolvedModel, spec: QwenInferenceSpec, n
                    "pin spec.resources.gpu.products or a nodeSelector to the larger GPUs")
 
 
+def discoverable_engines(pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The engine pods vllm-router's Kubernetes discovery admits (its service_discovery.rs: a pod address, phase
+    Running and the Ready condition True), and not being deleted (it drops a pod once its deletion starts)."""
+    return [
+        pod for pod in pods
+        if not pod["metadata"].get("deletionTimestamp") and (pod.get("status") or {}).get("podIP")
+        and (pod.get("status") or {}).get("phase") == "Running" and _is_ready(pod)
+    ]
+
+
+def router_ready_replicas(observed: Observation) -> int:
+    return (((observed.router_deployment or {}).get("status") or {}).get("readyReplicas") or 0)
+
+
+def routing_condition(observed: Observation, generation: int) -> dict[str, Any] | None:
+    """The Routing condition: the router's ready replicas against the engine pods it can route to.
+
+    Read from the caches only, never from the router: the operator does not connect to pods (a resync costs no
+    I/O, and pod addresses may not be reachable from it). What the router reports is its readiness: its probe
+    asks vllm-router's /readiness, which is 200 only while it has a healthy engine. So a ready router replica
+    has discovered and health-checked at least one engine; the engines it can route to are those its discovery
+    admits (discoverable_engines); its exact view is in its metrics (vllm_router_active_workers,
+    vllm_router_worker_health), which the ServiceMonitor scrapes and an alert watches."""
+    if not observed.router_enabled:
+        return None
+    name, desired = observed.router_name, observed.router_replicas
+    if observed.router_deployment is None:
+        return _condition(ROUTING, False, "RouterPending", f"the router Deployment {name} is not there yet", generation)
+    ready = router_ready_replicas(observed)
+    engines = len(discoverable_engines(observed.pods))
+    if engines == 0:
+        return _condition(ROUTING, False, "NoEngineReady",
+                          f"{ready}/{desired} router replicas ready, and no engine pod is Running and Ready for the router to route to", generation)
+    if ready == 0:
+        return _condition(
+            ROUTING, False, "RouterNotReady",
+            f"0/{desired} router replicas ready while {engines} engine pod(s) are Running and Ready: a router replica becomes ready "
+            f"once it has discovered a healthy engine (vllm-router's /readiness). If this lasts, see kubectl logs deployment/{name} "
+            "(its discovery watches this namespace's pods with its ServiceAccount)", generation)
+    reason = "Routing" if ready >= desired else "RouterReplicasNotReady"
+    return _condition(ROUTING, True, reason,
+                      f"{ready}/{desired} router replicas ready, routing over the {engines} engine pod(s) Running and Ready "
+                      "(those vllm-router's discovery admits)", generation)
+
+
 def _condition(type_: str, status: bool | str, reason: str, message: str, generation: int) -> dict[str, Any]:
     value = status if isinstance(status, str) else ("True" if status else "False")
     return {"type": type_, "status": value, "reason": reason, "message": message, "observedGeneration": generation}
@@ -348,9 +402,15 @@ def compute_status(owner: Owner, served_model: str, observed: Observation, previ
                or deployment_failure(observed.deployment) or unschedulable or crash)
     stopped = observed.blocking or next(iter(observed.conflicts), None) or next(iter(observed.apply_failures), None)
     all_ready = rollout_complete(observed.deployment, desired)
+    # With the router on, the endpoint serves only through a ready router replica.
+    router_missing = observed.router_enabled and router_ready_replicas(observed) == 0
+    router_waiting = Problem("RouterNotReady", f"{ready_replicas}/{desired} replicas ready, but no replica of the router "
+                             f"({observed.router_name}) is ready yet: the endpoint does not serve until one is", degraded=False)
 
     if stopped is not None:
         ready = _condition(READY, False, stopped.reason, stopped.message, generation)
+    elif all_ready and router_missing:
+        ready = _condition(READY, False, router_waiting.reason, router_waiting.message, generation)
     elif all_ready:
         ready = _condition(READY, True, "Ready", f"{ready_replicas}/{desired} replicas ready; serving {served_model}", generation)
     elif desired == 0:
@@ -368,6 +428,8 @@ def compute_status(owner: Owner, served_model: str, observed: Observation, previ
         progressing = _condition(PROGRESSING, False, "Blocked", "fix the spec or the missing reference; nothing new was rolled out", generation)
     elif stopped is not None:
         progressing = _condition(PROGRESSING, False, stopped.reason, stopped.message, generation)
+    elif all_ready and router_missing:
+        progressing = _condition(PROGRESSING, True, router_waiting.reason, router_waiting.message, generation)
     elif all_ready:
         progressing = _condition(PROGRESSING, False, "Complete", "the rollout is complete", generation)
     elif failure is not None:
@@ -389,6 +451,9 @@ def compute_status(owner: Owner, served_model: str, observed: Observation, previ
         conditions.append(autoscaling)
     if observed.monitoring_condition is not None:
         conditions.append(_condition(MONITORING, *observed.monitoring_condition, generation))
+    routing = routing_condition(observed, generation)
+    if routing is not None:
+        conditions.append(routing)
 
     status: dict[str, Any] = {
         "observedGeneration": generation,

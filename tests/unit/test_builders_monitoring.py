@@ -10,6 +10,7 @@ from qwen_operator.api.models import QwenInferenceSpec
 from qwen_operator.builders.autoscaling import build_hpa
 from qwen_operator.builders.common import Owner, selector_labels
 from qwen_operator.builders.monitoring import build_service_monitor
+from qwen_operator.builders.service import build_service
 
 OWNER = Owner(name="chat", namespace="team-a", uid="5f1c7a1e-0000-4000-8000-000000000001")
 
@@ -25,8 +26,12 @@ def test_service_monitor_selects_the_instance_service() -> None:
     assert monitor["metadata"]["name"] == "chat"
     assert monitor["metadata"]["namespace"] == "team-a"
     assert monitor["metadata"]["ownerReferences"][0]["uid"] == OWNER.uid
-    assert monitor["spec"]["selector"] == {"matchLabels": selector_labels(OWNER)}
     assert monitor["spec"]["namespaceSelector"] == {"matchNames": ["team-a"]}
+    # It selects the instance's Service, which selects the vLLM pods (the router is off for one replica).
+    wanted = monitor["spec"]["selector"]["matchLabels"]
+    service = build_service(OWNER, spec())
+    assert wanted.items() <= service["metadata"]["labels"].items()
+    assert service["spec"]["selector"] == selector_labels(OWNER)
 
 
 @pytest.mark.parametrize(

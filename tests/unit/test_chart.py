@@ -45,6 +45,11 @@ NAMESPACED_GRANTS = {
     ("networking.k8s.io", "networkpolicies"): APPLIED,
     ("monitoring.coreos.com", "servicemonitors"): APPLIED,
     ("monitoring.coreos.com", "prometheusrules"): APPLIED,
+    # The router's (spec.router): its ServiceAccount, and a Role granting only list/watch of pods, which the
+    # operator may grant because it holds them (no escalate or bind).
+    ("", "serviceaccounts"): APPLIED,
+    ("rbac.authorization.k8s.io", "roles"): APPLIED,
+    ("rbac.authorization.k8s.io", "rolebindings"): APPLIED,
     ("", "pods"): {"list", "watch"},
     ("", "secrets"): {"get"},
     ("", "events"): {"create"},

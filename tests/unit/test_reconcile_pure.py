@@ -38,6 +38,9 @@ def test_is_subset(desired, live, expected):
     assert is_subset(desired, live) is expected
 
 
+NO_ROUTER = {"router": {"enabled": False}}  # one Deployment and one Service: the plan tests key children by kind
+
+
 def built(spec: dict | None = None, caps: Capabilities = Capabilities()) -> list[dict]:
     parsed = QwenInferenceSpec.model_validate(spec or {})
     return desired_children(OWNER, parsed, resolve_model(parsed), OperatorConfig(), caps)
@@ -49,17 +52,22 @@ def kinds_of(children: list[dict]) -> list[str]:
 
 def test_desired_children_follow_the_spec():
     assert kinds_of(built()) == ["ConfigMap", "Deployment", "PersistentVolumeClaim", "Service"]
-    assert kinds_of(built({"replicas": 2, "networkPolicy": {"enabled": True}, "monitoring": {"dashboard": False}})) == [
+    assert kinds_of(built({"replicas": 2, "networkPolicy": {"enabled": True}, "monitoring": {"dashboard": False}, **NO_ROUTER})) == [
         "Deployment", "NetworkPolicy", "PersistentVolumeClaim", "PodDisruptionBudget", "Service"]
+    # More than one replica: the router by default, with its own Deployment, Service account, Role, binding, PDB
+    # and NetworkPolicy, and the engine Service beside the instance's.
+    assert kinds_of(built({"replicas": 2, "networkPolicy": {"enabled": True}, "monitoring": {"dashboard": False}})) == [
+        "Deployment", "Deployment", "NetworkPolicy", "NetworkPolicy", "PersistentVolumeClaim", "PodDisruptionBudget",
+        "PodDisruptionBudget", "Role", "RoleBinding", "Service", "Service", "ServiceAccount"]
     with_prometheus = built(caps=Capabilities(prometheus_operator=True))
     assert {"ServiceMonitor", "PrometheusRule"} <= set(kinds_of(with_prometheus))
 
 
 def test_autoscaling_hands_replicas_to_the_hpa():
-    children = {c["kind"]: c for c in built({"autoscaling": {"enabled": True, "maxReplicas": 3}})}
+    children = {c["kind"]: c for c in built({"autoscaling": {"enabled": True, "maxReplicas": 3}, **NO_ROUTER})}
     assert "HorizontalPodAutoscaler" in children
     assert "replicas" not in children["Deployment"]["spec"]
-    assert {c["kind"]: c for c in built({"replicas": 2})}["Deployment"]["spec"]["replicas"] == 2
+    assert {c["kind"]: c for c in built({"replicas": 2, **NO_ROUTER})}["Deployment"]["spec"]["replicas"] == 2
 
 
 def as_live(manifest: dict, uid: str = OWNER.uid) -> dict:
@@ -75,16 +83,16 @@ def kinds_in(manifests: list[dict]) -> list[str]:
 
 
 def test_plan_applies_only_what_differs_and_prunes_only_what_it_owns():
-    desired = built({"replicas": 2})
+    desired = built({"replicas": 2, **NO_ROUTER})
     live = [as_live(c) for c in desired]
     assert plan(desired, live, OWNER).apply == [] and plan(desired, live, OWNER).delete == []
 
-    changed = built({"replicas": 3})
+    changed = built({"replicas": 3, **NO_ROUTER})
     actions = plan(changed, live, OWNER)
     assert kinds_in(actions.apply) == ["Deployment"] and actions.delete == []
     assert actions.apply[0]["metadata"]["annotations"][DESIRED_HASH_ANNOTATION]
 
-    fewer = built({"replicas": 1})
+    fewer = built({"replicas": 1, **NO_ROUTER})
     assert kinds_in(plan(fewer, live, OWNER).delete) == ["PodDisruptionBudget"]
 
 
@@ -98,13 +106,13 @@ def test_plan_applies_only_what_differs_and_prunes_only_what_it_owns():
     ],
 )
 def test_every_planned_action_says_why(change, reason):
-    desired = built({"replicas": 2})
+    desired = built({"replicas": 2, **NO_ROUTER})
     live = [as_live(c) for c in desired]
     deployment = ("Deployment", "chat")
     if change == "missing":
         live = [c for c in live if c["kind"] != "Deployment"]
     elif change == "spec":
-        desired = built({"replicas": 3})
+        desired = built({"replicas": 3, **NO_ROUTER})
     elif change == "edited":
         live_deployment = next(c for c in live if c["kind"] == "Deployment")
         live_deployment["spec"] = {**live_deployment["spec"], "replicas": 5}
@@ -126,7 +134,7 @@ def test_plan_rolls_out_a_removed_optional_field():
 
 
 def test_plan_never_touches_an_object_it_does_not_control():
-    desired = built({"replicas": 2})
+    desired = built({"replicas": 2, **NO_ROUTER})
     service = next(c for c in desired if c["kind"] == "Service")
     users_service = {**service, "metadata": {"name": service["metadata"]["name"], "namespace": "team-a", "uid": "theirs"}}
     other_owner = as_live(next(c for c in desired if c["kind"] == "Deployment"), uid="someone-else")
@@ -139,7 +147,7 @@ def test_plan_never_touches_an_object_it_does_not_control():
     assert actions.delete == []
     # Owned by another QwenInference and no longer wanted: never pruned.
     strangers = [as_live(c, uid="someone-else") for c in desired if c["kind"] == "PodDisruptionBudget"]
-    fewer = built({"replicas": 1})
+    fewer = built({"replicas": 1, **NO_ROUTER})
     assert plan(fewer, [as_live(c) for c in fewer] + strangers, OWNER).delete == []
 
 

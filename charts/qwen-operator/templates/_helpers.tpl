@@ -94,6 +94,15 @@ It renders a YAML list with a leading newline: use it as `... | trim | nindent 2
 - apiGroups: ["monitoring.coreos.com"]
   resources: ["servicemonitors", "prometheusrules"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
+# The router's ServiceAccount, and its Role (list and watch pods, for vllm-router's discovery) with its
+# binding. No escalate or bind verb is needed: the API server lets the operator grant what it holds
+# itself, and it lists and watches pods (below).
+- apiGroups: [""]
+  resources: ["serviceaccounts"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+- apiGroups: ["rbac.authorization.k8s.io"]
+  resources: ["roles", "rolebindings"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 # Observed only: the vLLM pods (watched, managed-by label), and the Secrets a spec refers to (it checks
 # that they exist and hold the key; never listed, so no Secret it was not pointed at is read). Without
 # rbac.readSecrets, a missing Secret is seen in the pods' status instead (SecretNotFound).

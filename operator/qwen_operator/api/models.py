@@ -607,6 +607,48 @@ class SchedulingSpec(_Model):
         return value
 
 
+ROUTER_POLICIES = ("cache_aware", "power_of_two", "consistent_hash", "round_robin")
+
+
+class RouterResourcesSpec(_Model):
+    cpu: str = Field(
+        default="500m", pattern=QUANTITY,
+        description="CPU request and limit per router replica (equal: the router's latency is the client's, and a "
+        "pod that asks for what it uses is never throttled below it).",
+    )
+    memory: str = Field(
+        default="1Gi", pattern=QUANTITY,
+        description="Memory request and limit per router replica. cache_aware keeps a prefix tree per engine, evicted "
+        "every 120 s down to 32 Mi characters per engine.",
+    )
+
+
+class RouterSpec(_Model):
+    """The vLLM project's router (vllm-router) in front of the engine pods: it discovers them through the Kubernetes
+    API and sends each request to one of them by policy. The QwenInference's Service then selects the router."""
+
+    enabled: bool | None = Field(
+        default=None,
+        description="Run the router. Unset: on whenever the QwenInference can have more than one engine replica "
+        "(replicas > 1, or autoscaling with maxReplicas > 1), off for one replica.",
+    )
+    policy: Literal[ROUTER_POLICIES] = Field(  # type: ignore[valid-type]
+        default="cache_aware",
+        description="How the router picks an engine. cache_aware: the engine that served the longest shared prefix of "
+        "the prompt (its vLLM prefix cache holds it), unless the load is unbalanced; power_of_two: the less loaded of "
+        "two random engines; consistent_hash: by a hash of the session (an x-session-id or x-user-id header, the "
+        "request's user field), else of the request; "
+        "round_robin: in turn.",
+    )
+    replicas: int = Field(default=2, ge=1, le=20, description="Router replicas (each discovers every engine).")
+    resources: RouterResourcesSpec = Field(default_factory=RouterResourcesSpec, description="Resources per router replica.")
+    image: str | None = Field(
+        default=None, min_length=1, max_length=512, pattern=r"^[^\s]+$",
+        description="Router image; defaults to the operator's pinned vllm-router image (images/router). Leave it out for "
+        "the default (an empty string is refused).",
+    )
+
+
 class QwenInferenceSpec(_Model):
     model_config = ConfigDict(
         json_schema_extra=_rules(
@@ -633,6 +675,7 @@ class QwenInferenceSpec(_Model):
     auth: AuthSpec = Field(default_factory=AuthSpec, description="API authentication.")
     monitoring: MonitoringSpec = Field(default_factory=MonitoringSpec, description="Metrics, alerts and dashboard.")
     network_policy: NetworkPolicySpec = Field(default_factory=NetworkPolicySpec, description="Ingress restriction.")
+    router: RouterSpec = Field(default_factory=RouterSpec, description="The cache-aware router in front of the engines.")
     scheduling: SchedulingSpec = Field(default_factory=SchedulingSpec, description="Where the pods may run.")
 
 

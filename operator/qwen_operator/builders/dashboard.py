@@ -1,7 +1,8 @@
 """The Grafana dashboard of one QwenInference, as a ConfigMap the Grafana sidecar picks up.
 
 The dashboard itself is data: dashboards/qwen-inference.json, a complete Grafana dashboard whose
-queries use the hidden constant variables $namespace, $service, $deployment and $model. The
+queries use the hidden constant variables $namespace, $service (the Service of the vLLM pods), $deployment,
+$model and $router_service (the router's, whose panels are dropped when spec.router is off). The
 builder fills those variables, the uid and the title for one instance, and draws the alert
 thresholds from the spec as lines on the matching panels.
 """
@@ -16,11 +17,13 @@ from typing import Any
 
 from qwen_operator.api.models import QwenInferenceSpec
 from qwen_operator.builders.common import Owner, metadata, service_name
+from qwen_operator.builders.router import router_enabled, vllm_service_name
 
 # Package data next to this module. pyproject's package-data must list
 # "builders/dashboards/*.json" for wheels to carry it; a source checkout always has it.
 DASHBOARD_TEMPLATE_PATH = Path(__file__).parent / "dashboards" / "qwen-inference.json"
 GRAFANA_SIDECAR_LABEL = {"grafana_dashboard": "1"}
+ROUTER_PANEL_PREFIX = "Router: "  # the router's panels (vllm-router's metrics), shown only with spec.router on
 
 
 @functools.lru_cache(maxsize=1)
@@ -61,7 +64,8 @@ def build_dashboard(owner: Owner, spec: QwenInferenceSpec, served_name: str) -> 
     dashboard["description"] = f"vLLM serving {served_name} for QwenInference {owner.namespace}/{owner.name}."
     values = {
         "namespace": owner.namespace,
-        "service": service_name(owner),
+        "service": vllm_service_name(owner, spec),
+        "router_service": service_name(owner),
         "deployment": owner.name,
         "model": served_name,
     }
@@ -71,6 +75,10 @@ def build_dashboard(owner: Owner, spec: QwenInferenceSpec, served_name: str) -> 
             variable["query"] = value
             variable["current"] = {"text": value, "value": value}
             variable["options"] = [{"text": value, "value": value, "selected": True}]
+
+    if not router_enabled(spec):
+        dashboard["panels"] = [panel for panel in dashboard["panels"] if not panel["title"].startswith(ROUTER_PANEL_PREFIX)]
+        dashboard["templating"]["list"] = [v for v in dashboard["templating"]["list"] if v["name"] != "router_service"]
 
     alerts = spec.monitoring.alerts
     thresholds_by_title = {

@@ -25,6 +25,9 @@ from typing import Any
 
 from qwen_operator.api.models import QwenInferenceSpec
 from qwen_operator.builders.common import API_PORT_NAME, Owner, metadata, selector_labels, service_name
+from qwen_operator.builders.router import (
+    COMPONENT_LABEL, ENGINE_COMPONENT, METRICS_PORT_NAME, ROUTER_COMPONENT, router_enabled, router_name, vllm_service_name,
+)
 
 RUNBOOK_BASE_URL = "https://github.com/qwenops/qwen-operator/blob/main/docs/runbooks.md"
 
@@ -41,6 +44,7 @@ CRASH_LOOP_FOR = "5m"
 # moments kube-state-metrics sees the CrashLoopBackOff waiting reason.
 CRASH_RESTARTS = 2
 CRASH_RESTART_WINDOW = "15m"
+ROUTER_NO_WORKER_FOR = "2m"
 
 
 def prometheus_duration(seconds: int) -> str:
@@ -72,7 +76,9 @@ def _monitoring_metadata(owner: Owner, spec: QwenInferenceSpec, default_labels: 
 
 
 def build_service_monitor(owner: Owner, spec: QwenInferenceSpec, default_labels: dict[str, str] | None = None) -> dict[str, Any]:
-    """A monitoring.coreos.com/v1 ServiceMonitor for the instance's Service (vLLM's /metrics).
+    """A monitoring.coreos.com/v1 ServiceMonitor for the Service of the vLLM pods (vLLM's /metrics): the
+    instance's Service, or with the router on the engine Service (the instance's Service then selects the
+    router, and the component label tells the two apart).
 
     /metrics stays open when the API key is set (vLLM protects /v1/* only), so no auth is needed.
     """
@@ -81,7 +87,7 @@ def build_service_monitor(owner: Owner, spec: QwenInferenceSpec, default_labels:
         "kind": "ServiceMonitor",
         "metadata": _monitoring_metadata(owner, spec, default_labels),
         "spec": {
-            "selector": {"matchLabels": selector_labels(owner)},
+            "selector": {"matchLabels": {**selector_labels(owner), COMPONENT_LABEL: ENGINE_COMPONENT}},
             "namespaceSelector": {"matchNames": [owner.namespace]},
             "endpoints": [
                 {
@@ -91,6 +97,25 @@ def build_service_monitor(owner: Owner, spec: QwenInferenceSpec, default_labels:
                     "interval": spec.monitoring.interval,
                 }
             ],
+        },
+    }
+
+
+def build_router_service_monitor(owner: Owner, spec: QwenInferenceSpec, default_labels: dict[str, str] | None = None) -> dict[str, Any] | None:
+    """A ServiceMonitor for the router's metrics port (on the instance's Service, which selects the router)."""
+    if not router_enabled(spec):
+        return None
+    meta = _monitoring_metadata(owner, spec, default_labels)
+    meta["name"] = router_name(owner)
+    meta["labels"][COMPONENT_LABEL] = ROUTER_COMPONENT
+    return {
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "ServiceMonitor",
+        "metadata": meta,
+        "spec": {
+            "selector": {"matchLabels": {**selector_labels(owner), COMPONENT_LABEL: ROUTER_COMPONENT}},
+            "namespaceSelector": {"matchNames": [owner.namespace]},
+            "endpoints": [{"port": METRICS_PORT_NAME, "path": "/metrics", "scheme": "http", "interval": spec.monitoring.interval}],
         },
     }
 
@@ -122,7 +147,7 @@ def build_alert_rules(owner: Owner, spec: QwenInferenceSpec, served_name: str, s
     thresholds = spec.monitoring.alerts
     ns, name = owner.namespace, owner.name
     instance = f"{ns}/{name}"
-    scraped = f'namespace="{ns}", service="{service_name(owner)}"'
+    scraped = f'namespace="{ns}", service="{vllm_service_name(owner, spec)}"'
     deployment = f'namespace="{ns}", deployment="{name}"'
     pods = f'namespace="{ns}", pod=~"{_pod_name_regex(name)}"'
     api_routes = f'{scraped}, handler=~"/v1/.+"'
@@ -239,6 +264,34 @@ def build_alert_rules(owner: Owner, spec: QwenInferenceSpec, served_name: str, s
             f"Container {{{{ $labels.container }}}} of pod {{{{ $labels.pod }}}} of QwenInference "
             f"{instance} keeps restarting (CrashLoopBackOff, or more than {CRASH_RESTARTS} restarts "
             f"in {CRASH_RESTART_WINDOW}).",
+            static_labels,
+        ),
+        *_router_alerts(owner, spec, static_labels),
+    ]
+
+
+def _router_alerts(owner: Owner, spec: QwenInferenceSpec, static_labels: dict[str, str]) -> list[dict[str, Any]]:
+    """With the router on: a router replica with no healthy engine (vllm-router's metrics: vllm_router_active_workers
+    counts the engines it has registered, vllm_router_worker_health is 1 per engine its health checks pass). Every
+    request through that replica fails. Quiet while the engines are scaled to zero on purpose."""
+    if not router_enabled(spec):
+        return []
+    ns, name = owner.namespace, owner.name
+    instance = f"{ns}/{name}"
+    router = f'namespace="{ns}", service="{service_name(owner)}"'
+    deployment = f'namespace="{ns}", deployment="{name}"'
+    return [
+        _alert(
+            "QwenInferenceRouterNoHealthyEngine",
+            f"((max by (namespace, pod) (vllm_router_active_workers{{{router}}}) == 0)"
+            f" or (sum by (namespace, pod) (vllm_router_worker_health{{{router}}}) == 0))"
+            f" unless on() (kube_deployment_spec_replicas{{{deployment}}} == 0)",
+            ROUTER_NO_WORKER_FOR,
+            "critical",
+            f"QwenInference {instance}: the router has no healthy engine",
+            f"Router pod {{{{ $labels.pod }}}} of QwenInference {instance} has had no healthy engine to send requests "
+            f"to for {ROUTER_NO_WORKER_FOR}: every request through it fails. Check the engine pods, and the router's "
+            f"discovery (kubectl logs deploy/{router_name(owner)}).",
             static_labels,
         ),
     ]
