@@ -28,7 +28,9 @@ mkdir -p "$OUT/rendered" "$OUT/schemas"
   --set-json 'watchNamespaces=["team-a","team-b"]' >"$OUT/rendered/chart-namespaced.yaml"
 "$HELM" template qwen-operator charts/qwen-operator --namespace qwen-system \
   --set serviceMonitor.enabled=true --set prometheusAdapter.enabled=true \
-  --set monitoring.labels.release=monitoring --set rbac.readSecrets=false >"$OUT/rendered/chart-all.yaml"
+  --set monitoring.labels.release=monitoring --set rbac.readSecrets=false \
+  --set gateway.enabled=true --set gateway.serviceMonitor.enabled=true --set gateway.redis.url=redis://redis:6379/0 \
+  >"$OUT/rendered/chart-all.yaml"
 # The operator's children, one file per example (kube-score judges the objects of one file together).
 for example in examples/*.yaml; do
   "$PYTHON" hack/render-children.py "$example" >"$OUT/rendered/children-$(basename "$example")"

@@ -1,0 +1,22 @@
+{{/* The gateway's names, labels and RBAC rules (templates/gateway.yaml). */}}
+
+{{- define "qwen-operator.gatewaySelectorLabels" -}}
+app.kubernetes.io/name: {{ printf "%s-gateway" (include "qwen-operator.name" .) | trunc 63 | trimSuffix "-" }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "qwen-operator.gatewayLabels" -}}
+{{ include "qwen-operator.gatewaySelectorLabels" . }}
+app.kubernetes.io/component: gateway
+app.kubernetes.io/part-of: {{ include "qwen-operator.name" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{- end -}}
+
+{{/* Exactly what the gateway uses: it lists and watches QwenInferences (reads their status). */}}
+{{- define "qwen-operator.gatewayRules" -}}
+- apiGroups: ["inference.qwenops.io"]
+  resources: ["qweninferences"]
+  verbs: ["list", "watch"]
+{{- end -}}
