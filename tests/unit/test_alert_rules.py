@@ -42,6 +42,8 @@ CUSTOM_SPEC = QwenInferenceSpec.model_validate(
     }
 )
 CUSTOM_BUDGET = 1200
+ROUTER_SPEC = QwenInferenceSpec(replicas=2)  # spec.router on by default: its alert is rendered too
+ROUTER_ALERT = "QwenInferenceRouterNoHealthyEngine"
 ALERT_NAMES = {
     "QwenInferenceDown",
     "QwenInferenceModelNotLoaded",
@@ -139,9 +141,17 @@ def test_annotations_render_with_labels_values_and_runbook(promtool: str, tmp_pa
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_the_router_alert_fires_as_the_fixture_expects(promtool: str, tmp_path: Path) -> None:
+    result = run_promtool_test(promtool, tmp_path, "router.yaml", ROUTER_SPEC, DEFAULT_BUDGET)
+    assert result.returncode == 0, result.stdout + result.stderr
+    # Without the router the rule is not rendered, so the fixture's firing cases fail.
+    without = run_promtool_test(promtool, tmp_path, "router.yaml", DEFAULT_SPEC, DEFAULT_BUDGET)
+    assert without.returncode != 0 and failed_alertnames(without.stdout + without.stderr) == {ROUTER_ALERT}
+
+
 def test_every_alert_has_severity_summary_description_and_a_runbook_section() -> None:
-    rules = build_prometheus_rule(OWNER, DEFAULT_SPEC, SERVED_NAME, DEFAULT_BUDGET)["spec"]["groups"][0]["rules"]
-    assert {rule["alert"] for rule in rules} == ALERT_NAMES
+    rules = build_prometheus_rule(OWNER, ROUTER_SPEC, SERVED_NAME, DEFAULT_BUDGET)["spec"]["groups"][0]["rules"]
+    assert {rule["alert"] for rule in rules} == ALERT_NAMES | {ROUTER_ALERT}
     runbook_headings = re.findall(r"^## (\w+)$", (REPO / "docs" / "runbooks.md").read_text(), flags=re.MULTILINE)
     for rule in rules:
         assert rule["labels"]["severity"] in {"critical", "warning"}, rule["alert"]
@@ -192,5 +202,5 @@ def test_every_alert_has_a_firing_and_a_not_firing_case_in_the_fixtures() -> Non
         for case in yaml.safe_load(fixture.read_text())["tests"]:
             for check in case.get("alert_rule_test", []):
                 (firing if check.get("exp_alerts") else quiet).add(check["alertname"])
-    assert firing >= ALERT_NAMES, ALERT_NAMES - firing
-    assert quiet >= ALERT_NAMES, ALERT_NAMES - quiet
+    assert firing >= ALERT_NAMES | {ROUTER_ALERT}, ALERT_NAMES - firing
+    assert quiet >= ALERT_NAMES | {ROUTER_ALERT}, ALERT_NAMES - quiet

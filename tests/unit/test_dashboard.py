@@ -64,6 +64,13 @@ KUBE_STATE_METRICS = {
 DCGM_EXPORTER = {"DCGM_FI_DEV_GPU_UTIL", "DCGM_FI_DEV_FB_USED", "DCGM_FI_DEV_FB_FREE"}
 # Prometheus itself, for every scrape target.
 PROMETHEUS = {"up"}
+# vllm-router (spec.router), as the pinned 0.1.17 exposes them on its metrics port (src/metrics.rs of
+# vllm-project/router; the names are in the wheel's binary too). The histogram is a Prometheus histogram.
+VLLM_ROUTER = {
+    "vllm_router_active_workers", "vllm_router_worker_health", "vllm_router_processed_requests_total",
+    "vllm_router_retries_total", "vllm_router_retries_exhausted_total", "vllm_router_request_errors_total",
+    "vllm_router_cache_hits_total", "vllm_router_cache_misses_total",
+} | {"vllm_router_request_duration_seconds" + suffix for suffix in HISTOGRAM_SUFFIXES}
 KNOWN_METRICS = (
     VLLM_GAUGES
     | VLLM_COUNTERS
@@ -72,6 +79,7 @@ KNOWN_METRICS = (
     | KUBE_STATE_METRICS
     | DCGM_EXPORTER
     | PROMETHEUS
+    | VLLM_ROUTER
 )
 
 PROMQL_KEYWORDS = {"and", "or", "unless", "bool", "offset", "by", "without", "on", "ignoring", "group_left", "group_right", "inf", "nan"}
@@ -97,9 +105,13 @@ def dashboard_queries(dashboard: dict) -> list[tuple[str, str]]:
     return [(panel["title"], target["expr"]) for panel in dashboard["panels"] for target in panel["targets"]]
 
 
-@pytest.fixture(scope="module")
-def dashboard() -> dict:
-    return build_dashboard(OWNER, QwenInferenceSpec(), SERVED_NAME)
+# One replica (no router) and two (the router, with its panels).
+SPECS = [QwenInferenceSpec(), QwenInferenceSpec(replicas=2)]
+
+
+@pytest.fixture(scope="module", params=SPECS, ids=["engines", "with-router"])
+def dashboard(request: pytest.FixtureRequest) -> dict:
+    return build_dashboard(OWNER, request.param, SERVED_NAME)
 
 
 @pytest.mark.parametrize(
@@ -168,8 +180,9 @@ def test_every_dashboard_query_names_only_known_metrics(dashboard: dict) -> None
         assert names <= KNOWN_METRICS, f"{title}: unknown metrics {names - KNOWN_METRICS}"
 
 
-def test_every_alert_expression_names_only_known_metrics() -> None:
-    for rule in build_alert_rules(OWNER, QwenInferenceSpec(), SERVED_NAME, 600):
+@pytest.mark.parametrize("spec", SPECS, ids=["engines", "with-router"])
+def test_every_alert_expression_names_only_known_metrics(spec: QwenInferenceSpec) -> None:
+    for rule in build_alert_rules(OWNER, spec, SERVED_NAME, 600):
         names = metric_names(rule["expr"])
         assert names, rule["alert"]
         assert names <= KNOWN_METRICS, f"{rule['alert']}: unknown metrics {names - KNOWN_METRICS}"
@@ -192,7 +205,8 @@ def test_every_variable_a_query_uses_is_defined(dashboard: dict) -> None:
 def test_every_dashboard_query_is_valid_promql(dashboard: dict, promtool: str, tmp_path: Path) -> None:
     # promtool parses rule expressions: wrap each query, with Grafana's variables substituted, in
     # a recording rule.
-    values = {"namespace": "team-a", "service": "chat", "deployment": "chat", "model": SERVED_NAME, "__rate_interval": "1m"}
+    values = {"namespace": "team-a", "service": "chat", "deployment": "chat", "model": SERVED_NAME, "__rate_interval": "1m",
+              "router_service": "chat"}
     rules = []
     for index, (_, expr) in enumerate(dashboard_queries(dashboard)):
         concrete = re.sub(r"\$(\w+)", lambda match: values[match.group(1)], expr)
