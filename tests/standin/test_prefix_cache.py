@@ -131,3 +131,19 @@ def test_the_control_endpoint_empties_the_cache_and_turns_the_charge_off(pods):
     assert "X-Stand-In-Emulated-TTFT-Ms" not in headers
     state = json.loads(urllib.request.urlopen(f"{base}/stand-in/state", timeout=5).read())
     assert state["prefix_cache"]["capacity_tokens"] == 8192 and state["prefix_cache"]["tokens_per_second"] == 0
+
+
+def test_render_gives_token_ids_that_share_a_prefix_as_the_prompts_do(pods):
+    """vllm-router's cache_aware policy asks a worker for the prompt's token ids (vLLM's render endpoint)."""
+    base = pods[0]
+    system = {"role": "system", "content": "You are a helpful assistant. " * 50}
+    first, _ = post(f"{base}/v1/chat/completions/render", {"model": "m", "messages": [system, {"role": "user", "content": "one"}]})
+    second, _ = post(f"{base}/v1/chat/completions/render", {"model": "m", "messages": [system, {"role": "user", "content": "two"}]})
+    other, _ = post(f"{pods[1]}/v1/chat/completions/render", {"model": "m", "messages": [system, {"role": "user", "content": "one"}]})
+    rendered = render_prompt({"messages": [system, {"role": "user", "content": "one"}]})
+    assert len(first["token_ids"]) == -(-len(rendered) // CHARS_PER_TOKEN)
+    assert other["token_ids"] == first["token_ids"]  # the same ids on every pod
+    shared = next(i for i, (a, b) in enumerate(zip(first["token_ids"], second["token_ids"])) if a != b)
+    assert shared >= len(system["content"]) // CHARS_PER_TOKEN
+    tokenized, _ = post(f"{base}/tokenize", {"model": "m", "prompt": "abcdefgh"})
+    assert tokenized["count"] == 2 and len(tokenized["tokens"]) == 2

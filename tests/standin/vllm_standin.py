@@ -6,6 +6,10 @@ Routes (as vLLM v0.19 serves them):
   GET  /v1/models               the OpenAI model list with the served name
   POST /v1/chat/completions     a canned answer ("stand-in"), counted in the metrics
   POST /v1/completions          the same for plain completions
+  POST /v1/chat/completions/render, /v1/completions/render
+                                the prompt's token ids ({"token_ids": [...]}), as vLLM's render
+                                endpoints (vllm-router's cache_aware policy asks for them); POST /tokenize
+                                the same in /tokenize's shape. Ids are emulated: one per 4 characters
   GET  /metrics                 Prometheus text: vllm:num_requests_waiting, vllm:num_requests_running,
                                 vllm:kv_cache_usage_perc (gauges, labels model_name and engine),
                                 vllm:request_success_total, vllm:prompt_tokens_total,
@@ -123,6 +127,17 @@ def render_prompt(request: dict) -> str:
         return "".join(parts) + "<|im_start|>assistant\n"
     prompt = request.get("prompt", "")
     return prompt if isinstance(prompt, str) else json.dumps(prompt)
+
+
+RENDER_PATHS = ("/v1/chat/completions/render", "/v1/completions/render", "/tokenize")
+QWEN3_VOCABULARY = 151_936
+
+
+def emulated_token_ids(text: str) -> list[int]:
+    """One id per CHARS_PER_TOKEN bytes of the UTF-8 text (those bytes read as a number): the same text gives
+    the same ids in every process, a shared prefix a shared run of ids. Not Qwen's tokenizer."""
+    data = text.encode()
+    return [int.from_bytes(data[i:i + CHARS_PER_TOKEN], "little") % QWEN3_VOCABULARY for i in range(0, len(data), CHARS_PER_TOKEN)]
 
 
 class PrefixCache:
@@ -280,6 +295,9 @@ def make_handler(pod: FakePod, on_exit_fault=None, keep_alive: bool = False) -> 
     class Handler(BaseHTTPRequestHandler):
         server_version = "vllm-stand-in"
         protocol_version = "HTTP/1.1" if keep_alive else "HTTP/1.0"
+        # Headers and body are two writes: on a kept-alive connection Nagle's algorithm would hold the
+        # body until the client's delayed ACK (40 ms).
+        disable_nagle_algorithm = keep_alive
 
         def log_message(self, *_args) -> None:  # quiet: Prometheus scrapes every second
             pass
@@ -353,6 +371,16 @@ def make_handler(pod: FakePod, on_exit_fault=None, keep_alive: bool = False) -> 
             except json.JSONDecodeError:
                 request = None
             if self._refuse_unauthorized(path, "POST"):
+                return
+            if path in RENDER_PATHS and isinstance(request, dict) and request.get("model", pod.served_name) == pod.served_name:
+                # vLLM's render endpoints (and /tokenize): the prompt's token ids, no generation.
+                # vllm-router's cache_aware policy asks a worker for them and keys its prefix tree on them.
+                token_ids = emulated_token_ids(render_prompt(request))
+                pod.count_http(path, "POST", 200)
+                if path == "/tokenize":
+                    self._json(200, {"count": len(token_ids), "max_model_len": pod.max_model_len, "tokens": token_ids, "token_strs": None})
+                else:
+                    self._json(200, {"request_id": f"render-{os.urandom(8).hex()}", "token_ids": token_ids, "features": None, "model": pod.served_name})
                 return
             if path not in ("/v1/chat/completions", "/v1/completions"):
                 self._json(404, {"detail": "Not Found"})
