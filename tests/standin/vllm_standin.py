@@ -512,9 +512,14 @@ def make_handler(pod: FakePod, on_exit_fault=None, keep_alive: bool = False) -> 
     return Handler
 
 
+class StandInServer(ThreadingHTTPServer):
+    daemon_threads = True
+    # uvicorn's listen backlog (http.server's is 5: a burst of new connections waits out a SYN retransmit, 1 s).
+    request_queue_size = 2048
+
+
 def start_pod(pod: FakePod, host: str, port: int, on_exit_fault=None, keep_alive: bool = False) -> ThreadingHTTPServer:
-    server = ThreadingHTTPServer((host, port), make_handler(pod, on_exit_fault, keep_alive))
-    server.daemon_threads = True
+    server = StandInServer((host, port), make_handler(pod, on_exit_fault, keep_alive))
     threading.Thread(target=server.serve_forever, name=f"stand-in-{server.server_address[1]}", daemon=True).start()
     return server
 
