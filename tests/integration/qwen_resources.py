@@ -12,6 +12,7 @@ from conftest import wait_until
 # Spelled out rather than imported from the operator, so a renamed API group fails the tests.
 GROUP, VERSION, PLURAL = "inference.qwenops.io", "v1alpha1", "qweninferences"
 INSTANCE_LABEL = "app.kubernetes.io/instance"
+ENGINE_LABEL = "app.kubernetes.io/name=qwen-inference"  # the engine pods; the router's are app.kubernetes.io/name=qwen-router
 
 
 def qwi(name: str, spec: dict[str, Any]) -> dict[str, Any]:
@@ -54,8 +55,8 @@ def events_for(k8s, namespace: str, name: str, kind: str = "QwenInference") -> l
 
 
 def pods(k8s, namespace: str, name: str) -> list[client.V1Pod]:
-    """Every pod of the instance, those being deleted included."""
-    return client.CoreV1Api(k8s).list_namespaced_pod(namespace, label_selector=f"{INSTANCE_LABEL}={name}").items
+    """Every engine pod of the instance, those being deleted included (not its router's pods)."""
+    return client.CoreV1Api(k8s).list_namespaced_pod(namespace, label_selector=f"{ENGINE_LABEL},{INSTANCE_LABEL}={name}").items
 
 
 def live_pods(k8s, namespace: str, name: str) -> list[client.V1Pod]:

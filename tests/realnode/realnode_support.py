@@ -155,7 +155,9 @@ def ready_condition(k8s, namespace: str, name: str) -> dict[str, Any]:
 
 
 def qwen_pods(k8s, namespace: str, name: str) -> list[client.V1Pod]:
-    pods = client.CoreV1Api(k8s).list_namespaced_pod(namespace, label_selector=f"app.kubernetes.io/instance={name}").items
+    # The engine pods (the router's, with spec.router on, are app.kubernetes.io/name=qwen-router).
+    selector = f"app.kubernetes.io/name=qwen-inference,app.kubernetes.io/instance={name}"
+    pods = client.CoreV1Api(k8s).list_namespaced_pod(namespace, label_selector=selector).items
     return [p for p in pods if not p.metadata.deletion_timestamp]
 
 
