@@ -68,6 +68,7 @@ class Controller:
         # Per resource: (generation, capabilities, {child: resourceVersion}) when a reconcile last found
         # every child as desired. While the children stay exactly so, the next runs skip building them.
         self.in_sync: dict[Key, tuple[Any, Any, dict[tuple[str, str], str]]] = {}
+        self.last_run: dict[Key, float] = {}  # monotonic time each resource's last run ended
         self._lock = threading.Lock()
         self.caches = ChildCaches(api, CHILD_KINDS, MONITORING_KINDS, self._child_changed, relist_seconds, namespaces=self.namespaces)
         self.resync_seconds = resync_seconds
@@ -121,6 +122,7 @@ class Controller:
             self.bodies.pop((namespace, name), None)
             self.statuses.pop((namespace, name), None)
             self.in_sync.pop((namespace, name), None)
+            self.last_run.pop((namespace, name), None)
         self.forget(namespace, name)
 
     def _child_changed(self, owner: Key) -> None:
@@ -137,13 +139,16 @@ class Controller:
     # The resync: every resource, queued; each runs (and fails) on its own.
 
     def _resync_loop(self) -> None:
-        """Every resync_seconds, every known QwenInference is judged again from the caches (no API
-        reads); the informers' periodic relist guards the caches against a missed event."""
-        while not self._stopped.wait(self.resync_seconds):
+        """Every known QwenInference is judged again from the caches (no API reads) once it has not
+        run for resync_seconds; one an event ran meanwhile is not run again for nothing. The loop
+        wakes four times per period, so a large fleet's resyncs spread out instead of coming in one
+        burst. The informers' periodic relist guards the caches against a missed event."""
+        while not self._stopped.wait(self.resync_seconds / 4):
             if self.caches.optional and self.capabilities.get().prometheus_operator:
                 self.caches.enable_optional()
+            due = time.monotonic() - self.resync_seconds
             with self._lock:
-                keys = list(self.bodies)
+                keys = [key for key in self.bodies if self.last_run.get(key, 0.0) <= due]
             for key in keys:
                 if self.serves(key[0]):
                     self.enqueue(*key)
@@ -213,6 +218,9 @@ class Controller:
             self._report(body, "ReconcileError", f"the operator could not reconcile this resource ({type(error).__name__}: {error}); it retries with backoff")
             raise Retry(str(error)) from None
         finally:
+            with self._lock:
+                if key in self.bodies:
+                    self.last_run[key] = time.monotonic()
             metrics.RECONCILES.labels(outcome).inc()
             metrics.RECONCILE_DURATION.observe(time.monotonic() - started)
 
