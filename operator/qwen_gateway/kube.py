@@ -15,6 +15,12 @@ from qwen_gateway.keys import LABEL
 
 log = logging.getLogger("qwen_gateway.kube")
 GROUP, VERSION, PLURAL = "inference.qwenops.io", "v1alpha1", "qweninferences"
+# The scale-from-zero contract with the operator: the gateway stamps the time of the latest request for a model on
+# its QwenInference (at most every --activity-interval seconds while requests arrive, and before it wakes one); the
+# operator scales a QwenInference with autoscaling.minReplicas 0 to zero (spec.replicas 0, through the scale
+# subresource) once that stamp is autoscaling.scaleToZeroAfterSeconds old, and the gateway wakes it by setting
+# spec.replicas to 1 there.
+ACTIVITY_ANNOTATION = "gateway.qwenops.io/last-request"
 WATCH_SECONDS = 240
 RETRY_SECONDS = 2.0
 
@@ -107,6 +113,16 @@ class Watches:
         finally:
             response.release_conn()
         return version
+
+    def wake(self, namespace: str, name: str) -> None:
+        """Asks for one replica through the QwenInference's scale subresource (blocking: run it in a thread)."""
+        self.custom.patch_namespaced_custom_object_scale(GROUP, VERSION, namespace, PLURAL, name, {"spec": {"replicas": 1}})
+
+    def report_activity(self, namespace: str, name: str, when: datetime.datetime) -> None:
+        """Stamps ACTIVITY_ANNOTATION (blocking: run it in a thread). The operator scales an idle model to zero from it."""
+        stamp = when.astimezone(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        self.custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name,
+                                                   {"metadata": {"annotations": {ACTIVITY_ANNOTATION: stamp}}})
 
     def post_invalid_key_event(self, secret: dict, message: str) -> None:
         """A Warning Event on the Secret (once per version and message). The message never holds the key."""

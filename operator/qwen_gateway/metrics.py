@@ -28,3 +28,6 @@ UPSTREAM_ERRORS = Counter("qwen_gateway_upstream_errors_total", "Upstream failur
 KEYS = Gauge("qwen_gateway_keys", "API keys loaded.", registry=REGISTRY)
 INVALID_KEYS = Gauge("qwen_gateway_invalid_keys", "Key Secrets refused (see their Events).", registry=REGISTRY)
 MODELS = Gauge("qwen_gateway_models", "Models routed.", registry=REGISTRY)
+HELD = Gauge("qwen_gateway_held_requests", "Requests held while their model starts or scales from zero.", ["model"], registry=REGISTRY)
+HOLD_SECONDS = Histogram("qwen_gateway_hold_seconds", "Time a request was held for its model to have a ready replica.",
+                         ["model"], buckets=(0.1, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600), registry=REGISTRY)

@@ -24,9 +24,10 @@ class Route:
     upstream: str  # base URL ending in /v1
     replicas: int
     ready_replicas: int
-    spec_replicas: int | None
+    spec_replicas: int | None  # spec.replicas, the scale subresource: 0 while a scale-to-zero model sleeps
     ready_reason: str
     deep_health: str  # the EngineHung verdict, when the operator reported one; else "ok" or "off"
+    wakeable: bool = False  # autoscaling with minReplicas 0: the gateway may ask for a replica (scale from zero)
 
     @property
     def state(self) -> str:
@@ -64,8 +65,7 @@ def route_of(obj: dict) -> Route | None:
     if ready.get("reason") == "EngineHung":
         deep = ready.get("message") or "EngineHung"
     spec_replicas = spec.get("replicas")
-    if (spec.get("autoscaling") or {}).get("enabled"):
-        spec_replicas = status.get("desiredReplicas", spec_replicas)
+    autoscaling = spec.get("autoscaling") or {}
     return Route(
         model=model,
         namespace=metadata.get("namespace", ""),
@@ -78,6 +78,7 @@ def route_of(obj: dict) -> Route | None:
         spec_replicas=spec_replicas if isinstance(spec_replicas, int) else None,
         ready_reason=ready.get("reason") or "",
         deep_health=deep,
+        wakeable=bool(autoscaling.get("enabled")) and autoscaling.get("minReplicas") == 0,
     )
 
 

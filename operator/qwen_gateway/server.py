@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import datetime
 import json
 import logging
 import os
@@ -76,6 +77,13 @@ class Gateway:
         self.recent = Recent()
         self.session: ClientSession | None = None
         self.watches = None
+        # Scale from zero: requests held per model, the wake asked for per model, the routes' changes.
+        self.held: dict[str, int] = collections.defaultdict(int)
+        self.waking: dict[str, asyncio.Task] = {}
+        self.routes_changed = asyncio.Event()
+        # Activity the operator reads (kube.ACTIVITY_ANNOTATION): model -> last request (wall clock), last stamp sent.
+        self.last_request: dict[str, float] = {}
+        self.last_reported: dict[str, float] = {}
 
     # --- what the watches deliver -------------------------------------------------------------------
     def on_change(self, kind: str, type_: str, obj) -> None:
@@ -136,6 +144,8 @@ class Gateway:
                 log.warning("QwenInference %s/%s serves model %s, which %s/%s already serves: not routed",
                             route.namespace, route.name, route.model, self.routes[route.model].namespace, self.routes[route.model].name)
         self.shadowed = shadowed
+        self.routes_changed.set()  # held requests look again
+        self.routes_changed = asyncio.Event()
         if set(self.routes) != before:
             log.info("models routed: %s", ", ".join(sorted(self.routes)) or "none")
         metrics.MODELS.set(len(self.routes))
@@ -242,8 +252,9 @@ class Gateway:
             route = self.route_for(policy, body["model"])
             model_label = route.model
             await self.limit(policy)
+            self.last_request[route.model] = time.time()
             if route.ready_replicas < 1:
-                raise errors.unavailable(f"The model '{route.model}' has no ready replica ({route.state}).", self.args.retry_after_unavailable)
+                route = await self.hold(route)
             response = await self.forward(request, route, policy, kind, body, raw, started)
         except ApiError as error:
             response = web.Response(status=error.status, body=error.body(), headers=error.headers())
@@ -256,6 +267,84 @@ class Gateway:
             metrics.LATENCY.labels(model_label, key_label).observe(elapsed)
             self.recent.add(model_label, response.status >= 500, elapsed)
         return response
+
+    async def hold(self, route: routes.Route) -> routes.Route:
+        """Holds a request for a model without a ready replica (bounded, per model) until one is ready, asking for a
+        replica first when the model sleeps at zero; 503 with Retry-After when it is down, the queue is full, or
+        no replica is ready within --hold-timeout."""
+        model = route.model
+        if route.state == "down":
+            raise errors.unavailable(f"The model '{model}' is down ({route.ready_reason}).", self.args.retry_after_unavailable)
+        if route.state == "scaled-to-zero" and not route.wakeable:
+            raise errors.unavailable(f"The model '{model}' is scaled to zero by its owner (autoscaling.minReplicas is not 0).",
+                                     self.args.retry_after_unavailable)
+        if self.held[model] >= self.args.max_held:
+            metrics.SCALE_FROM_ZERO_WAITS.labels(model, "queue_full").inc()
+            raise errors.unavailable(f"The model '{model}' is starting and {self.args.max_held} requests already wait for it.",
+                                     self.args.retry_after_unavailable)
+        self.held[model] += 1
+        metrics.HELD.labels(model).inc()
+        started = time.monotonic()
+        try:
+            deadline = started + self.args.hold_timeout
+            while True:
+                current = self.routes.get(model)
+                if current is None:
+                    raise errors.unknown_model(model)
+                if current.ready_replicas >= 1:
+                    metrics.SCALE_FROM_ZERO_WAITS.labels(model, "served").inc()
+                    return current
+                self.last_request[model] = time.time()
+                if current.wakeable and current.spec_replicas == 0 and model not in self.waking:
+                    self.waking[model] = asyncio.create_task(self.wake(current))
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    metrics.SCALE_FROM_ZERO_WAITS.labels(model, "timeout").inc()
+                    raise errors.unavailable(f"The model '{model}' has no ready replica yet ({current.state}); it was waited for "
+                                             f"{self.args.hold_timeout:g} s.", self.args.retry_after_unavailable)
+                changed = self.routes_changed
+                try:
+                    await asyncio.wait_for(changed.wait(), timeout=min(remaining, 1.0))
+                except TimeoutError:
+                    pass
+        finally:
+            self.held[model] -= 1
+            metrics.HELD.labels(model).dec()
+            metrics.HOLD_SECONDS.labels(model).observe(time.monotonic() - started)
+
+    async def wake(self, route: routes.Route) -> None:
+        """Stamps the activity first (so the operator does not put it back to sleep at once), then asks for one replica."""
+        loop = asyncio.get_running_loop()
+        try:
+            now = time.time()
+            await loop.run_in_executor(None, self.watches.report_activity, route.namespace, route.name,
+                                       datetime.datetime.fromtimestamp(now, datetime.timezone.utc))
+            self.last_reported[route.model] = now
+            await loop.run_in_executor(None, self.watches.wake, route.namespace, route.name)
+            log.info("asked for a replica of %s/%s (model %s), scaled to zero", route.namespace, route.name, route.model)
+        except Exception as error:  # noqa: BLE001 - held requests time out with a 503; the next one asks again
+            log.warning("could not wake %s/%s: %s", route.namespace, route.name, error)
+        finally:
+            await asyncio.sleep(self.args.activity_interval / 3)  # ask at most this often
+            self.waking.pop(route.model, None)
+
+    async def report_activity(self) -> None:
+        """Every few seconds: stamp the models that had requests since their last stamp, at most every --activity-interval."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(min(5.0, self.args.activity_interval))
+            for model, last in list(self.last_request.items()):
+                route = self.routes.get(model)
+                reported = self.last_reported.get(model, 0.0)
+                if route is None or last <= reported or time.time() - reported < self.args.activity_interval:
+                    continue
+                self.last_reported[model] = last
+                try:
+                    await loop.run_in_executor(None, self.watches.report_activity, route.namespace, route.name,
+                                               datetime.datetime.fromtimestamp(last, datetime.timezone.utc))
+                except Exception as error:  # noqa: BLE001 - the next round tries again
+                    self.last_reported[model] = reported
+                    log.warning("could not report activity on %s/%s: %s", route.namespace, route.name, error)
 
     async def forward(self, request: web.Request, route: routes.Route, policy: keys.KeyPolicy, kind: str,
                       body: dict, raw: bytes, started: float) -> web.StreamResponse:
@@ -387,6 +476,8 @@ class Gateway:
                 "readyReplicas": route.ready_replicas,
                 "replicas": route.replicas,
                 "scaledToZero": route.state == "scaled-to-zero",
+                "scaleFromZero": route.wakeable,
+                "held": self.held.get(route.model, 0),
                 "readyReason": route.ready_reason,
                 "deepHealth": route.deep_health,
                 **self.recent.summary(route.model),
@@ -459,6 +550,12 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument("--upstream-timeout", type=float, default=float(env("QWEN_GATEWAY_UPSTREAM_TIMEOUT", "3600")),
                         help="seconds a whole answer may take (long thinking answers stream for minutes)")
     parser.add_argument("--retry-after-unavailable", type=float, default=10.0, help="Retry-After for a model without a ready replica")
+    parser.add_argument("--hold-timeout", type=float, default=float(env("QWEN_GATEWAY_HOLD_TIMEOUT", "600")),
+                        help="seconds a request waits for a model starting (or scaling from zero) before a 503")
+    parser.add_argument("--max-held", type=int, default=int(env("QWEN_GATEWAY_MAX_HELD", "256")),
+                        help="requests held per model while it starts; more get a 503 with Retry-After")
+    parser.add_argument("--activity-interval", type=float, default=float(env("QWEN_GATEWAY_ACTIVITY_INTERVAL", "30")),
+                        help="at most this often per model, stamp the latest request on its QwenInference (scale to zero reads it)")
     parser.add_argument("-v", "--verbose", action="store_true")
     return parser
 
@@ -475,6 +572,7 @@ async def serve(args: argparse.Namespace, ready: asyncio.Event | None = None, st
     loop = asyncio.get_running_loop()
     gateway.watches = Watches(api_client(), loop, gateway.on_change, args.keys_namespace, list(args.namespace))
     gateway.watches.start()
+    reporter = asyncio.create_task(gateway.report_activity())
     runner = web.AppRunner(build_app(gateway), handler_cancellation=True, access_log=None,
                            keepalive_timeout=args.header_timeout, max_field_size=16384, max_headers=100)
     await runner.setup()
@@ -491,6 +589,7 @@ async def serve(args: argparse.Namespace, ready: asyncio.Event | None = None, st
     if ready is not None:
         ready.set()
     await stop.wait()
+    reporter.cancel()
     gateway.watches.stop.set()
     await runner.cleanup()
     await gateway.session.close()

@@ -197,6 +197,8 @@ class Controller:
             if result.applied or result.pruned or result.status_written:
                 log.info("reconciled %s/%s: applied %s, pruned %s, status %s", namespace, name,
                          result.applied or "nothing", result.pruned or "nothing", "written" if result.status_written else "unchanged")
+            if result.requeue_after is not None and result.retry_after is None:
+                self.queue.add(key, result.requeue_after)  # a scale-to-zero deadline: judged again then
             if result.retry_after is not None:
                 raise Retry("a child could not be brought to the desired state yet", result.retry_after)
         except KubeError as error:

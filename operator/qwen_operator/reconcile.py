@@ -29,7 +29,7 @@ from qwen_operator import status as status_lib
 from qwen_operator.api.errors import SpecError
 from qwen_operator.api.models import QwenInference, QwenInferenceSpec, name_problem
 from qwen_operator.builders import common
-from qwen_operator.builders.autoscaling import build_hpa
+from qwen_operator.builders.autoscaling import asleep, build_hpa, scales_to_zero
 from qwen_operator.builders.common import Owner
 from qwen_operator.builders.dashboard import build_dashboard_configmap
 from qwen_operator.builders.deployment import build_deployment, startup_budget_seconds
@@ -107,6 +107,29 @@ class ReconcileResult:
     status: dict[str, Any] | None = None  # the status written, when one was
     in_sync: bool = False  # every child was as desired: nothing was applied, deleted or in conflict
     written: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)  # (kind, name) -> the API's answer to an apply
+    requeue_after: float | None = None  # run again then, though nothing failed (a scale-to-zero deadline)
+    scaled_to_zero: bool = False
+
+
+# Scale to zero (autoscaling.minReplicas 0): the gateway stamps the time of the latest request on the QwenInference.
+ACTIVITY_ANNOTATION = "gateway.qwenops.io/last-request"
+
+
+def idle_verdict(spec: QwenInferenceSpec, metadata: dict[str, Any], now: float) -> tuple[bool, float | None, str]:
+    """(scale to zero now, seconds until it should be judged again, the reason), for an awake scale-to-zero
+    instance: idle since the gateway's last stamp (or, without one, since its creation)."""
+    if not scales_to_zero(spec) or spec.replicas == 0:
+        return False, None, ""
+    stamp = (metadata.get("annotations") or {}).get(ACTIVITY_ANNOTATION) or metadata.get("creationTimestamp")
+    try:
+        last = datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc).timestamp()
+    except (TypeError, ValueError):
+        return False, None, ""
+    idle = now - last
+    after = spec.autoscaling.scale_to_zero_after_seconds
+    if idle >= after:
+        return True, None, f"no request through the gateway for {int(idle)} s (scaleToZeroAfterSeconds {after})"
+    return False, after - idle + 1.0, ""
 
 
 def owner_of(body: dict[str, Any]) -> Owner:
@@ -118,8 +141,9 @@ def owner_of(body: dict[str, Any]) -> Owner:
 
 
 def desired_children(owner: Owner, spec: QwenInferenceSpec, model: ResolvedModel, config: OperatorConfig, caps: Capabilities) -> list[dict[str, Any]]:
-    """Every child the spec asks for, fully built. The HPA owns replicas while autoscaling is on."""
-    autoscaling = spec.autoscaling.enabled
+    """Every child the spec asks for, fully built. The HPA owns replicas while autoscaling is on, except while a
+    scale-to-zero instance sleeps (then the operator holds them at 0, and there is no HPA)."""
+    autoscaling = spec.autoscaling.enabled and not asleep(spec)
     children: list[dict[str, Any] | None] = [
         # Applied in this order: the cache PVC before the Deployment, or the first pods meet a
         # claim that does not exist yet and are reported Unschedulable.
@@ -466,6 +490,15 @@ def reconcile(body: dict[str, Any], api: KubeApi, config: OperatorConfig, capabi
 
     if spec is not None:
         observe(owner, spec, model, caps, observation, snapshot)
+        sleep, recheck, reason = idle_verdict(spec, body["metadata"], time.time())
+        if sleep and observation.blocking is None:
+            log.info("%s/%s: scaling to zero: %s", owner.namespace, owner.name, reason)
+            api.patch_scale(kinds.QWEN_INFERENCE, owner.namespace, owner.name, 0)
+            post_event("Normal", "ScalingToZero", f"Scaling to zero: {reason}")
+            result.scaled_to_zero = True
+            result.requeue_after = 0.0
+        else:
+            result.requeue_after = recheck
 
     new_status = status_lib.compute_status(owner, model.served_name if model else "", observation, previous_status, now_rfc3339())
     ready = next(c for c in new_status["conditions"] if c["type"] == status_lib.READY)
@@ -491,7 +524,12 @@ def apply_child(api: KubeApi, manifest: dict[str, Any], live: dict[str, Any] | N
     bad spec never costs a running child.
     """
     kind, name = key(manifest)
-    if kind == "Deployment" and live is not None and spec.autoscaling.enabled and owns_replicas(live, api.field_manager):
+    if (kind == "Deployment" and live is not None and scales_to_zero(spec) and spec.replicas >= 1
+            and ((live.get("spec") or {}).get("replicas") or 0) == 0 and "replicas" not in manifest["spec"]):
+        # Woken from zero: the HPA never scales a Deployment up from 0, so start it at spec.replicas; the HPA takes
+        # the replicas over from there (the handover below, on a later apply).
+        manifest = {**manifest, "spec": {**manifest["spec"], "replicas": spec.replicas}}
+    elif kind == "Deployment" and live is not None and spec.autoscaling.enabled and owns_replicas(live, api.field_manager):
         # Hand replicas over before the apply that leaves them out, or they would reset to 1.
         api.apply(hpa_handover(live), field_manager=HPA_HANDOVER_MANAGER)
     def apply_and_record(done: list[str]) -> None:

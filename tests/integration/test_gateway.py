@@ -75,7 +75,7 @@ def models(env):
 @pytest.fixture(scope="module")
 def gateway(env, models, cluster):
     gw = start_gateway(cluster.kubeconfig, env.namespace, env.workdir, "--header-timeout", "2", "--body-timeout", "2",
-                       "--max-body-bytes", str(1 << 20))
+                       "--max-body-bytes", str(1 << 20), "--hold-timeout", "6", "--max-held", "25", "--activity-interval", "2")
     env.processes.append(gw.process)
     wait_for(lambda: len(requests.get(gw.url + "/health/detailed", timeout=2).json()["models"]) == 3, 20, "three models routed")
     yield gw
@@ -93,7 +93,8 @@ def auth(key: str) -> dict:
 def post(gw, key: str | None, body, path: str = "/v1/chat/completions", **kwargs) -> requests.Response:
     headers = {**(auth(key) if key else {}), **kwargs.pop("headers", {})}
     data = body if isinstance(body, (bytes, str)) else json.dumps(body)
-    return requests.post(gw.url + path, data=data, headers={"Content-Type": "application/json", **headers}, timeout=30, **kwargs)
+    kwargs.setdefault("timeout", 30)
+    return requests.post(gw.url + path, data=data, headers={"Content-Type": "application/json", **headers}, **kwargs)
 
 
 def error_of(response: requests.Response) -> dict:
@@ -347,6 +348,10 @@ def test_slow_loris_clients_are_cut_off_and_others_served(env, models, gateway):
 
 def test_health_endpoints_and_model_states(env, models, gateway):
     a, _ = models["a"]
+    _, key = env.add_key()
+    wait_key(gateway, key)
+    assert post(gateway, key, chat(a)).status_code == 200
+    assert post(gateway, key, chat(models["dead"][0])).status_code == 502
     assert requests.get(gateway.url + "/health/liveness", timeout=2).text == "ok"
     assert requests.get(gateway.url + "/health/readiness", timeout=2).status_code == 200
     detailed = requests.get(gateway.url + "/health/detailed", timeout=2).json()
@@ -355,15 +360,93 @@ def test_health_endpoints_and_model_states(env, models, gateway):
     assert model["state"] == "ready" and model["readyReplicas"] == 1 and not model["scaledToZero"]
     assert model["requests"] >= 1 and 0 <= model["errorRate"] <= 1 and model["latencyP50Seconds"] is not None
     assert detailed["models"][models["dead"][0]]["errorRate"] == 1.0
-    # A model at zero replicas: 503 with Retry-After, and the state says why.
+    # A model scaled to zero by hand (autoscaling off): 503 with Retry-After at once, and the state says why.
     zero_model = f"gw-zero-{env.suffix}"
     env.add_model("model-zero", zero_model, free_port(), ready=0, reason="ScaledToZero")
-    _, key = env.add_key()
-    wait_key(gateway, key)
+    env.cluster.kubectl("scale", "qweninference/model-zero", "-n", env.namespace, "--replicas=0")
     wait_for(lambda: requests.get(gateway.url + "/health/detailed", timeout=2).json()["models"].get(zero_model, {}).get("state") == "scaled-to-zero",
              10, "the scaled-to-zero model")
     answer = post(gateway, key, chat(zero_model))
-    assert answer.status_code == 503 and answer.headers["Retry-After"] == "10" and "scaled-to-zero" in error_of(answer)["message"]
+    assert answer.status_code == 503 and answer.headers["Retry-After"] == "10"
+    assert "scaled to zero by its owner" in error_of(answer)["message"]
+
+
+def _scale_to_zero_model(env, name: str, model: str, port: int) -> None:
+    """A QwenInference with autoscaling.minReplicas 0, asleep (spec.replicas 0, status ScaledToZero)."""
+    qwi = qwen_inference(name, model)
+    qwi["spec"].update({"replicas": 0, "autoscaling": {"enabled": True, "minReplicas": 0, "maxReplicas": 2, "scaleToZeroAfterSeconds": 60}})
+    env.apply(qwi)
+    env.cluster.kubectl("patch", "qweninference", name, "-n", env.namespace, "--subresource=status", "--type=merge",
+                        "-p", json.dumps(ready_status(model, port, 0, "ScaledToZero")))
+
+
+def _replicas(env, name: str) -> int:
+    return json.loads(env.cluster.kubectl("get", "qweninference", name, "-n", env.namespace, "-o", "json").stdout)["spec"]["replicas"]
+
+
+def test_scale_from_zero_holds_20_requests_and_answers_them_all(env, models, gateway):
+    """The gateway holds the requests, stamps the activity and asks for a replica through the scale subresource; the
+    test plays the operator (sees spec.replicas 1, writes a ready status 1 s later, as a loading replica would)."""
+    import concurrent.futures
+
+    process, ports = start_standins(f"gw-wake-{env.suffix}", 1, env.workdir)
+    env.processes.append(process)
+    model = f"gw-wake-{env.suffix}"
+    _scale_to_zero_model(env, "model-wake", model, ports[0])
+    _, key = env.add_key(models=model, rate=100, burst=100)
+    wait_key(gateway, key)
+    wait_for(lambda: requests.get(gateway.url + "/health/detailed", timeout=2).json()["models"].get(model, {}).get("scaleFromZero"),
+             10, "the sleeping model")
+
+    def streamed() -> tuple[int, float | None]:
+        sent = time.monotonic()
+        with post(gateway, key, chat(model, stream=True), stream=True, timeout=30) as answer:
+            if answer.status_code != 200:
+                return answer.status_code, answer.text
+            events = sse_events(answer)
+            return 200, events[0][0] - sent
+
+    started = time.monotonic()
+    with concurrent.futures.ThreadPoolExecutor(20) as pool:
+        futures = [pool.submit(streamed) for _ in range(20)]
+        wait_for(lambda: _replicas(env, "model-wake") == 1 or any(f.done() for f in futures), 5, "the gateway to ask for a replica")
+        assert not any(f.done() for f in futures), [f.result() for f in futures if f.done()]
+        asked = time.monotonic() - started
+        annotations = json.loads(env.cluster.kubectl("get", "qweninference", "model-wake", "-n", env.namespace, "-o", "json").stdout)["metadata"]["annotations"]
+        assert "gateway.qwenops.io/last-request" in annotations
+        assert requests.get(gateway.url + "/health/detailed", timeout=2).json()["models"][model]["held"] == 20
+        time.sleep(1.0)  # "loading"
+        env.cluster.kubectl("patch", "qweninference", "model-wake", "-n", env.namespace, "--subresource=status", "--type=merge",
+                            "-p", json.dumps(ready_status(model, ports[0], 1)))
+        results = [f.result(timeout=30) for f in futures]
+    assert [code for code, _ in results] == [200] * 20
+    first_token = min(t for _, t in results)
+    print(f"scale from zero on loopback: replica asked for after {asked:.2f} s, first token after {first_token:.2f} s "
+          f"(1 s of emulated load), all 20 answered")
+    assert first_token < 5
+    assert 'qwen_gateway_scale_from_zero_waits_total{model="' + model + '",outcome="served"} 20.0' in gateway.metrics()
+
+
+def test_held_requests_time_out_with_503_and_a_full_queue_refuses(env, gateway):
+    model = f"gw-never-{env.suffix}"
+    _scale_to_zero_model(env, "model-never", model, free_port())
+    _, key = env.add_key(models=model, rate=100, burst=100)
+    wait_key(gateway, key)
+    wait_for(lambda: requests.get(gateway.url + "/health/detailed", timeout=2).json()["models"].get(model, {}).get("scaleFromZero"),
+             10, "the sleeping model")
+    import concurrent.futures
+
+    with concurrent.futures.ThreadPoolExecutor(27) as pool:
+        futures = [pool.submit(post, gateway, key, chat(model)) for _ in range(27)]
+        answers = [f.result(timeout=30) for f in futures]
+    codes = sorted(a.status_code for a in answers)
+    assert codes == [503] * 27
+    full = [a for a in answers if "already wait" in error_of(a)["message"]]
+    timed_out = [a for a in answers if "it was waited for 6 s" in error_of(a)["message"]]
+    assert len(full) == 2 and len(timed_out) == 25  # --max-held 25, --hold-timeout 6
+    assert all(a.headers["Retry-After"] == "10" for a in answers)
+    assert _replicas(env, "model-never") == 1  # it was asked for
+    assert requests.get(gateway.url + "/health/liveness", timeout=2).status_code == 200
 
 
 def test_a_badly_declared_key_is_refused_with_an_event(env, gateway, k8s):

@@ -35,6 +35,7 @@ APPLIED = {"get", "list", "watch", "create", "patch", "delete"}
 NAMESPACED_GRANTS = {
     ("inference.qwenops.io", "qweninferences"): {"get", "list", "watch", "patch"},
     ("inference.qwenops.io", "qweninferences/status"): {"patch"},
+    ("inference.qwenops.io", "qweninferences/scale"): {"patch"},
     ("inference.qwenops.io", "qweninferences/finalizers"): {"update"},
     ("apps", "deployments"): APPLIED,
     ("", "persistentvolumeclaims"): APPLIED,

@@ -58,7 +58,8 @@ def test_redis_pdb_and_service_monitor_follow_the_values(helm: str) -> None:
 
 def test_gateway_rbac_is_exactly_what_it_uses(helm: str) -> None:
     docs = gateway_docs(helm)
-    assert grants(the(docs, "ClusterRole", GATEWAY)["rules"]) == {("inference.qwenops.io", "qweninferences"): {"list", "watch"}}
+    assert grants(the(docs, "ClusterRole", GATEWAY)["rules"]) == {("inference.qwenops.io", "qweninferences"): {"list", "watch", "patch"},
+                                                                  ("inference.qwenops.io", "qweninferences/scale"): {"patch"}}
     keys = the(docs, "Role", f"{GATEWAY}-keys", NAMESPACE)
     assert grants(keys["rules"]) == {("", "secrets"): {"list", "watch"}, ("", "events"): {"create"}}
     assert the(docs, "ClusterRoleBinding", GATEWAY)["subjects"][0]["name"] == GATEWAY

@@ -14,9 +14,13 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- end -}}
 
-{{/* Exactly what the gateway uses: it lists and watches QwenInferences (reads their status). */}}
+{{/* Exactly what the gateway uses: it lists and watches QwenInferences (their status says where each model is),
+stamps its latest request on them (an annotation: patch), and wakes a model scaled to zero (scale subresource). */}}
 {{- define "qwen-operator.gatewayRules" -}}
 - apiGroups: ["inference.qwenops.io"]
   resources: ["qweninferences"]
-  verbs: ["list", "watch"]
+  verbs: ["list", "watch", "patch"]
+- apiGroups: ["inference.qwenops.io"]
+  resources: ["qweninferences/scale"]
+  verbs: ["patch"]
 {{- end -}}

@@ -65,6 +65,10 @@ It renders a YAML list with a leading newline: use it as `... | trim | nindent 2
 - apiGroups: ["inference.qwenops.io"]
   resources: ["qweninferences/status"]
   verbs: ["patch"]
+# Scale to zero (autoscaling.minReplicas 0): spec.replicas 0 through the scale subresource when idle.
+- apiGroups: ["inference.qwenops.io"]
+  resources: ["qweninferences/scale"]
+  verbs: ["patch"]
 # Owner references with blockOwnerDeletion need update on the owner's finalizers where the
 # OwnerReferencesPermissionEnforcement admission plugin runs (OpenShift).
 - apiGroups: ["inference.qwenops.io"]

@@ -481,13 +481,23 @@ class AutoscalingSpec(_Model):
     )
 
     enabled: bool = Field(default=False, description="Scale on queue depth with an HPA (needs the custom metrics API).")
-    min_replicas: int = Field(default=1, ge=1, le=100, description="Fewest replicas.")
+    min_replicas: int = Field(
+        default=1, ge=0, le=100,
+        description="Fewest replicas. 0 scales to zero when idle: no request through the gateway for "
+        "scaleToZeroAfterSeconds (the HPA keeps at least 1 while awake); the gateway wakes the model by setting "
+        "spec.replicas to 1 through the scale subresource, and spec.replicas 0 means asleep.",
+    )
     max_replicas: int = Field(default=8, ge=1, le=100, description="Most replicas.")
     queue_depth_per_replica: int = Field(
         default=5, ge=1, le=10000, description="Target average of vllm:num_requests_waiting per pod."
     )
     scale_down_stabilization_seconds: int = Field(
         default=300, ge=0, le=3600, description="How long load must stay low before replicas are removed."
+    )
+    scale_to_zero_after_seconds: int = Field(
+        default=900, ge=10, le=604800,
+        description="With minReplicas 0: scale to zero after this long without a request through the gateway "
+        "(the gateway's gateway.qwenops.io/last-request annotation).",
     )
 
 

@@ -21,10 +21,21 @@ SCALE_DOWN_MAX_PODS = 1
 SCALE_DOWN_PERIOD_SECONDS = 60
 
 
+def scales_to_zero(spec: QwenInferenceSpec) -> bool:
+    """Autoscaling with minReplicas 0: spec.replicas (the scale subresource) says awake (>= 1) or asleep (0)."""
+    return spec.autoscaling.enabled and spec.autoscaling.min_replicas == 0
+
+
+def asleep(spec: QwenInferenceSpec) -> bool:
+    """Scaled to zero: no HPA (it cannot go below 1), and the operator holds the Deployment at 0 replicas."""
+    return scales_to_zero(spec) and spec.replicas == 0
+
+
 def build_hpa(owner: Owner, spec: QwenInferenceSpec) -> dict[str, Any] | None:
-    """An autoscaling/v2 HPA on the instance's Deployment, or None when autoscaling is off."""
+    """An autoscaling/v2 HPA on the instance's Deployment, or None when autoscaling is off or the instance sleeps
+    at zero. The HPA's minReplicas is at least 1 (its own floor); below that the operator scales to zero."""
     autoscaling = spec.autoscaling
-    if not autoscaling.enabled:
+    if not autoscaling.enabled or asleep(spec):
         return None
     return {
         "apiVersion": "autoscaling/v2",
@@ -32,7 +43,7 @@ def build_hpa(owner: Owner, spec: QwenInferenceSpec) -> dict[str, Any] | None:
         "metadata": metadata(owner),
         "spec": {
             "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": owner.name},
-            "minReplicas": autoscaling.min_replicas,
+            "minReplicas": max(1, autoscaling.min_replicas),
             "maxReplicas": autoscaling.max_replicas,
             "metrics": [
                 {

@@ -19,7 +19,7 @@ from kubernetes import config as k8s_config
 from kubernetes.client.rest import ApiException
 
 # The verbs of KubeApi that change the cluster, as counted in qwen_operator_api_requests_total.
-WRITE_VERBS = frozenset({"apply", "create", "delete", "patch", "patch_status", "replace"})
+WRITE_VERBS = frozenset({"apply", "create", "delete", "patch", "patch_scale", "patch_status", "replace"})
 
 
 @dataclass(frozen=True)
@@ -219,6 +219,11 @@ class KubeApi:
     def patch_status(self, kind: Kind, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
         return self._request("patch_status", kind, "PATCH", kind.path(namespace, name, "status"),
                              body={"status": status}, content_type="application/merge-patch+json")
+
+    def patch_scale(self, kind: Kind, namespace: str, name: str, replicas: int) -> dict[str, Any]:
+        """spec.replicas through the scale subresource (a QwenInference scaled to zero when idle)."""
+        return self._request("patch_scale", kind, "PATCH", kind.path(namespace, name, "scale"),
+                             body={"spec": {"replicas": replicas}}, content_type="application/merge-patch+json")
 
     def create(self, kind: Kind, namespace: str, manifest: dict[str, Any]) -> dict[str, Any]:
         return self._request("create", kind, "POST", kind.path(namespace), body=manifest)
