@@ -159,6 +159,7 @@ def namespace(request: pytest.FixtureRequest, k8s) -> str:
     core.delete_namespace(name)
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's, which reads the xdist_group marks added here
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if item.get_closest_marker("cluster") and "cluster" not in getattr(item, "fixturenames", ["cluster"]):

@@ -18,11 +18,14 @@ from qwen_resources import GROUP, PLURAL, VERSION, create, qwi, wait_ready
 pytestmark = pytest.mark.cluster
 
 STORM = int(os.environ.get("QWEN_FAULT_STORM", "100"))
+# A GPU no node has: the storm's pods stay Unschedulable and take no GPU from the fake pools, which
+# the tests running beside it in other pytest-xdist workers need.
+STORM_SPEC = {"resources": {"gpu": {"products": ["NVIDIA-H200"]}}}
 
 
 def judged(k8s, namespace: str) -> tuple[int, int]:
-    """(resources whose status judges their current generation, of which Ready=True). The fake GPU
-    pools hold fewer GPUs than a storm asks for, so the rest are Unschedulable: judged all the same."""
+    """(resources whose status judges their current generation, of which Ready=True). The storm's
+    pods are Unschedulable (STORM_SPEC): judged all the same."""
     items = client.CustomObjectsApi(k8s).list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)["items"]
     done = ready = 0
     for item in items:
@@ -40,7 +43,7 @@ def test_kill_9_mid_storm_loses_and_duplicates_nothing(cluster, k8s, namespace, 
     custom = client.CustomObjectsApi(k8s)
     try:
         for i in range(STORM):
-            custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, qwi(f"storm-{i}", {"monitoring": {"dashboard": i % 2 == 0}}))
+            custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, qwi(f"storm-{i}", STORM_SPEC | {"monitoring": {"dashboard": i % 2 == 0}}))
             if i == STORM // 2:
                 wait_until(lambda: judged(k8s, namespace)[0] >= 5, 60, "the operator well into the storm")
                 first.process.send_signal(signal.SIGKILL)  # mid-storm, mid-reconcile
@@ -67,7 +70,7 @@ def test_kill_9_mid_storm_loses_and_duplicates_nothing(cluster, k8s, namespace, 
         pods = core.list_namespaced_pod(namespace).items
         assert len([p for p in pods if p.metadata.deletion_timestamp is None]) == STORM
         print(f"\nkill -9 mid-storm: {STORM} resources, {judged_at_kill} with a status when killed; after the restart all converged in "
-              f"{converged:.1f}s ({ready} Ready, the rest Unschedulable on the fake GPU pools); 0 lost, 0 duplicated")
+              f"{converged:.1f}s ({ready} Ready, the rest Unschedulable); 0 lost, 0 duplicated")
     finally:
         stop_operator(second)
     assert "Traceback" not in second.log_text()
