@@ -164,16 +164,18 @@ def put(url: str) -> None:
     urllib.request.urlopen(urllib.request.Request(url, method="PUT"), timeout=10).read()
 
 
-def prefix_counters(pods: list[str]) -> tuple[float, float]:
-    """(queried, hit) tokens summed over the stand-ins, from vLLM's counters."""
-    queries = hits = 0.0
+def pod_counters(pods: list[str]) -> tuple[float, float, float]:
+    """(queried tokens, hit tokens, render calls) summed over the stand-ins, from their counters."""
+    queries = hits = renders = 0.0
     for pod in pods:
         for line in urllib.request.urlopen(f"{pod}/metrics", timeout=10).read().decode().splitlines():
             if line.startswith("vllm:prefix_cache_queries_total{"):
                 queries += float(line.rsplit(" ", 1)[1])
             elif line.startswith("vllm:prefix_cache_hits_total{"):
                 hits += float(line.rsplit(" ", 1)[1])
-    return queries, hits
+            elif line.startswith('http_requests_total{handler="/v1/chat/completions/render"'):
+                renders += float(line.rsplit(" ", 1)[1])
+    return queries, hits, renders
 
 
 # ---- the workload -----------------------------------------------------------------------------------
@@ -318,12 +320,13 @@ async def bench(args, executable: Path, pods: list[str], workdir: Path, deadline
             try:
                 for pod in pods:  # cold, empty caches for every policy; the emulated prefill on
                     put(f"{pod}/stand-in/prefix-cache?tokens_per_second={PREFILL_TOKENS_PER_SECOND}&capacity_tokens={CACHE_TOKENS}")
-                queried, hit = prefix_counters(pods)
+                queried, hit, renders = pod_counters(pods)
                 started = time.monotonic()
                 routing = await routing_pass(session, router, sequence, args.concurrency)
                 routing["seconds"] = time.monotonic() - started
-                queried2, hit2 = prefix_counters(pods)
+                queried2, hit2, renders2 = pod_counters(pods)
                 routing["token_hit_rate"] = (hit2 - hit) / (queried2 - queried)
+                routing["render_calls_per_request"] = (renders2 - renders) / len(sequence)
                 for pod in pods:  # the router's own cost: no emulated prefill
                     put(f"{pod}/stand-in/prefix-cache?tokens_per_second=0")
                 await run_at(session, pods + [router], bodies[:64], 8)  # warm connections on both paths
@@ -351,15 +354,15 @@ def report(run: dict) -> str:
         f"{RECENT_PREFIXES} distinct ones), the stand-ins' token hit rate, EMULATED TTFT ({PREFILL_TOKENS_PER_SECOND:,} tokens/s prefill, "
         f"{CACHE_TOKENS:,}-token cache per replica)",
         "",
-        "| policy | prefix-hit ratio | vs random | token hit rate (emulated cache) | emulated TTFT mean / p50 / p99 | requests per replica (min-max) |",
-        "|---|---|---|---|---|---|",
+        "| policy | prefix-hit ratio | vs random | token hit rate (emulated cache) | emulated TTFT mean / p50 / p99 | requests per replica (min-max) | render calls per request |",
+        "|---|---|---|---|---|---|---|",
     ]
     for policy, r in results.items():
         t = r["ttft_emulated"]
         ratio = f"{r['prefix_hit_ratio'] / random_ratio:.1f}x" if random_ratio else "-"
         counts = r["requests_per_pod"].values()
         lines.append(f"| {policy} | {r['prefix_hit_ratio']:.3f} | {ratio} | {r['token_hit_rate']:.3f} | "
-                     f"{t['mean_ms']:.0f} / {t['p50_ms']:.0f} / {t['p99_ms']:.0f} ms | {min(counts)}-{max(counts)} |")
+                     f"{t['mean_ms']:.0f} / {t['p50_ms']:.0f} / {t['p99_ms']:.0f} ms | {min(counts)}-{max(counts)} | {r['render_calls_per_request']:.1f} |")
     lines += [
         "",
         "Router's added latency (emulated prefill off): the same requests to a stand-in directly and through vllm-router, "
@@ -374,8 +377,9 @@ def report(run: dict) -> str:
         lines.append(f"| {policy} | {cell(c1['direct'])} | {cell(c1['router'])} | {c1['added_p50_ms']:+.2f} / {c1['added_p99_ms']:+.2f} | "
                      f"{cell(c256['direct'])} | {cell(c256['router'])} | {c256['added_p50_ms']:+.2f} / {c256['added_p99_ms']:+.2f} | "
                      f"{cell(c1['render_direct'])} |")
-    lines += ["", "cache_aware asks a worker for the prompt's token ids (POST /v1/chat/completions/render) before it routes; "
-              "the last column is that call made directly to a stand-in (its cost is the stand-in's, not vLLM's)."]
+    lines += ["", "cache_aware asks the workers for the prompt's token ids (POST /v1/chat/completions/render) before it routes "
+              "(render calls per request, above, counted by the stand-ins); the last column is one such call made directly to a "
+              "stand-in (its cost is the stand-in's, not vLLM's)."]
     lines += [
         "",
         "Router's added latency at concurrency 1 by system prompt size (p50, ms; emulated prefill off; "
