@@ -19,7 +19,8 @@ Per policy it reports:
   served the same system prompt among the last 4 distinct system prompts it served (4 x 4,096
   tokens is the emulated cache of a stand-in, 16,384 tokens). The replica is read from the
   stand-in's X-Stand-In-Pod header;
-- the stand-ins' own token hit rate (vllm:prefix_cache_hits_total / queries_total);
+- the stand-ins' own token hit rate (vllm:prefix_cache_hits_total / queries_total), and the render calls
+  per request they answered (cache_aware asks the workers for token ids: POST /v1/chat/completions/render);
 - the EMULATED time to first token (queue on the replica's one emulated GPU + prefill of the
   uncached tokens at 20,000 tokens/s): mean, p50, p99;
 - the router's added latency: the same requests sent to a stand-in directly and through the
