@@ -1,6 +1,6 @@
 """Routing benchmark (issue 12): vllm-router's policies on a shared-prefix chat mix, on loopback.
 
-In one run it starts N vLLM stand-ins (tests/standin/vllm_standin.py `pods`: not vLLM, no model;
+In one run it starts N vLLM stand-ins, one process each (tests/standin/vllm_standin.py `pods`: not vLLM, no model;
 each keeps an emulated prefix cache and charges an emulated prefill for the uncached part of a
 prompt) and, for each policy, vllm-router with their static URLs (`--worker-urls`, `--policy`). The
 router comes from PyPI at the pinned version (hack/versions.env VLLM_ROUTER_VERSION), installed with
@@ -123,20 +123,24 @@ def stop(process: subprocess.Popen | None) -> None:
         process.wait(timeout=10)
 
 
-def start_standins(count: int, workdir: Path, max_seconds: float) -> tuple[subprocess.Popen, list[str]]:
-    ports_file = workdir / "ports.json"
-    process = subprocess.Popen(
-        [sys.executable, str(STANDIN), "pods", "--count", str(count), "--served-model-name", MODEL, "--ports-file", str(ports_file),
-         "--keep-alive", "--prefill-tokens-per-second", str(PREFILL_TOKENS_PER_SECOND), "--prefix-cache-tokens", str(CACHE_TOKENS),
-         "--stand-in-max-seconds", str(int(max_seconds))],
-        stdout=open(workdir / "standins.log", "w"), stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    deadline = time.monotonic() + 30
-    while not ports_file.exists():
-        if process.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit(f"the stand-ins did not start: {(workdir / 'standins.log').read_text()[-2000:]}")
-        time.sleep(0.1)
-    return process, [f"http://127.0.0.1:{p}" for p in json.loads(ports_file.read_text())["ports"]]
+def start_standins(count: int, workdir: Path, max_seconds: float, started: list[subprocess.Popen]) -> list[str]:
+    """One process per stand-in, as engines are (each renders and answers on its own); appended to `started`."""
+    for i in range(count):
+        started.append(subprocess.Popen(
+            [sys.executable, str(STANDIN), "pods", "--count", "1", "--served-model-name", MODEL, "--ports-file", str(workdir / f"ports-{i}.json"),
+             "--keep-alive", "--prefill-tokens-per-second", str(PREFILL_TOKENS_PER_SECOND), "--prefix-cache-tokens", str(CACHE_TOKENS),
+             "--stand-in-max-seconds", str(int(max_seconds))],
+            stdout=open(workdir / f"standin-{i}.log", "w"), stderr=subprocess.STDOUT, start_new_session=True,
+        ))
+    urls, deadline = [], time.monotonic() + 30
+    for i, process in enumerate(started):
+        ports_file = workdir / f"ports-{i}.json"
+        while not ports_file.exists():
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"stand-in {i} did not start: {(workdir / f'standin-{i}.log').read_text()[-2000:]}")
+            time.sleep(0.1)
+        urls += [f"http://127.0.0.1:{p}" for p in json.loads(ports_file.read_text())["ports"]]
+    return urls
 
 
 def start_router(executable: Path, policy: str, workers: list[str], workdir: Path, max_seconds: float) -> tuple[subprocess.Popen, str]:
@@ -240,6 +244,13 @@ async def run_at(session, targets: list[str], bodies: list[bytes], concurrency: 
     return results
 
 
+async def render_everywhere(session, pods: list[str], body: bytes) -> float:
+    """Seconds until every stand-in has rendered this prompt, all asked at once: what cache_aware waits for."""
+    started = time.perf_counter()
+    await asyncio.gather(*(send(session, pod, body, "/v1/chat/completions/render") for pod in pods))
+    return time.perf_counter() - started
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered) + 0.5) - 1))]
@@ -272,8 +283,8 @@ async def latency_pass(session, router: str, pods: list[str], bodies: list[bytes
         body = bodies[i % len(bodies)]
         direct[1].append((await send(session, pods[i % len(pods)], body))[0])
         routed[1].append((await send(session, router, body))[0])
-        # What cache_aware asks of a worker before it routes: vLLM's render endpoint, called directly.
-        render.append((await send(session, pods[i % len(pods)], body, "/v1/chat/completions/render"))[0])
+        # What cache_aware asks of the workers before it routes: vLLM's render endpoint on every one, called directly.
+        render.append(await render_everywhere(session, pods, body))
     for _ in range(2):  # phases at 256 in flight: direct, router, direct, router
         batch = [bodies[i % len(bodies)] for i in range(count_c256)]
         direct[256] += [r[0] for r in await run_at(session, pods, batch, 256)]
@@ -282,7 +293,7 @@ async def latency_pass(session, router: str, pods: list[str], bodies: list[bytes
     for c in (1, 256):
         d, r = summary(direct[c]), summary(routed[c])
         figures[f"c{c}"] = {"direct": d, "router": r, "added_p50_ms": r["p50_ms"] - d["p50_ms"], "added_p99_ms": r["p99_ms"] - d["p99_ms"]}
-    figures["c1"]["render_direct"] = summary(render)
+    figures["c1"]["render_everywhere"] = summary(render)
     return figures
 
 
@@ -296,7 +307,7 @@ def sweep_bodies(tokens: int, count: int, seed: int) -> list[bytes]:
 
 
 async def length_sweep(session, router: str, pods: list[str], count: int, seed: int) -> dict:
-    """Concurrency 1, interleaved: direct, through the router, and the render call direct, per prompt size."""
+    """Concurrency 1, interleaved: direct, through the router, and the render on every stand-in, per prompt size."""
     out = {}
     for tokens in SWEEP_TOKENS:
         direct, routed, render = [], [], []
@@ -304,9 +315,9 @@ async def length_sweep(session, router: str, pods: list[str], count: int, seed: 
             pod = pods[i % len(pods)]
             direct.append((await send(session, pod, body))[0])
             routed.append((await send(session, router, body))[0])
-            render.append((await send(session, pod, body, "/v1/chat/completions/render"))[0])
+            render.append(await render_everywhere(session, pods, body))
         d, r, x = summary(direct), summary(routed), summary(render)
-        out[str(tokens)] = {"direct": d, "router": r, "render_direct": x, "added_p50_ms": r["p50_ms"] - d["p50_ms"]}
+        out[str(tokens)] = {"direct": d, "router": r, "render_everywhere": x, "added_p50_ms": r["p50_ms"] - d["p50_ms"]}
     return out
 
 
@@ -369,7 +380,7 @@ def report(run: dict) -> str:
         "Router's added latency (emulated prefill off): the same requests to a stand-in directly and through vllm-router, "
         "p50 / p99 in ms",
         "",
-        "| policy | c=1 direct | c=1 router | c=1 added | c=256 direct | c=256 router | c=256 added | c=1 render call, direct |",
+        "| policy | c=1 direct | c=1 router | c=1 added | c=256 direct | c=256 router | c=256 added | c=1 render on every stand-in, direct |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for policy, r in results.items():
@@ -377,20 +388,21 @@ def report(run: dict) -> str:
         cell = lambda s: f"{s['p50_ms']:.2f} / {s['p99_ms']:.2f}"
         lines.append(f"| {policy} | {cell(c1['direct'])} | {cell(c1['router'])} | {c1['added_p50_ms']:+.2f} / {c1['added_p99_ms']:+.2f} | "
                      f"{cell(c256['direct'])} | {cell(c256['router'])} | {c256['added_p50_ms']:+.2f} / {c256['added_p99_ms']:+.2f} | "
-                     f"{cell(c1['render_direct'])} |")
+                     f"{cell(c1['render_everywhere'])} |")
     lines += ["", "cache_aware asks the workers for the prompt's token ids (POST /v1/chat/completions/render) before it routes "
-              "(render calls per request, above, counted by the stand-ins); the last column is one such call made directly to a "
-              "stand-in (its cost is the stand-in's, not vLLM's)."]
+              "(render calls per request, above, counted by the stand-ins). The last column is that work done directly: the same "
+              "render sent to every stand-in at once, until all have answered (a floor for what cache_aware waits for; its cost is "
+              "the stand-ins' and this machine's, not vLLM's)."]
     lines += [
         "",
         "Router's added latency at concurrency 1 by system prompt size (p50, ms; emulated prefill off; "
-        "the render call made directly to a stand-in in brackets)",
+        "in brackets: the render sent to every stand-in at once, directly)",
         "",
         "| policy | " + " | ".join(f"{t:,} tokens" for t in SWEEP_TOKENS) + " |",
         "|---|" + "---|" * len(SWEEP_TOKENS),
     ]
     for policy, r in results.items():
-        cells = [f"{r['length_sweep'][str(t)]['added_p50_ms']:+.2f} ({r['length_sweep'][str(t)]['render_direct']['p50_ms']:.2f})" for t in SWEEP_TOKENS]
+        cells = [f"{r['length_sweep'][str(t)]['added_p50_ms']:+.2f} ({r['length_sweep'][str(t)]['render_everywhere']['p50_ms']:.2f})" for t in SWEEP_TOKENS]
         lines.append(f"| {policy} | " + " | ".join(cells) + " |")
     lines += ["", "Goals:"]
     for goal in run["goals"]:
@@ -428,7 +440,7 @@ def main() -> int:
     executable, version = router_executable()
     load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
     workdir = Path(tempfile.mkdtemp(prefix="qwen-bench-routing-"))
-    standins = None
+    standins: list[subprocess.Popen] = []
 
     def out_of_time(*_):
         raise SystemExit(f"bench/routing.py: the {args.max_seconds:g} s bound was reached; logs in {workdir}")
@@ -436,12 +448,13 @@ def main() -> int:
     signal.signal(signal.SIGALRM, out_of_time)
     signal.alarm(int(args.max_seconds))
     try:
-        standins, pods = start_standins(args.pods, workdir, args.max_seconds + 30)
+        pods = start_standins(args.pods, workdir, args.max_seconds + 30, standins)
         print(f"{len(pods)} stand-ins on 127.0.0.1; vllm-router {version}; policies {', '.join(args.policies)}", flush=True)
         results = asyncio.run(bench(args, executable, pods, workdir, deadline))
     finally:
         signal.alarm(0)
-        stop(standins)
+        for process in standins:
+            stop(process)
     run = {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "command": "bench/routing.py " + " ".join(sys.argv[1:]) if sys.argv[1:] else "make bench-routing",
