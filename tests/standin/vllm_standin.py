@@ -443,23 +443,33 @@ def make_handler(pod: FakePod, on_exit_fault=None, keep_alive: bool = False) -> 
             if (request.get("stream_options") or {}).get("include_usage"):
                 events.append({**base, "choices": [], "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                                                                 "total_tokens": prompt_tokens + completion_tokens}})
+            # HTTP/1.1 (--keep-alive, as uvicorn): chunked, the connection kept; HTTP/1.0: the end of the body is the close.
+            chunked = self.protocol_version == "HTTP/1.1"
             self.send_response(200)
             self.send_header("Content-Type", "text/event-stream; charset=utf-8")
-            self.send_header("Connection", "close")
+            self.send_header("Transfer-Encoding" if chunked else "Connection", "chunked" if chunked else "close")
             self.end_headers()
-            self.close_connection = True
+            self.close_connection = not chunked
+
+            def send(data: bytes) -> None:
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data) if chunked else data)
+                self.wfile.flush()
+
             try:
                 for number, event in enumerate(events, 1):
                     if pod.break_after and number > pod.break_after:
+                        self.close_connection = True
                         self.connection.shutdown(socket.SHUT_RDWR)  # the engine died mid-stream
                         return
-                    self.wfile.write(b"data: " + json.dumps(event).encode() + b"\n\n")
-                    self.wfile.flush()
+                    send(b"data: " + json.dumps(event).encode() + b"\n\n")
                     if pod.token_seconds:
                         time.sleep(pod.token_seconds)
-                self.wfile.write(b"data: [DONE]\n\n")
-                self.wfile.flush()
+                send(b"data: [DONE]\n\n")
+                if chunked:
+                    self.wfile.write(b"0\r\n\r\n")
+                    self.wfile.flush()
             except (BrokenPipeError, ConnectionResetError):
+                self.close_connection = True
                 pod.count_http(path, "POST", 499)  # the client went away: vLLM aborts the request
                 return
             pod.record_completion(prompt_tokens, completion_tokens)
