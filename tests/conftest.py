@@ -30,6 +30,7 @@ KUBECTL = REPO / ".venv" / "bin" / "kubectl"
 # (--namespace-selector), so no two workers' operators ever reconcile the same resource.
 WORKER = os.environ.get("PYTEST_XDIST_WORKER", "main")
 WORKER_LABEL = "qwen-tests-worker"
+HELM_INSTALLING_MODULES = {"test_helm_install.py"}  # besides tests/realnode
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.5) -> Any:
@@ -166,9 +167,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.fixturenames.insert(0, "cluster")
         # Under pytest-xdist (`make test`: --dist loadgroup), a module runs whole in one worker (its
         # module-scoped fixtures start once), and the real-node tests share one worker: the node is
-        # a host singleton, and they are the longest group, so they go first.
+        # a host singleton, and they are the longest group, so they go first. The helm tests join
+        # them: every helm release of the chart owns the same cluster-scoped CRDs, one at a time.
         path = Path(str(item.path))
-        group = "realnode" if "realnode" in path.parts else str(path.relative_to(REPO))
+        group = "realnode" if "realnode" in path.parts or path.name in HELM_INSTALLING_MODULES else str(path.relative_to(REPO))
         item.add_marker(pytest.mark.xdist_group(group))
     items.sort(key=lambda item: "realnode" not in Path(str(item.path)).parts)
 

@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from typing import Iterator
 
+import pytest
 import yaml
 
 from qwen_operator.api.models import QwenInference
@@ -60,6 +64,15 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@pytest.fixture
+def tmp_path() -> Iterator[Path]:
+    """A short folder: the stand-in binds a unix socket under TMPDIR, as vLLM does, and a socket's path
+    has at most 107 bytes (pytest's own tmp_path under xdist is longer)."""
+    path = Path(tempfile.mkdtemp(prefix="standin-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def operator_command_here(tmp_path: Path, port: int) -> tuple[list[str], dict[str, str]]:

@@ -18,7 +18,7 @@ import yaml
 from kubernetes import client
 from qwen_operator.builders.common import MANAGED_BY
 
-from conftest import REPO, Cluster, stop_operator, wait_until
+from conftest import REPO, WORKER, WORKER_LABEL, Cluster, stop_operator, wait_until
 from qwen_resources import condition, create, get, patch_spec
 from support_helm import (
     CHART,
@@ -60,6 +60,10 @@ def install_chart(cluster: Cluster, helm: Helm) -> Iterator[Callable[..., Releas
         release = Release(name=f"qo-{suffix}", namespace=f"qwen-system-{suffix}")
         adopt_existing_crds(cluster, release)
         installed.append(release)
+        if not (values or {}).get("watchNamespaces"):
+            # In cluster mode, serve only this pytest-xdist worker's namespaces (conftest.WORKER_LABEL),
+            # never the resources of the tests that run beside it.
+            values = {**(values or {}), "watchNamespaceSelector": f"{WORKER_LABEL}={WORKER}"}
         helm.install(release, values)
         return release
 
