@@ -126,7 +126,7 @@ class Controller:
         self.forget(namespace, name)
 
     def _child_changed(self, owner: Key) -> None:
-        if owner[1]:
+        if owner[1] and self.serves(owner[0]):
             self.queue.add_after_quiet(owner, CHILD_EVENT_QUIET, CHILD_EVENT_MAX_WAIT)
 
     def enqueue(self, namespace: str, name: str, delay: float = 0.0) -> None:
@@ -157,15 +157,14 @@ class Controller:
 
     def process(self, key: Key) -> None:
         namespace, name = key
+        if not self.serves(namespace) and (self.selected_namespaces is None or self.selected_namespaces.synced.is_set()):
+            return  # its namespace does not (or no longer) match the namespace selector: hands off, not a reconcile
         started = time.monotonic()
         outcome = "error"
         body: dict[str, Any] | None = None
         try:
             if not self.caches.synced() or (self.selected_namespaces is not None and not self.selected_namespaces.synced.is_set()):
                 raise Retry("the caches have not listed yet", CACHE_SYNC_RETRY_SECONDS)  # never hold a worker
-            if not self.serves(namespace):
-                outcome = "not_served"
-                return  # its namespace does not (or no longer) match the namespace selector: hands off
             with self._lock:
                 body = self.bodies.get(key)
                 previous_status = self.statuses.get(key)
