@@ -229,11 +229,15 @@ class Gateway:
         return route
 
     async def limit(self, policy: keys.KeyPolicy) -> None:
-        allowed, wait = await self.store.take(policy)
+        try:
+            allowed, wait = await self.store.take(policy)
+            verdict = await self.store.quota_verdict(policy) if allowed else None
+        except Exception as error:  # noqa: BLE001 - Redis away: refuse rather than serve without limits
+            log.warning("limits store failed (%s): refusing with 503", type(error).__name__)
+            raise errors.unavailable("The gateway cannot check this key's limits right now (its limit store does not answer).", 5) from None
         if not allowed:
             metrics.RATE_LIMITED.labels(policy.name).inc()
             raise errors.rate_limited(policy.name, policy.rate, policy.burst, wait)
-        verdict = await self.store.quota_verdict(policy)
         if verdict is not None:
             window, limit, wait = verdict
             metrics.QUOTA_REFUSED.labels(policy.name, window).inc()

@@ -485,3 +485,5 @@ def test_limits_across_two_replicas(env, models, cluster):
     redis.stop()
     wait_for(lambda: requests.get(shared[0].url + "/health/readiness", timeout=5).status_code == 503, 15, "readiness to report Redis gone")
     assert "Redis does not answer" in requests.get(shared[0].url + "/health/readiness", timeout=5).text
+    refused = post(shared[0], key, chat(a))
+    assert refused.status_code == 503 and refused.headers["Retry-After"] == "5" and "limit store does not answer" in error_of(refused)["message"]
