@@ -4,6 +4,8 @@
   GET  /v1/models                              the models the caller's key may use
   GET  /health/liveness | /health/readiness | /health/detailed
   GET  /metrics                                Prometheus text
+  POST /generate, /thinking, /batch_generate   the convenience API: {"prompt"} in, {"text"[, "thinking"]} out
+  GET  /stats                                  the caller's key: limits, tokens used, its models' state
 
 Why aiohttp: one well-kept library is both the server and the upstream client (connection pools, streaming in
 both directions), its handlers are cancelled when the client goes away (`handler_cancellation`), which is how a
@@ -449,6 +451,120 @@ class Gateway:
         except Exception as error:  # noqa: BLE001 - the answer is given; a lost count is logged
             log.warning("could not count %d tokens for key %s: %s", prompt + completion, policy.name, type(error).__name__)
 
+    # --- the convenience API: simple JSON in and out, mapped onto /v1/chat/completions ----------------
+    async def complete(self, policy: keys.KeyPolicy, body: dict) -> dict:
+        """One non-streamed chat completion through the same checks as /v1 (model, rate, quota, hold)."""
+        route = self.route_for(policy, body["model"])
+        await self.limit(policy)
+        self.last_request[route.model] = time.time()
+        if route.ready_replicas < 1:
+            route = await self.hold(route)
+        assert self.session is not None
+        started = time.monotonic()
+        try:
+            async with self.session.post(f"{route.upstream}/chat/completions", data=json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json"}) as upstream:
+                data = await upstream.content.read(self.args.max_response_bytes + 1)
+        except ClientConnectorError:
+            raise errors.bad_gateway(f"The model '{route.model}' cannot be reached.") from None
+        except TimeoutError:
+            raise errors.timed_out(f"The model '{route.model}' did not answer in time.") from None
+        except ClientError as error:
+            raise errors.bad_gateway(f"The model '{route.model}' broke off its answer ({type(error).__name__}).") from None
+        self.recent.add(route.model, upstream.status >= 500, time.monotonic() - started)
+        try:
+            answer = json.loads(data)
+        except ValueError:
+            raise errors.bad_gateway(f"The model '{route.model}' answered something that is not JSON.") from None
+        if upstream.status != 200:
+            message = ((answer.get("error") or {}).get("message") if isinstance(answer.get("error"), dict) else None) or answer.get("message") or str(answer)[:300]
+            raise ApiError(upstream.status, f"The model refused: {message}", "upstream_error", "upstream_refused")
+        await self.count(route, policy, answer.get("usage"))
+        return answer
+
+    def simple_request(self, policy: keys.KeyPolicy, value: dict, thinking: bool, prompt: object = None) -> dict:
+        """The chat body for a /generate-style request: prompt, model (default: the key's only model), max_tokens,
+        temperature; thinking on or off (Qwen3's chat_template_kwargs.enable_thinking)."""
+        prompt = value.get("prompt") if prompt is None else prompt
+        if not isinstance(prompt, str) or not prompt:
+            raise errors.bad_request("'prompt' must be a non-empty string.", "prompt")
+        model = value.get("model")
+        if model is None:
+            usable = [m for m in self.routes if policy.allows(m)]
+            if len(usable) != 1:
+                raise errors.bad_request(f"'model' is required: this key may use {len(usable)} models (GET /v1/models).", "model")
+            model = usable[0]
+        if not isinstance(model, str):
+            raise errors.bad_request("'model' must be a string.", "model")
+        body = {"model": model, "messages": [{"role": "user", "content": prompt}],
+                "chat_template_kwargs": {"enable_thinking": thinking}}
+        for field, kind in (("max_tokens", int), ("temperature", (int, float))):
+            if field in value:
+                if not isinstance(value[field], kind) or isinstance(value[field], bool):
+                    raise errors.bad_request(f"'{field}' must be a number.", field)
+                body[field] = value[field]
+        return body
+
+    @staticmethod
+    def simple_answer(answer: dict, thinking: bool) -> dict:
+        message = ((answer.get("choices") or [{}])[0].get("message")) or {}
+        result = {"model": answer.get("model"), "text": message.get("content") or "", "usage": answer.get("usage")}
+        if thinking:
+            result["thinking"] = message.get("reasoning") or message.get("reasoning_content") or ""
+        return result
+
+    async def convenience(self, request: web.Request) -> web.Response:
+        started = time.monotonic()
+        route_name = request.path.strip("/")
+        key_label = "none"
+        try:
+            policy = self.authenticate(request)
+            key_label = policy.name
+            value, _ = await self.read_json(request)
+            thinking = route_name == "thinking"
+            if route_name == "batch_generate":
+                prompts = value.get("prompts")
+                if not isinstance(prompts, list) or not prompts or len(prompts) > self.args.max_batch:
+                    raise errors.bad_request(f"'prompts' must be an array of 1 to {self.args.max_batch} strings.", "prompts")
+                bodies = [self.simple_request(policy, value, bool(value.get("thinking")), p) for p in prompts]
+                outcomes = await asyncio.gather(*(self.complete(policy, b) for b in bodies), return_exceptions=True)
+                results = []
+                for outcome in outcomes:
+                    if isinstance(outcome, ApiError):
+                        results.append({"error": json.loads(outcome.body())["error"], "status": outcome.status})
+                    elif isinstance(outcome, BaseException):
+                        raise outcome
+                    else:
+                        results.append(self.simple_answer(outcome, bool(value.get("thinking"))))
+                response = web.json_response({"results": results})
+            else:
+                answer = await self.complete(policy, self.simple_request(policy, value, thinking))
+                response = web.json_response(self.simple_answer(answer, thinking))
+        except ApiError as error:
+            response = web.Response(status=error.status, body=error.body(), headers=error.headers())
+        metrics.REQUESTS.labels("convenience", key_label, route_name, str(response.status)).inc()
+        metrics.LATENCY.labels("convenience", key_label).observe(time.monotonic() - started)
+        return response
+
+    async def stats(self, request: web.Request) -> web.Response:
+        """The caller's key: its limits, what it used in this minute and day, and the state of its models."""
+        try:
+            policy = self.authenticate(request)
+        except ApiError as error:
+            return web.Response(status=error.status, body=error.body(), headers=error.headers())
+        try:
+            used = await self.store.used(policy)
+        except Exception:  # noqa: BLE001 - the rest of the answer stands
+            used = None
+        return web.json_response({
+            "key": policy.name,
+            "limits": {"requestsPerSecond": policy.rate, "burst": policy.burst, "tokensPerMinute": policy.tokens_per_minute,
+                       "tokensPerDay": policy.tokens_per_day, "store": self.store.description},
+            "tokensUsed": used,
+            "models": {r.model: {"state": r.state, "readyReplicas": r.ready_replicas, **self.recent.summary(r.model)}
+                       for r in self.routes.values() if policy.allows(r.model)},
+        })
+
     async def models(self, request: web.Request) -> web.Response:
         try:
             policy = self.authenticate(request)
@@ -522,6 +638,9 @@ def build_app(gateway: Gateway) -> web.Application:
     app.router.add_post("/v1/chat/completions", gateway.completions)
     app.router.add_post("/v1/completions", gateway.completions)
     app.router.add_get("/v1/models", gateway.models)
+    for path in ("/generate", "/thinking", "/batch_generate"):
+        app.router.add_post(path, gateway.convenience)
+    app.router.add_get("/stats", gateway.stats)
     app.router.add_get("/health/liveness", gateway.liveness)
     app.router.add_get("/health/readiness", gateway.readiness)
     app.router.add_get("/health/detailed", gateway.detailed)
@@ -560,6 +679,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                         help="requests held per model while it starts; more get a 503 with Retry-After")
     parser.add_argument("--activity-interval", type=float, default=float(env("QWEN_GATEWAY_ACTIVITY_INTERVAL", "30")),
                         help="at most this often per model, stamp the latest request on its QwenInference (scale to zero reads it)")
+    parser.add_argument("--max-batch", type=int, default=32, help="most prompts in one /batch_generate")
     parser.add_argument("-v", "--verbose", action="store_true")
     return parser
 

@@ -17,6 +17,7 @@ class Store(Protocol):
     async def take(self, policy: KeyPolicy) -> tuple[bool, float]: ...
     async def quota_verdict(self, policy: KeyPolicy) -> tuple[str, int, float] | None: ...
     async def add_tokens(self, policy: KeyPolicy, count: int) -> None: ...
+    async def used(self, policy: KeyPolicy) -> dict[str, int]: ...
     async def healthy(self) -> tuple[bool, str]: ...
     async def close(self) -> None: ...
 
@@ -26,7 +27,7 @@ class LocalStore:
         self.replicas = max(1, replicas)
         self.clock, self.wall = clock, wall
         self.buckets: dict[str, limits.Bucket] = {}
-        self.used: dict[tuple[str, str, int], int] = {}
+        self.counts: dict[tuple[str, str, int], int] = {}
         self.description = f"in memory, this replica's share (1/{self.replicas})"
 
     def _limits(self, policy: KeyPolicy) -> dict[str, int | None]:
@@ -44,8 +45,12 @@ class LocalStore:
         if policy.tokens_per_minute is None and policy.tokens_per_day is None:
             return None
         now = self.wall()
-        used = {name: self.used.get((policy.name, name, limits.window(now, name)[0]), 0) for name in limits.WINDOWS}
+        used = {name: self.counts.get((policy.name, name, limits.window(now, name)[0]), 0) for name in limits.WINDOWS}
         return limits.quota_verdict(used, self._limits(policy), now)
+
+    async def used(self, policy: KeyPolicy) -> dict[str, int]:
+        now = self.wall()
+        return {name: self.counts.get((policy.name, name, limits.window(now, name)[0]), 0) for name in limits.WINDOWS}
 
     async def add_tokens(self, policy: KeyPolicy, count: int) -> None:
         if count <= 0 or (policy.tokens_per_minute is None and policy.tokens_per_day is None):
@@ -53,10 +58,10 @@ class LocalStore:
         now = self.wall()
         for name in limits.WINDOWS:
             slot = (policy.name, name, limits.window(now, name)[0])
-            self.used[slot] = self.used.get(slot, 0) + count
-        if len(self.used) > 4 * max(1, len(self.buckets)) + 64:  # forget ended windows
+            self.counts[slot] = self.counts.get(slot, 0) + count
+        if len(self.counts) > 4 * max(1, len(self.buckets)) + 64:  # forget ended windows
             current = {name: limits.window(now, name)[0] for name in limits.WINDOWS}
-            self.used = {slot: n for slot, n in self.used.items() if slot[2] == current[slot[1]]}
+            self.counts = {slot: n for slot, n in self.counts.items() if slot[2] == current[slot[1]]}
 
     async def healthy(self) -> tuple[bool, str]:
         return True, self.description
@@ -115,6 +120,11 @@ class RedisStore:
         values = await self.redis.mget(list(keys.values()))
         used = {name: int(value or 0) for name, value in zip(keys, values)}
         return limits.quota_verdict(used, {"minute": policy.tokens_per_minute, "day": policy.tokens_per_day}, now)
+
+    async def used(self, policy: KeyPolicy) -> dict[str, int]:
+        keys = self._window_keys(policy, self.wall())
+        values = await self.redis.mget(list(keys.values()))
+        return {name: int(value or 0) for name, value in zip(keys, values)}
 
     async def add_tokens(self, policy: KeyPolicy, count: int) -> None:
         if count <= 0 or (policy.tokens_per_minute is None and policy.tokens_per_day is None):

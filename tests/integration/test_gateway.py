@@ -487,3 +487,27 @@ def test_limits_across_two_replicas(env, models, cluster):
     assert "Redis does not answer" in requests.get(shared[0].url + "/health/readiness", timeout=5).text
     refused = post(shared[0], key, chat(a))
     assert refused.status_code == 503 and refused.headers["Retry-After"] == "5" and "limit store does not answer" in error_of(refused)["message"]
+
+
+def test_the_convenience_api_maps_onto_chat_completions(env, models, gateway):
+    a, _ = models["a"]
+    _, only_a = env.add_key(models=a, tokens_per_day=100000)
+    _, every = env.add_key(models="*")
+    wait_key(gateway, only_a)
+    wait_key(gateway, every)
+    generated = post(gateway, only_a, {"prompt": "hello", "max_tokens": 8}, "/generate")  # the key's only model
+    assert generated.status_code == 200, generated.text
+    assert generated.json()["text"] == "stand-in" and generated.json()["model"] == a and generated.json()["usage"]["completion_tokens"] == 1
+    thought = post(gateway, only_a, {"prompt": "why?"}, "/thinking").json()
+    assert set(thought) == {"model", "text", "thinking", "usage"}
+    batch = post(gateway, only_a, {"prompts": ["one", "two", "three"]}, "/batch_generate").json()["results"]
+    assert [r["text"] for r in batch] == ["stand-in"] * 3
+    partly = post(gateway, every, {"model": models["dead"][0], "prompts": ["x"]}, "/batch_generate").json()["results"]
+    assert partly[0]["status"] == 502 and "cannot be reached" in partly[0]["error"]["message"]
+    ambiguous = post(gateway, every, {"prompt": "hello"}, "/generate")
+    assert ambiguous.status_code == 400 and "'model' is required" in error_of(ambiguous)["message"]
+    assert post(gateway, only_a, {"prompt": ""}, "/generate").status_code == 400
+    assert post(gateway, only_a, {"prompts": ["x"] * 33}, "/batch_generate").status_code == 400
+    stats = requests.get(gateway.url + "/stats", headers=auth(only_a), timeout=5).json()
+    assert stats["limits"]["tokensPerDay"] == 100000 and list(stats["models"]) == [a]
+    assert stats["tokensUsed"]["day"] == sum(r["usage"]["total_tokens"] for r in batch) + generated.json()["usage"]["total_tokens"] + thought["usage"]["total_tokens"]
