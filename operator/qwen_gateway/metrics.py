@@ -31,3 +31,5 @@ MODELS = Gauge("qwen_gateway_models", "Models routed.", registry=REGISTRY)
 HELD = Gauge("qwen_gateway_held_requests", "Requests held while their model starts or scales from zero.", ["model"], registry=REGISTRY)
 HOLD_SECONDS = Histogram("qwen_gateway_hold_seconds", "Time a request was held for its model to have a ready replica.",
                          ["model"], buckets=(0.1, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600), registry=REGISTRY)
+CACHE = Counter("qwen_gateway_response_cache_total", "Response cache lookups, by result (hit, miss): the hit ratio is hit / (hit + miss).",
+                ["model", "result"], registry=REGISTRY)

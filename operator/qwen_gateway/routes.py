@@ -28,6 +28,7 @@ class Route:
     ready_reason: str
     deep_health: str  # the EngineHung verdict, when the operator reported one; else "ok" or "off"
     wakeable: bool = False  # autoscaling with minReplicas 0: the gateway may ask for a replica (scale from zero)
+    cache: bool = False  # the annotation gateway.qwenops.io/response-cache is "true": cache deterministic answers
 
     @property
     def state(self) -> str:
@@ -79,6 +80,7 @@ def route_of(obj: dict) -> Route | None:
         ready_reason=ready.get("reason") or "",
         deep_health=deep,
         wakeable=bool(autoscaling.get("enabled")) and autoscaling.get("minReplicas") == 0,
+        cache=((metadata.get("annotations") or {}).get("gateway.qwenops.io/response-cache") or "").lower() == "true",
     )
 
 

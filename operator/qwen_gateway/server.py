@@ -29,7 +29,7 @@ import time
 from aiohttp import ClientConnectorError, ClientError, ClientPayloadError, ClientSession, ClientTimeout, TCPConnector, web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from qwen_gateway import errors, keys, metrics, routes, sse
+from qwen_gateway import cache, errors, keys, metrics, routes, sse
 from qwen_gateway.errors import ApiError
 from qwen_gateway.store import LocalStore, RedisStore, Store
 
@@ -79,6 +79,7 @@ class Gateway:
         self.recent = Recent()
         self.session: ClientSession | None = None
         self.watches = None
+        self.cache = None  # cache.LocalCache or cache.RedisCache
         # Scale from zero: requests held per model, the wake asked for per model, the routes' changes.
         self.held: dict[str, int] = collections.defaultdict(int)
         self.waking: dict[str, asyncio.Task] = {}
@@ -367,6 +368,13 @@ class Gateway:
             headers["X-Request-Id"] = request_id
         url = f"{route.upstream}/{'chat/completions' if kind == 'chat' else 'completions'}"
         metrics.QUEUE_SECONDS.labels(route.model).observe(time.monotonic() - started)
+        cached_under = None
+        if route.cache and self.cache is not None and cache.cacheable(body):
+            cached_under = cache.cache_key(route.model, body)
+            hit = await self.cache.get(cached_under)
+            metrics.CACHE.labels(route.model, "hit" if hit is not None else "miss").inc()
+            if hit is not None:  # no model time, no tokens counted
+                return web.Response(status=200, body=hit, headers={"Content-Type": "application/json", "X-Cache": "hit"})
         metrics.IN_FLIGHT.labels(route.model).inc()
         assert self.session is not None
         try:
@@ -384,6 +392,11 @@ class Gateway:
                     except (ValueError, AttributeError):
                         usage = None
                     await self.count(route, policy, usage)
+                    if cached_under is not None:
+                        try:
+                            await self.cache.put(cached_under, data)
+                        except Exception as error:  # noqa: BLE001 - a cache that fails is only a miss next time
+                            log.warning("could not cache an answer of %s: %s", route.model, type(error).__name__)
                 if upstream.status >= 500:
                     metrics.UPSTREAM_ERRORS.labels(route.model, f"status_{upstream.status}").inc()
                 return web.Response(status=upstream.status, body=data,
@@ -597,6 +610,7 @@ class Gateway:
                 "replicas": route.replicas,
                 "scaledToZero": route.state == "scaled-to-zero",
                 "scaleFromZero": route.wakeable,
+                "responseCache": route.cache,
                 "held": self.held.get(route.model, 0),
                 "readyReason": route.ready_reason,
                 "deepHealth": route.deep_health,
@@ -680,6 +694,11 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument("--activity-interval", type=float, default=float(env("QWEN_GATEWAY_ACTIVITY_INTERVAL", "30")),
                         help="at most this often per model, stamp the latest request on its QwenInference (scale to zero reads it)")
     parser.add_argument("--max-batch", type=int, default=32, help="most prompts in one /batch_generate")
+    parser.add_argument("--cache-ttl", type=float, default=float(env("QWEN_GATEWAY_CACHE_TTL", "300")),
+                        help="seconds a cached answer is kept (models with gateway.qwenops.io/response-cache: \"true\")")
+    parser.add_argument("--cache-max-entries", type=int, default=int(env("QWEN_GATEWAY_CACHE_MAX_ENTRIES", "10000")),
+                        help="cached answers kept in memory, least recently used dropped first (with Redis: its maxmemory)")
+    parser.add_argument("--cache-max-bytes", type=int, default=256 << 10, help="larger answers are not cached")
     parser.add_argument("-v", "--verbose", action="store_true")
     return parser
 
@@ -689,6 +708,8 @@ async def serve(args: argparse.Namespace, ready: asyncio.Event | None = None, st
 
     store: Store = RedisStore(args.redis_url, args.redis_prefix) if args.redis_url else LocalStore(args.replicas)
     gateway = Gateway(args, store)
+    gateway.cache = (cache.RedisCache(store.redis, args.redis_prefix, args.cache_ttl, args.cache_max_bytes) if isinstance(store, RedisStore)
+                     else cache.LocalCache(args.cache_ttl, args.cache_max_entries, args.cache_max_bytes))
     gateway.session = ClientSession(
         connector=TCPConnector(limit=0, ttl_dns_cache=30, keepalive_timeout=30),
         timeout=ClientTimeout(total=args.upstream_timeout, sock_connect=args.connect_timeout, sock_read=args.upstream_idle_timeout),

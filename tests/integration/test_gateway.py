@@ -511,3 +511,26 @@ def test_the_convenience_api_maps_onto_chat_completions(env, models, gateway):
     stats = requests.get(gateway.url + "/stats", headers=auth(only_a), timeout=5).json()
     assert stats["limits"]["tokensPerDay"] == 100000 and list(stats["models"]) == [a]
     assert stats["tokensUsed"]["day"] == sum(r["usage"]["total_tokens"] for r in batch) + generated.json()["usage"]["total_tokens"] + thought["usage"]["total_tokens"]
+
+
+def test_response_cache_for_deterministic_requests_of_models_that_opt_in(env, models, gateway):
+    b, port = models["b"]
+    _, key = env.add_key(models=b)
+    wait_key(gateway, key)
+    env.cluster.kubectl("annotate", "qweninference", "model-b", "-n", env.namespace, "gateway.qwenops.io/response-cache=true", "--overwrite")
+    wait_for(lambda: requests.get(gateway.url + "/health/detailed", timeout=2).json()["models"][b]["responseCache"], 10, "the annotation to be seen")
+    served = lambda: sum(float(line.rsplit(" ", 1)[1]) for line in requests.get(f"http://{LOOPBACK}:{port}/metrics", timeout=5).text.splitlines()  # noqa: E731
+                         if line.startswith("vllm:request_success_total"))
+    before = served()
+    first = post(gateway, key, chat(b, content=f"cache me {uuid.uuid4()}", temperature=0))
+    second = post(gateway, key, chat(b, content=json.loads(first.request.body)["messages"][0]["content"], temperature=0))
+    assert first.status_code == second.status_code == 200
+    assert "X-Cache" not in first.headers and second.headers["X-Cache"] == "hit" and second.content == first.content
+    assert served() == before + 1  # the second never reached the model
+    # Not cached: a sampled request, a stream.
+    sampled = [post(gateway, key, chat(b, content="same", temperature=0.7)) for _ in range(2)]
+    assert all("X-Cache" not in r.headers for r in sampled)
+    with post(gateway, key, chat(b, content="same", temperature=0, stream=True), stream=True) as streamed:
+        assert "X-Cache" not in streamed.headers and sse_events(streamed)[-1][1] == "[DONE]"
+    text = gateway.metrics()
+    assert re.search(r'qwen_gateway_response_cache_total\{model="' + b + r'",result="hit"\} [1-9]', text)
