@@ -4,7 +4,8 @@
 # iptables (kubelet and kube-proxy program it), nftables (down deletes the tables iptables made),
 # conntrack, socat (the apiserver's address on the pod bridge), gcc and libc6-dev (the static pause
 # binary), and for hack/images.sh debootstrap (with Debian's archive keyring) and buildah; redis-server for the
-# gateway's tests (they start it themselves on 127.0.0.1; the package's own service is never started).
+# gateway's tests (they start it themselves on 127.0.0.1; the package's own service is never started), and chromium for
+# the gateway's chat page test (Playwright drives this system browser: nothing downloads a browser).
 # Idempotent and non-interactive; never starts a service (hack/cluster.sh runs a private containerd).
 #
 # Without root nothing can be installed, and nothing could run the node either: it says so and
@@ -12,7 +13,7 @@
 set -euo pipefail
 
 PACKAGES=(containerd runc containernetworking-plugins iptables nftables conntrack socat gcc libc6-dev
-  debootstrap debian-archive-keyring buildah redis-server)
+  debootstrap debian-archive-keyring buildah redis-server chromium)
 
 log() { echo "[install-node-packages] $*" >&2; }
 

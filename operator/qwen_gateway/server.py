@@ -6,6 +6,7 @@
   GET  /metrics                                Prometheus text
   POST /generate, /thinking, /batch_generate   the convenience API: {"prompt"} in, {"text"[, "thinking"]} out
   GET  /stats                                  the caller's key: limits, tokens used, its models' state
+  GET  /                                       the chat page (page.html)
 
 Why aiohttp: one well-kept library is both the server and the upstream client (connection pools, streaming in
 both directions), its handlers are cancelled when the client goes away (`handler_cancellation`), which is how a
@@ -25,6 +26,7 @@ import re
 import secrets
 import signal
 import time
+from pathlib import Path
 
 from aiohttp import ClientConnectorError, ClientError, ClientPayloadError, ClientSession, ClientTimeout, TCPConnector, web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -37,6 +39,8 @@ log = logging.getLogger("qwen_gateway")
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 RECENT_SECONDS = 300.0
 COMPLETION_PATHS = {"/v1/chat/completions": "chat", "/v1/completions": "completions"}
+# The chat page at / (no external assets; the key stays in the page's memory).
+PAGE = (Path(__file__).parent / "page.html").read_bytes()
 
 
 class Recent:
@@ -574,7 +578,8 @@ class Gateway:
             "limits": {"requestsPerSecond": policy.rate, "burst": policy.burst, "tokensPerMinute": policy.tokens_per_minute,
                        "tokensPerDay": policy.tokens_per_day, "store": self.store.description},
             "tokensUsed": used,
-            "models": {r.model: {"state": r.state, "readyReplicas": r.ready_replicas, **self.recent.summary(r.model)}
+            "models": {r.model: {"state": r.state, "readyReplicas": r.ready_replicas, "readyReason": r.ready_reason,
+                                 "scaleFromZero": r.wakeable, **self.recent.summary(r.model)}
                        for r in self.routes.values() if policy.allows(r.model)},
         })
 
@@ -588,6 +593,11 @@ class Gateway:
                 for r in sorted(self.routes.values(), key=lambda r: r.model) if policy.allows(r.model)]
         metrics.REQUESTS.labels("none", policy.name, "models", "200").inc()
         return web.json_response({"object": "list", "data": data})
+
+    async def page(self, _request: web.Request) -> web.Response:
+        return web.Response(body=PAGE, headers={"Content-Type": "text/html; charset=utf-8", "Cache-Control": "no-store",
+                                                "Content-Security-Policy": "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'",
+                                                "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"})
 
     async def liveness(self, _request: web.Request) -> web.Response:
         return web.Response(text="ok")
@@ -655,6 +665,7 @@ def build_app(gateway: Gateway) -> web.Application:
     for path in ("/generate", "/thinking", "/batch_generate"):
         app.router.add_post(path, gateway.convenience)
     app.router.add_get("/stats", gateway.stats)
+    app.router.add_get("/", gateway.page)
     app.router.add_get("/health/liveness", gateway.liveness)
     app.router.add_get("/health/readiness", gateway.readiness)
     app.router.add_get("/health/detailed", gateway.detailed)

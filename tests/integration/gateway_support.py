@@ -65,6 +65,7 @@ def start_standins(model: str, count: int, workdir: Path, max_seconds: float = 1
     """`vllm_standin.py pods`: COUNT stand-in engines (not vLLM) serving MODEL on free loopback ports."""
     ports_file = workdir / f"standin-{model}.ports"
     log = workdir / f"standin-{model}.log"
+    ports_file.unlink(missing_ok=True)  # a stand-in started again for the same model must not read the last one's ports
     args = [sys.executable, str(STANDIN), "pods", "--count", str(count), "--served-model-name", model,
             "--ports-file", str(ports_file), "--stand-in-max-seconds", str(max_seconds)]
     if keep_alive:
