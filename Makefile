@@ -47,7 +47,7 @@ demo-down:
 # real-node tests (one worker) and the kwok modules (whole modules per worker) run side by side.
 TEST_WORKERS ?= 3
 test: venv tools lint
-	$(VENV)/bin/python -m pytest -n $(TEST_WORKERS) --dist loadgroup --durations=25 tests
+	$(VENV)/bin/python -m pytest -n $(TEST_WORKERS) --durations=25 tests
 
 test-unit: venv
 	$(VENV)/bin/python -m pytest tests/unit
