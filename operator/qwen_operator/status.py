@@ -474,6 +474,8 @@ def autoscaling_condition(observed: Observation, generation: int) -> dict[str, A
     """The Autoscaling condition, summarising the HPA's own AbleToScale/ScalingActive/ScalingLimited."""
     if not observed.autoscaling_enabled:
         return None
+    if observed.hpa is None and observed.desired_replicas == 0:  # only a scale-to-zero instance asleep: the HPA never goes below 1
+        return _condition(AUTOSCALING, True, "ScaledToZero", "idle, so scaled to zero without an HPA; a request through the gateway wakes it", generation)
     hpa_conditions = {c["type"]: c for c in ((observed.hpa or {}).get("status") or {}).get("conditions", [])}
     if not hpa_conditions:
         return _condition(AUTOSCALING, "Unknown", "Pending", "the HPA controller has not reported yet", generation)

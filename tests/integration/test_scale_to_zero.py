@@ -46,6 +46,7 @@ def test_idle_to_zero_and_woken_by_the_scale_subresource(operator, namespace, k8
     assert 9 <= slept <= 16, slept  # 10 s after the stamp, judged at that deadline (not at a resync)
     wait_until(lambda: not hpa_exists(k8s, namespace, name) and deployment_replicas(k8s, namespace, name) == 0, 30, "no HPA, 0 replicas")
     wait_condition(k8s, namespace, name, "Ready", "False", "ScaledToZero", timeout=30)
+    wait_condition(k8s, namespace, name, "Autoscaling", "True", "ScaledToZero", timeout=30)
     assert any(e.reason == "ScalingToZero" and "no request through the gateway" in e.message for e in events_for(k8s, namespace, name))
     # Woken as the gateway does: stamp, then spec.replicas 1 through the scale subresource.
     stamp(k8s, namespace, name)
