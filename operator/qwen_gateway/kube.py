@@ -5,6 +5,7 @@ The Secret watch is narrowed server-side to the key label, in the gateway's own 
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime
 import logging
 import threading
@@ -123,6 +124,14 @@ class Watches:
         stamp = when.astimezone(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
         self.custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name,
                                                    {"metadata": {"annotations": {ACTIVITY_ANNOTATION: stamp}}})
+
+    def engine_key(self, namespace: str, name: str, key: str) -> str:
+        """The engine's API key a QwenInference names (spec.auth.apiKeySecretRef), read by name (blocking)."""
+        secret = self.core.read_namespaced_secret(name, namespace)
+        encoded = (secret.data or {}).get(key)
+        if not encoded:
+            raise LookupError(f"Secret {namespace}/{name} has no key {key!r}")
+        return base64.b64decode(encoded).decode().strip()
 
     def post_invalid_key_event(self, secret: dict, message: str) -> None:
         """A Warning Event on the Secret (once per version and message). The message never holds the key."""

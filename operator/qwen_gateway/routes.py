@@ -29,6 +29,7 @@ class Route:
     deep_health: str  # the EngineHung verdict, when the operator reported one; else "ok" or "off"
     wakeable: bool = False  # autoscaling with minReplicas 0: the gateway may ask for a replica (scale from zero)
     cache: bool = False  # the annotation gateway.qwenops.io/response-cache is "true": cache deterministic answers
+    auth_secret: tuple[str, str] | None = None  # spec.auth.apiKeySecretRef (name, key): the engine's own API key
 
     @property
     def state(self) -> str:
@@ -81,7 +82,14 @@ def route_of(obj: dict) -> Route | None:
         deep_health=deep,
         wakeable=bool(autoscaling.get("enabled")) and autoscaling.get("minReplicas") == 0,
         cache=((metadata.get("annotations") or {}).get("gateway.qwenops.io/response-cache") or "").lower() == "true",
+        auth_secret=_secret_ref((spec.get("auth") or {}).get("apiKeySecretRef")),
     )
+
+
+def _secret_ref(ref) -> tuple[str, str] | None:
+    if isinstance(ref, dict) and ref.get("name"):
+        return ref["name"], ref.get("key") or "api-key"
+    return None
 
 
 def table(routes: list[Route]) -> tuple[dict[str, Route], list[Route]]:

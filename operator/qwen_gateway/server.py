@@ -38,6 +38,7 @@ from qwen_gateway.store import LocalStore, RedisStore, Store
 log = logging.getLogger("qwen_gateway")
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 RECENT_SECONDS = 300.0
+ENGINE_KEY_SECONDS = 60.0  # an engine's API key is read again this often (a rotated Secret is followed)
 COMPLETION_PATHS = {"/v1/chat/completions": "chat", "/v1/completions": "completions"}
 # The chat page at / (no external assets; the key stays in the page's memory).
 PAGE = (Path(__file__).parent / "page.html").read_bytes()
@@ -84,6 +85,7 @@ class Gateway:
         self.session: ClientSession | None = None
         self.watches = None
         self.cache = None  # cache.LocalCache or cache.RedisCache
+        self.engine_keys: dict[tuple[str, str, str], tuple[float, str]] = {}  # (namespace, secret, key) -> (read at, value)
         # Scale from zero: requests held per model, the wake asked for per model, the routes' changes.
         self.held: dict[str, int] = collections.defaultdict(int)
         self.waking: dict[str, asyncio.Task] = {}
@@ -357,6 +359,25 @@ class Gateway:
                     self.last_reported[model] = reported
                     log.warning("could not report activity on %s/%s: %s", route.namespace, route.name, error)
 
+    async def upstream_headers(self, route: routes.Route, stream: bool) -> dict[str, str]:
+        """What goes upstream besides the body: never the client's key; the engine's own key when the QwenInference
+        has one (spec.auth.apiKeySecretRef), read from its Secret and kept a minute."""
+        headers = {"Content-Type": "application/json", "Accept": "text/event-stream" if stream else "application/json"}
+        if route.auth_secret is None:
+            return headers
+        slot = (route.namespace, *route.auth_secret)
+        cached = self.engine_keys.get(slot)
+        if cached is None or time.monotonic() - cached[0] > ENGINE_KEY_SECONDS:
+            try:
+                value = await asyncio.get_running_loop().run_in_executor(None, self.watches.engine_key, *slot)
+            except Exception as error:  # noqa: BLE001 - reported to the client without the Secret's content
+                log.warning("cannot read the API key of %s/%s from Secret %s: %s", route.namespace, route.name, route.auth_secret[0], type(error).__name__)
+                raise errors.bad_gateway(f"The gateway cannot read the model's API key (Secret {route.namespace}/{route.auth_secret[0]}).") from None
+            cached = (time.monotonic(), value)
+            self.engine_keys[slot] = cached
+        headers["Authorization"] = f"Bearer {cached[1]}"
+        return headers
+
     async def forward(self, request: web.Request, route: routes.Route, policy: keys.KeyPolicy, kind: str,
                       body: dict, raw: bytes, started: float) -> web.StreamResponse:
         stream = bool(body.get("stream"))
@@ -366,7 +387,7 @@ class Gateway:
             client_wants_usage = bool(options.get("include_usage"))
             options["include_usage"] = True  # the quota counts what vLLM reports
             raw = json.dumps({**body, "stream_options": options}).encode()
-        headers = {"Content-Type": "application/json", "Accept": "text/event-stream" if stream else "application/json"}
+        headers = await self.upstream_headers(route, stream)
         request_id = request.headers.get("X-Request-Id")
         if request_id and REQUEST_ID.match(request_id):
             headers["X-Request-Id"] = request_id
@@ -480,7 +501,7 @@ class Gateway:
         started = time.monotonic()
         try:
             async with self.session.post(f"{route.upstream}/chat/completions", data=json.dumps(body).encode(),
-                                         headers={"Content-Type": "application/json"}) as upstream:
+                                         headers=await self.upstream_headers(route, False)) as upstream:
                 data = await upstream.content.read(self.args.max_response_bytes + 1)
         except ClientConnectorError:
             raise errors.bad_gateway(f"The model '{route.model}' cannot be reached.") from None

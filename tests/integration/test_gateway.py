@@ -534,3 +534,35 @@ def test_response_cache_for_deterministic_requests_of_models_that_opt_in(env, mo
         assert "X-Cache" not in streamed.headers and sse_events(streamed)[-1][1] == "[DONE]"
     text = gateway.metrics()
     assert re.search(r'qwen_gateway_response_cache_total\{model="' + b + r'",result="hit"\} [1-9]', text)
+
+
+def test_the_engines_own_api_key_is_sent_and_never_the_clients(env, gateway, cluster):
+    """A QwenInference with spec.auth.apiKeySecretRef: vLLM (here the stand-in's `serve`, which checks the key as vLLM
+    does) gets its own key from that Secret; the client's gateway key never goes upstream."""
+    import subprocess
+    import sys
+
+    from gateway_support import STANDIN, Process
+
+    model, port, engine_key = f"gw-auth-{env.suffix}", free_port(), "engine-" + uuid.uuid4().hex
+    log = env.workdir / "standin-auth.log"
+    with open(log, "w") as out:
+        process = subprocess.Popen([sys.executable, str(STANDIN), "serve", "Qwen/Qwen3-0.6B-FP8", "--host", LOOPBACK, "--port", str(port),
+                                    "--served-model-name", model, "--api-key", engine_key, "--stand-in-max-seconds", "600"],
+                                   stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    env.processes.append(Process(process, log))
+    wait_for(lambda: requests.get(f"http://{LOOPBACK}:{port}/health", timeout=1).status_code == 200, 30, "the stand-in with a key")
+    env.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "engine-key"}, "stringData": {"api-key": engine_key}})
+    qwi = qwen_inference("model-auth", model)
+    qwi["spec"]["auth"] = {"apiKeySecretRef": {"name": "engine-key", "key": "api-key"}}
+    env.apply(qwi)
+    env.cluster.kubectl("patch", "qweninference", "model-auth", "-n", env.namespace, "--subresource=status", "--type=merge",
+                        "-p", json.dumps(ready_status(model, port)))
+    _, key = env.add_key(models=model)
+    wait_key(gateway, key)
+    wait_for(lambda: model in requests.get(gateway.url + "/health/detailed", timeout=2).json()["models"], 10, "the model with a key")
+    answer = post(gateway, key, chat(model))
+    assert answer.status_code == 200, answer.text
+    # Without the gateway, the client's own key does not open the engine.
+    assert requests.post(f"http://{LOOPBACK}:{port}/v1/chat/completions", json=chat(model), headers=auth(key), timeout=5).status_code == 401
+    assert engine_key not in gateway.process.log_text() and key not in gateway.process.log_text()

@@ -59,7 +59,10 @@ def test_redis_pdb_and_service_monitor_follow_the_values(helm: str) -> None:
 def test_gateway_rbac_is_exactly_what_it_uses(helm: str) -> None:
     docs = gateway_docs(helm)
     assert grants(the(docs, "ClusterRole", GATEWAY)["rules"]) == {("inference.qwenops.io", "qweninferences"): {"list", "watch", "patch"},
-                                                                  ("inference.qwenops.io", "qweninferences/scale"): {"patch"}}
+                                                                  ("inference.qwenops.io", "qweninferences/scale"): {"patch"},
+                                                                  ("", "secrets"): {"get"}}
+    without = gateway_docs(helm, "--set", "gateway.readModelKeys=false")
+    assert ("", "secrets") not in grants(the(without, "ClusterRole", GATEWAY)["rules"])
     keys = the(docs, "Role", f"{GATEWAY}-keys", NAMESPACE)
     assert grants(keys["rules"]) == {("", "secrets"): {"list", "watch"}, ("", "events"): {"create"}}
     assert the(docs, "ClusterRoleBinding", GATEWAY)["subjects"][0]["name"] == GATEWAY

@@ -23,4 +23,10 @@ stamps its latest request on them (an annotation: patch), and wakes a model scal
 - apiGroups: ["inference.qwenops.io"]
   resources: ["qweninferences/scale"]
   verbs: ["patch"]
+{{- if .Values.gateway.readModelKeys }}
+# The engine's own API key a QwenInference names (spec.auth.apiKeySecretRef), read by name: get only, no list.
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get"]
+{{- end }}
 {{- end -}}
