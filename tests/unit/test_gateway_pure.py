@@ -154,3 +154,54 @@ def test_errors_are_openai_shaped_with_retry_after():
                                                   "type": "requests", "param": None, "code": "rate_limit_exceeded"}}
     assert error.status == 429 and error.headers()["Retry-After"] == "1"
     assert errors.unknown_key().headers()["WWW-Authenticate"].startswith("Bearer")
+
+
+def test_response_cache_takes_deterministic_requests_only_and_is_bounded():
+    import asyncio
+
+    from qwen_gateway import cache
+
+    body = {"model": "m", "messages": [{"role": "user", "content": "x"}], "temperature": 0}
+    assert cache.cacheable(body) and cache.cacheable({**body, "temperature": 0.0})
+    assert not cache.cacheable({**body, "temperature": 0.1}) and not cache.cacheable({k: v for k, v in body.items() if k != "temperature"})
+    assert not cache.cacheable({**body, "stream": True}) and not cache.cacheable({**body, "n": 2}) and not cache.cacheable({**body, "temperature": False})
+    assert cache.cache_key("m", body) == cache.cache_key("m", dict(reversed(list(body.items()))))  # key order does not matter
+    assert cache.cache_key("m", body) != cache.cache_key("n", body)
+    now = [0.0]
+    local = cache.LocalCache(ttl=10, max_entries=2, max_bytes=5, clock=lambda: now[0])
+
+    async def run():
+        await local.put("a", b"1")
+        await local.put("b", b"2")
+        assert await local.get("a") == b"1"  # a is now the most recent
+        await local.put("c", b"3")  # b goes: least recently used
+        assert await local.get("b") is None and await local.get("c") == b"3"
+        await local.put("big", b"123456")  # over max_bytes: not kept
+        assert await local.get("big") is None
+        now[0] = 11.0
+        assert await local.get("a") is None  # expired
+
+    asyncio.run(run())
+
+
+def test_local_limits_enforce_this_replicas_share():
+    import asyncio
+
+    from qwen_gateway.keys import KeyPolicy
+    from qwen_gateway.store import LocalStore
+
+    clock = [100.0]
+    store = LocalStore(replicas=2, clock=lambda: clock[0], wall=lambda: 86400 * 10 + 30.0)
+    policy = KeyPolicy("k", None, rate=10.0, burst=8, tokens_per_minute=100, tokens_per_day=None)
+
+    async def run():
+        allowed = [(await store.take(policy))[0] for _ in range(6)]
+        assert allowed == [True] * 4 + [False] * 2  # half the burst
+        clock[0] += 0.2  # half the rate: 5 a second -> one more
+        assert (await store.take(policy))[0] and not (await store.take(policy))[0]
+        assert await store.quota_verdict(policy) is None
+        await store.add_tokens(policy, 50)  # this replica's share of 100 a minute is 50
+        assert await store.quota_verdict(policy) == ("minute", 50, 30.0)
+        assert await store.used(policy) == {"minute": 50, "day": 50}
+
+    asyncio.run(run())
