@@ -5,13 +5,14 @@ VENV := .venv
 VENV_STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | sha1sum | cut -c1-12)
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: help venv tools cluster-up cluster-down demo demo-down test test-unit test-e2e kind-up kind-down crds lock lint bench bench-routing
+.PHONY: help venv tools cluster-up cluster-down demo demo-down test test-unit test-e2e kind-up kind-down crds lock lint bench bench-routing bench-gateway
 
 help:
 	@echo "make demo     start the local control plane, the operator and examples/qwen3-0.6b-fp8.yaml"
 	@echo "make test     run every test (unit, then integration against the local control plane)"
 	@echo "make bench    convergence benchmark: N QwenInferences to Ready, reconcile cost, steady-state writes"
 	@echo "make bench-routing  vllm-router's policies over vLLM stand-ins on loopback (bench/routing.py, about 90 s)"
+	@echo "make bench-gateway  the gateway's added latency, requests per core and limiter accuracy (bench/gateway.py, about 60 s)"
 	@echo "make crds     regenerate crds/ (and the chart's CRD template) from the pydantic models"
 	@echo "make lint     import layers, kube-score and kubeconform over the chart and the operator's children"
 	@echo "make lock     re-resolve requirements.lock from pyproject.toml"
@@ -70,6 +71,9 @@ bench: venv
 # vllm-router comes from its own venv (images/router/requirements.lock, --require-hashes), cached under ~/.cache.
 bench-routing: venv
 	$(VENV)/bin/python bench/routing.py
+
+bench-gateway: venv
+	$(VENV)/bin/python bench/gateway.py
 
 # Import layers, then kube-score and kubeconform (strict, offline schemas) over the rendered chart and the
 # operator's children for every example; remaining findings live in hack/lint-allowlist.yaml with a reason.
