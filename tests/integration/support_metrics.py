@@ -284,7 +284,8 @@ class CustomMetricsStack:
                     names = list(self.namespaces)
                 running = {}
                 for namespace in names:
-                    pods = core.list_namespaced_pod(namespace, label_selector=INSTANCE_LABEL).items
+                    # The vLLM pods only: a router's pods (app.kubernetes.io/name=qwen-router) serve no vllm:* metrics.
+                    pods = core.list_namespaced_pod(namespace, label_selector=f"app.kubernetes.io/name=qwen-inference,{INSTANCE_LABEL}").items
                     running[namespace] = {
                         p.metadata.name: p.metadata.labels[INSTANCE_LABEL] for p in pods
                         if p.status.phase == "Running" and p.metadata.deletion_timestamp is None
