@@ -13,7 +13,9 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import shutil
 import subprocess
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass
@@ -143,6 +145,15 @@ def k8s(cluster: Cluster):
     from kubernetes import client, config
 
     return config.new_client_from_config(config_file=cluster.kubeconfig)
+
+
+@pytest.fixture
+def short_tmp_path() -> Path:
+    """A short temporary folder, for what binds a unix socket under it (at most 107 bytes of path):
+    the vLLM stand-in does under TMPDIR, as vLLM does, and pytest's tmp_path under xdist is longer."""
+    path = Path(tempfile.mkdtemp(prefix="qwen-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

@@ -8,14 +8,11 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import subprocess
-import tempfile
 import time
 import urllib.request
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import yaml
@@ -67,12 +64,9 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def tmp_path() -> Iterator[Path]:
-    """A short folder: the stand-in binds a unix socket under TMPDIR, as vLLM does, and a socket's path
-    has at most 107 bytes (pytest's own tmp_path under xdist is longer)."""
-    path = Path(tempfile.mkdtemp(prefix="standin-"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+def tmp_path(short_tmp_path: Path) -> Path:
+    """Short: the stand-in binds a unix socket under TMPDIR, as vLLM does (conftest.short_tmp_path)."""
+    return short_tmp_path
 
 
 def operator_command_here(tmp_path: Path, port: int) -> tuple[list[str], dict[str, str]]:

@@ -112,6 +112,12 @@ def test_metrics_are_vllm_shaped_and_follow_the_control_endpoint(served):
 STANDIN = HERE / "vllm"
 
 
+@pytest.fixture
+def tmp_path(short_tmp_path: Path) -> Path:
+    """Short: the stand-in binds a unix socket under TMPDIR, as vLLM does (conftest.short_tmp_path)."""
+    return short_tmp_path
+
+
 def start_standin(tmp_path, *args: str, env: dict[str, str] | None = None) -> tuple[subprocess.Popen, int]:
     """`vllm serve MODEL --port P ARGS` with its writable folders in tmp_path (HOME, caches, HF_HOME)."""
     port = free_loopback_port()
@@ -208,7 +214,7 @@ def test_sigterm_drains_requests_in_flight_up_to_the_shutdown_timeout(tmp_path):
         request.start()
         wait_until(lambda: json.loads(call("GET", f"{base}/stand-in/state")[1])["in_flight"] == 1, 10, "the request in flight")
         process.send_signal(signal.SIGTERM)
-        wait_until(lambda: not listening(port), 5, "the listener to close on SIGTERM")
+        wait_until(lambda: not listening(port), 10, "the listener to close on SIGTERM")
         request.join(timeout=10)
         assert result["r"][0] == 200, "the request in flight was not drained"
         assert process.wait(timeout=10) == 0
