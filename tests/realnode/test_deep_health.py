@@ -28,6 +28,7 @@ from realnode_support import (
     qwen_pods,
     ready_condition,
     real_node_or_skip,
+    remove_namespaces,
     server_status,
     standin_spec,
     write_figure,
@@ -64,10 +65,7 @@ def namespace(cluster, k8s, node):
         for item in client.CustomObjectsApi(k8s).list_namespaced_custom_object("inference.qwenops.io", "v1alpha1", name, "qweninferences")["items"]:
             delete_qwen(k8s, name, item["metadata"]["name"])
         operator.helm.uninstall(release, check=False)
-        core.delete_namespace(name)
-        core.delete_namespace(release.namespace)
-        wait_until(lambda: not [p for p in core.list_pod_for_all_namespaces(field_selector="spec.nodeName=qwen-real-node").items
-                                if p.metadata.namespace in (name, release.namespace)], 120, "the deep health test pods to go")
+        remove_namespaces(k8s, name, release.namespace)
 
 
 def diagnose(k8s, namespace: str, name: str) -> str:

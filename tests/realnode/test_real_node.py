@@ -34,6 +34,7 @@ from realnode_support import (
     qwen_pods,
     ready_condition,
     real_node_or_skip,
+    remove_namespaces,
     server_status,
     service_address,
     standin_spec,
@@ -78,11 +79,7 @@ def workspace(cluster, k8s, node):
         for item in client.CustomObjectsApi(k8s).list_namespaced_custom_object("inference.qwenops.io", "v1alpha1", namespace, "qweninferences")["items"]:
             delete_qwen(k8s, namespace, item["metadata"]["name"])
         operator.helm.uninstall(release, check=False)
-        core.delete_namespace(namespace)
-        core.delete_namespace(release.namespace)
-        # The next tests (and `cluster.sh down`) find the node empty.
-        wait_until(lambda: not [p for p in core.list_pod_for_all_namespaces(field_selector="spec.nodeName=qwen-real-node").items
-                                if p.metadata.namespace in (namespace, release.namespace)], 120, "the real node's test pods to go")
+        remove_namespaces(k8s, namespace, release.namespace)
 
 
 @pytest.fixture(scope="module")
