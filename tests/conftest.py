@@ -55,10 +55,10 @@ class Cluster:
     kubeconfig: str
 
     def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [str(KUBECTL), "--kubeconfig", self.kubeconfig, *args],
-            input=input, text=True, capture_output=True, check=check, timeout=120,
-        )
+        result = subprocess.run([str(KUBECTL), "--kubeconfig", self.kubeconfig, *args], input=input, text=True, capture_output=True, timeout=120)
+        if check and result.returncode != 0:
+            raise AssertionError(f"kubectl {' '.join(args)} failed ({result.returncode}): {result.stderr.strip() or result.stdout.strip()}")
+        return result
 
     def apply(self, manifest: str, namespace: str | None = None) -> None:
         args = ["apply", "--server-side", "--field-manager", "qwen-tests", "-f", "-"]
@@ -121,8 +121,10 @@ _WAS_RUNNING = pytest.StashKey[tuple[bool, bool]]()
 def cluster() -> Cluster:
     # The real kubelet node is started by the tests that use it (tests/realnode: `cluster.sh node-up`);
     # it is tainted, so the kwok tests' pods never land on it.
+    # Twice the default L4 pool: three workers' tests ask for GPUs at the same time.
+    env = {**os.environ, "QWEN_REAL_NODE": "0", "QWEN_GPU_POOLS": os.environ.get("QWEN_GPU_POOLS", "NVIDIA-L4:6,Tesla-T4:1")}
     with _cluster_lock():
-        subprocess.run([str(CLUSTER_SH), "up"], check=True, timeout=3600, env={**os.environ, "QWEN_REAL_NODE": "0"})
+        subprocess.run([str(CLUSTER_SH), "up"], check=True, timeout=3600, env=env)
     kubeconfig = subprocess.run([str(CLUSTER_SH), "kubeconfig"], check=True, capture_output=True, text=True).stdout.strip()
     os.environ["KUBECONFIG"] = kubeconfig
     return Cluster(kubeconfig=kubeconfig)
@@ -247,7 +249,12 @@ def free_loopback_port() -> int:
 
 def install_crds(cluster: Cluster) -> None:
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "--field-manager", "qwen-tests", "-f", str(REPO / "crds"))
-    cluster.kubectl("wait", "--for=condition=Established", "crd/qweninferences.inference.qwenops.io", "--timeout=60s")
+
+    def established() -> bool:
+        jsonpath = '{.status.conditions[?(@.type=="Established")].status}'
+        return cluster.kubectl("get", "crd", "qweninferences.inference.qwenops.io", "-o", f"jsonpath={jsonpath}").stdout == "True"
+
+    wait_until(established, 60, "the QwenInference CRD to be established")
 
 
 def start_operator(cluster: Cluster, log_path: Path, *args: str, resync: float = 3.0) -> RunningOperator:
