@@ -27,6 +27,7 @@ def test_the_gateway_deployment_is_probed_restricted_and_spread(helm: str) -> No
     assert container["image"].startswith("qwen-operator:")  # the operator's image, another subcommand
     assert container["livenessProbe"]["httpGet"] == {"path": "/health/liveness", "port": "http"}
     assert container["readinessProbe"]["httpGet"] == {"path": "/health/readiness", "port": "http"}
+    assert container["startupProbe"]["httpGet"] == {"path": "/health/liveness", "port": "http"}
     security = container["securityContext"]
     assert security["readOnlyRootFilesystem"] is True and security["allowPrivilegeEscalation"] is False
     assert security["capabilities"] == {"drop": ["ALL"]} and pod["securityContext"]["runAsNonRoot"] is True
