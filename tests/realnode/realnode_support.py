@@ -127,6 +127,9 @@ def standin_spec(node: RealNode, *, replicas: int = 1, env: dict[str, str] | Non
         "replicas": replicas,
         "monitoring": {"serviceMonitor": False, "prometheusRule": False, "dashboard": False},
         "scheduling": ON_THE_REAL_NODE,
+        # With more than one replica the router runs too (spec.router): small, the node has 2 cores (its RSS was
+        # 80 MiB after tests/realnode/test_router.py's load).
+        "router": {"resources": {"cpu": "100m", "memory": "256Mi"}},
     }
     if api_key_secret:
         spec["auth"] = {"apiKeySecretRef": {"name": api_key_secret, "key": "api-key"}}
