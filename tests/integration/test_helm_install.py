@@ -171,9 +171,12 @@ def test_sample_becomes_ready_with_the_operator_under_the_chart_service_account(
 # Every namespaced kind the chart's RBAC lets the operator write, as `kubectl get -o name` spells them.
 CHILD_KINDS = {"deployment.apps", "service", "persistentvolumeclaim", "configmap", "poddisruptionbudget.policy",
                "networkpolicy.networking.k8s.io", "horizontalpodautoscaler.autoscaling",
-               "servicemonitor.monitoring.coreos.com", "prometheusrule.monitoring.coreos.com"}
+               "servicemonitor.monitoring.coreos.com", "prometheusrule.monitoring.coreos.com",
+               # the router's (spec.router, on while more than one replica may run)
+               "serviceaccount", "role.rbac.authorization.k8s.io", "rolebinding.rbac.authorization.k8s.io"}
 PRUNED_KINDS = {"horizontalpodautoscaler.autoscaling", "poddisruptionbudget.policy", "networkpolicy.networking.k8s.io",
-                "servicemonitor.monitoring.coreos.com"}
+                "servicemonitor.monitoring.coreos.com",
+                "serviceaccount", "role.rbac.authorization.k8s.io", "rolebinding.rbac.authorization.k8s.io"}
 
 
 def child_kinds(cluster: Cluster, namespace: str, name: str) -> set[str]:
@@ -196,12 +199,12 @@ def test_every_child_kind_secret_reference_and_pruning_work_under_the_chart_rbac
     }
     create(k8s, namespace, "full", spec)
     wait_until(lambda: child_kinds(cluster, namespace, "full") == CHILD_KINDS, 60,
-               f"all nine child kinds; have {child_kinds(cluster, namespace, 'full')}; denials {operator.rbac_denials()[-3:]}")
+               f"all twelve child kinds; have {child_kinds(cluster, namespace, 'full')}; denials {operator.rbac_denials()[-3:]}")
 
     # Turning features off prunes their children: the delete verbs.
     patch_spec(k8s, namespace, "full", {"autoscaling": {"enabled": False}, "networkPolicy": {"enabled": False}, "monitoring": {"serviceMonitor": False}})
     wait_until(lambda: child_kinds(cluster, namespace, "full") == CHILD_KINDS - PRUNED_KINDS, 60,
-               f"HPA, PDB, NetworkPolicy and ServiceMonitor pruned; have {child_kinds(cluster, namespace, 'full')}")
+               f"HPA, PDB, NetworkPolicy, ServiceMonitor and the router's ServiceAccount, Role and RoleBinding pruned; have {child_kinds(cluster, namespace, 'full')}")
     wait_ready(k8s, operator, namespace, "full")
 
     assert api_requests(operator, "delete", "HorizontalPodAutoscaler", "2xx") == 1
