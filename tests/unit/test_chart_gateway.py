@@ -3,6 +3,8 @@ RBAC that grants exactly what `qwen-operator gateway` uses."""
 
 from __future__ import annotations
 
+import pytest
+
 from test_chart import NAMESPACE, WATCHED, documents, grants, helm, the  # noqa: F401 - helm is a fixture
 
 GATEWAY = "qwen-operator-gateway"
@@ -17,7 +19,7 @@ def test_the_gateway_is_off_by_default(helm: str) -> None:
     assert not [d for d in documents(helm) if "gateway" in d["metadata"]["name"]]
 
 
-def test_the_gateway_deployment_is_probed_restricted_and_spread(helm: str) -> None:
+def test_the_gateway_deployment_is_probed_restricted_and_spread(helm: str, monkeypatch: pytest.MonkeyPatch) -> None:
     docs = gateway_docs(helm)
     deployment = the(docs, "Deployment", GATEWAY)
     pod = deployment["spec"]["template"]["spec"]
@@ -33,6 +35,15 @@ def test_the_gateway_deployment_is_probed_restricted_and_spread(helm: str) -> No
     assert security["capabilities"] == {"drop": ["ALL"]} and pod["securityContext"]["runAsNonRoot"] is True
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["QWEN_GATEWAY_KEYS_NAMESPACE"] == NAMESPACE and env["QWEN_GATEWAY_REPLICAS"] == "2"
+    # Helm reads numbers as floats: 8388608 would render as "8.388608e+06", which the gateway's int() refused.
+    assert env["QWEN_GATEWAY_MAX_BODY_BYTES"] == "8388608"
+    from qwen_gateway.server import build_parser
+
+    for name, value in env.items():
+        if name.startswith("QWEN_GATEWAY_") and value is not None:
+            monkeypatch.setenv(name, value)
+    args = build_parser().parse_args(container["args"][1:])  # what the pod's command line and environment give
+    assert (args.max_body_bytes, args.replicas, args.upstream_timeout, args.port) == (8388608, 2, 3600.0, 8080)
     assert "QWEN_GATEWAY_REDIS_URL" not in env
     # Its selector never matches the operator's pods, nor the operator's selector its pods.
     operator = the(documents(helm, *ON), "Deployment", "qwen-operator")
