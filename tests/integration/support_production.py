@@ -3,7 +3,9 @@ PVCs, Secrets) and the fake GPU nodes, all through the real API server. QwenInfe
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+import uuid
+from typing import Any, Iterator
 
 from kubernetes import client
 from kubernetes.client.rest import ApiException
@@ -84,9 +86,28 @@ def gpus_in_use(k8s, node_name: str) -> int:
     return used
 
 
-def fake_gpu_node(name: str, product: str, major: int, minor: int, gpus: int = 8) -> dict[str, Any]:
-    """A kwok-managed fake GPU node labelled as gpu-feature-discovery would (hack/cluster.sh's shape)."""
+# A test's private fake GPU nodes carry this label and a NoSchedule taint with the pool's name, so the
+# tests running beside it (other pytest-xdist workers) never place a pod there.
+POOL_KEY = "qwenops.io/test-pool"
+
+
+def private_pool_scheduling(pool: str) -> dict[str, Any]:
+    """spec.scheduling that places a QwenInference's pods on the private pool `pool` only."""
+    return {"nodeSelector": {POOL_KEY: pool}, "tolerations": [{"key": POOL_KEY, "operator": "Equal", "value": pool, "effect": "NoSchedule"}]}
+
+
+def fake_gpu_node(name: str, product: str, major: int, minor: int, gpus: int = 8, pool: str | None = None) -> dict[str, Any]:
+    """A kwok-managed fake GPU node labelled as gpu-feature-discovery would (hack/cluster.sh's shape);
+    with `pool`, one of a test's private nodes (POOL_KEY)."""
     capacity = {"cpu": "96", "memory": "768Gi", "pods": "110", "ephemeral-storage": "2Ti", GPU_RESOURCE: str(gpus)}
+    node = _fake_gpu_node(name, product, major, minor, gpus, capacity)
+    if pool:
+        node["metadata"]["labels"][POOL_KEY] = pool
+        node["spec"] = {"taints": [{"key": POOL_KEY, "value": pool, "effect": "NoSchedule"}]}
+    return node
+
+
+def _fake_gpu_node(name: str, product: str, major: int, minor: int, gpus: int, capacity: dict[str, str]) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "Node",
@@ -136,3 +157,20 @@ def delete_node_and_wait(k8s, name: str) -> None:
 def raw_json(cluster, namespace: str, *kinds: str) -> str:
     """The objects exactly as the API server serves them (kubectl get -o json)."""
     return cluster.kubectl("get", ",".join(kinds), "-n", namespace, "-o", "json").stdout
+
+
+@contextlib.contextmanager
+def private_gpu_pool(k8s, *products: tuple[str, int, int]) -> Iterator[tuple[str, list[str]]]:
+    """Fake GPU nodes of these (product, compute major, minor), private to one test: (pool, node names)."""
+    pool = f"pool-{uuid.uuid4().hex[:6]}"
+    names = [f"gpu-{pool}-{i}" for i in range(len(products))]
+    core = client.CoreV1Api(k8s)
+    try:
+        for name, (product, major, minor) in zip(names, products):
+            core.create_node(fake_gpu_node(name, product, major, minor, pool=pool))
+        for name in names:
+            wait_until(lambda: node_is_ready(k8s, name), 60, f"the fake node {name} to be Ready")
+        yield pool, names
+    finally:
+        for name in names:
+            delete_node_and_wait(k8s, name)

@@ -18,6 +18,7 @@ from support_production import (
     BF16_MODEL,
     FP8_MODEL,
     MAJOR_LABEL,
+    POOL_KEY,
     PRODUCT_LABEL,
     container,
     create_pvc,
@@ -27,10 +28,11 @@ from support_production import (
     env_of,
     fake_gpu_node,
     gpu_nodes,
-    gpus_in_use,
     mount_path,
     node_is_ready,
     node_labels,
+    private_gpu_pool,
+    private_pool_scheduling,
     pvcs_of,
     volume,
 )
@@ -411,24 +413,22 @@ def test_scheduling_fields_reach_the_pods(operator, k8s, namespace, priority_cla
     assert len({p.spec.node_name for p in pods}) == 3
 
 
-def fill_every_node_and_one_more(k8s, namespace: str, name: str, spec: dict, allowed: set[str], rejected: set[str]) -> tuple[list[client.V1Pod], list[client.V1Pod]]:
-    """Runs one replica per allowed GPU node, each asking for a whole node's GPUs, plus one more.
+def fill_every_node_and_one_more(k8s, namespace: str, name: str, spec: dict, pool: str, allowed: set[str]) -> tuple[list[client.V1Pod], list[client.V1Pod]]:
+    """Runs one replica per allowed node of the private GPU pool, each asking for a whole node's GPUs,
+    plus one more.
 
-    The extra replica fits only on a GPU node the affinity rejects. All GPUs are first checked to
-    be free, so without the affinity the scheduler would place it there; with the affinity it
-    stays Pending, and the scheduler says that the rejected nodes (rejected: every node the
-    affinity turns away, GPU or not) failed on node affinity. Returns (scheduled, pending) pods.
+    The extra replica fits only on a node of the pool that the affinity rejects. The pool is this
+    test's own (tainted, so no other test's pod is there), so without the affinity the scheduler
+    would place it there; with the affinity it stays Pending, and the scheduler says that every node
+    it could tolerate but not select failed on node affinity. Returns (scheduled, pending) pods.
     """
-    nodes = gpu_nodes(k8s)
-    per_node = {int(n.status.allocatable["nvidia.com/gpu"]) for n in nodes}
-    assert len(per_node) == 1, "the fake GPU nodes differ in GPU count"
-    gpus = per_node.pop()
-    assert rejected & {n.metadata.name for n in nodes}, "no GPU node that the affinity must keep the pods off"
-    wait_until(lambda: all(gpus_in_use(k8s, n.metadata.name) == 0 for n in nodes), 90, f"all {gpus} GPUs of every GPU node to be free")
+    pool_nodes = [n for n in gpu_nodes(k8s) if (n.metadata.labels or {}).get(POOL_KEY) == pool]
+    (gpus,) = {int(n.status.allocatable["nvidia.com/gpu"]) for n in pool_nodes}
+    assert {n.metadata.name for n in pool_nodes} - allowed, "no node of the pool that the affinity must keep the pods off"
 
     replicas = len(allowed) + 1
     gpu = {**spec.get("resources", {}).get("gpu", {}), "count": gpus}
-    create(k8s, namespace, name, {**spec, "replicas": replicas, "resources": {"gpu": gpu}})
+    create(k8s, namespace, name, {**spec, "replicas": replicas, "resources": {"gpu": gpu}, "scheduling": private_pool_scheduling(pool)})
     try:
         wait_until(
             lambda: (c := condition(k8s, namespace, name, "Ready")) and c["reason"] == "Unschedulable" and "node affinity" in c["message"],
@@ -448,30 +448,32 @@ def fill_every_node_and_one_more(k8s, namespace: str, name: str, spec: dict, all
     assert len(pending) == 1  # exactly the replica that only a rejected node had room for
     (unschedulable,) = [c for c in pending[0].status.conditions if c.type == "PodScheduled"]
     assert unschedulable.reason == "Unschedulable"
-    assert f"{len(rejected)} node(s) didn't match Pod's node affinity/selector" in unschedulable.message, unschedulable.message
+    # The scheduler reports each node by the first filter it fails, taints before affinity: the
+    # nodes with a taint the pods do not tolerate (every other node with one) count as such.
+    toleration = private_pool_scheduling(pool)["tolerations"][0]
+    untolerated = {n.metadata.name for n in client.CoreV1Api(k8s).list_node().items
+                   if any(t.effect == "NoSchedule" and (t.key, t.value) != (toleration["key"], toleration["value"]) for t in n.spec.taints or [])}
+    affinity_rejected = {n.metadata.name for n in client.CoreV1Api(k8s).list_node().items} - allowed - untolerated
+    assert f"{len(affinity_rejected)} node(s) didn't match Pod's node affinity/selector" in unschedulable.message, unschedulable.message
     return scheduled, pending
 
 
 def test_gpu_products_pin_the_pods_to_those_nodes(operator, k8s, namespace):
-    all_nodes = client.CoreV1Api(k8s).list_node().items
-    l4 = {n.metadata.name for n in all_nodes if (n.metadata.labels or {}).get(PRODUCT_LABEL) == "NVIDIA-L4"}
-    spec = {"model": {"name": BF16_MODEL}, "resources": {"gpu": {"products": ["NVIDIA-L4"]}}}
-    scheduled, _ = fill_every_node_and_one_more(k8s, namespace, "l4only", spec, allowed=l4, rejected={n.metadata.name for n in all_nodes} - l4)
-    assert {p.spec.node_name for p in scheduled} == l4
-    assert all(node_labels(k8s, p.spec.node_name)[PRODUCT_LABEL] == "NVIDIA-L4" for p in scheduled)
+    with private_gpu_pool(k8s, ("NVIDIA-L4", 8, 9), ("NVIDIA-L4", 8, 9), ("Tesla-T4", 7, 5)) as (pool, nodes):
+        l4 = set(nodes[:2])
+        spec = {"model": {"name": BF16_MODEL}, "resources": {"gpu": {"products": ["NVIDIA-L4"]}}}
+        scheduled, _ = fill_every_node_and_one_more(k8s, namespace, "l4only", spec, pool, allowed=l4)
+        assert {p.spec.node_name for p in scheduled} == l4
+        assert all(node_labels(k8s, p.spec.node_name)[PRODUCT_LABEL] == "NVIDIA-L4" for p in scheduled)
 
 
 def test_fp8_model_without_products_never_lands_on_the_t4(operator, k8s, namespace):
-    all_nodes = client.CoreV1Api(k8s).list_node().items
-    majors = {n.metadata.name: (n.metadata.labels or {}).get(MAJOR_LABEL) for n in all_nodes}
-    fp8_capable = {name for name, major in majors.items() if major is not None and int(major) >= 8}
-    too_old = {name for name, major in majors.items() if major is not None and int(major) < 8}
-    t4 = {n.metadata.name for n in all_nodes if (n.metadata.labels or {}).get(PRODUCT_LABEL) == "Tesla-T4"}
-    assert t4 and t4 == too_old
-    # Nodes without GPU labels (the CPU node) pass the affinity and fail only for lack of GPUs.
-    scheduled, _ = fill_every_node_and_one_more(k8s, namespace, "fp8", {"model": {"name": FP8_MODEL}}, allowed=fp8_capable, rejected=too_old)
-    assert {p.spec.node_name for p in scheduled} == fp8_capable
-    assert all(int(node_labels(k8s, p.spec.node_name)[MAJOR_LABEL]) >= 8 for p in scheduled)
+    with private_gpu_pool(k8s, ("NVIDIA-L4", 8, 9), ("NVIDIA-L4", 8, 9), ("Tesla-T4", 7, 5)) as (pool, nodes):
+        fp8_capable, too_old = set(nodes[:2]), nodes[2]
+        assert int(node_labels(k8s, too_old)[MAJOR_LABEL]) < 8
+        scheduled, _ = fill_every_node_and_one_more(k8s, namespace, "fp8", {"model": {"name": FP8_MODEL}}, pool, allowed=fp8_capable)
+        assert {p.spec.node_name for p in scheduled} == fp8_capable
+        assert all(int(node_labels(k8s, p.spec.node_name)[MAJOR_LABEL]) >= 8 for p in scheduled)
 
 
 def test_fp8_model_pinned_to_t4_is_gpu_incompatible_and_never_rolled_out(operator, k8s, namespace):
@@ -494,7 +496,7 @@ def test_fp8_model_pinned_to_t4_is_gpu_incompatible_and_never_rolled_out(operato
 def a100_node(k8s):
     """A fake A100 (compute capability 8.0: FP8 weight-only) node, for the length of one test."""
     name = f"gpu-a100-test-{uuid.uuid4().hex[:5]}"
-    client.CoreV1Api(k8s).create_node(fake_gpu_node(name, "NVIDIA-A100-SXM4-80GB", 8, 0))
+    client.CoreV1Api(k8s).create_node(fake_gpu_node(name, "NVIDIA-A100-SXM4-80GB", 8, 0, pool=name))
     try:
         wait_until(lambda: node_is_ready(k8s, name), 60, f"the fake node {name} to be Ready")
         yield name
@@ -503,7 +505,8 @@ def a100_node(k8s):
 
 
 def test_fp8_model_on_a100_runs_but_is_degraded_weight_only(operator, k8s, namespace, a100_node):
-    create(k8s, namespace, "ampere", {"model": {"name": FP8_MODEL}, "resources": {"gpu": {"products": ["NVIDIA-A100-SXM4-80GB"]}}})
+    create(k8s, namespace, "ampere", {"model": {"name": FP8_MODEL}, "resources": {"gpu": {"products": ["NVIDIA-A100-SXM4-80GB"]}},
+                                      "scheduling": private_pool_scheduling(a100_node)})
     degraded = wait_condition(k8s, namespace, "ampere", "Degraded", "True", "GPUWithoutNativeFP8")
     assert "weight-only" in degraded["message"] and "NVIDIA-A100-SXM4-80GB" in degraded["message"]
     wait_ready(k8s, namespace, "ampere")  # a warning, not a block: it is deployed and serves
