@@ -33,10 +33,10 @@ class Route:
 
     @property
     def state(self) -> str:
+        if self.ready_reason == "ScaledToZero" or (self.spec_replicas == 0 and (self.wakeable or self.ready_replicas == 0)):
+            return "scaled-to-zero"  # also while its last pods drain
         if self.ready_replicas > 0:
             return "degraded" if self.ready_reason not in ("Ready", "ReplicasNotReady", "RollingOut", "") else "ready"
-        if self.ready_reason == "ScaledToZero" or self.spec_replicas == 0:
-            return "scaled-to-zero"
         if self.ready_reason in PROGRESS_REASONS:
             return "starting"
         return "down"

@@ -125,6 +125,7 @@ def test_routes_from_status_and_their_states():
 
     assert state("ScaledToZero") == "scaled-to-zero" and state("ModelLoading") == "starting"
     assert state("CrashLoop") == "down" and state("EngineHung", ready=1) == "degraded" and state("", replicas=0) == "scaled-to-zero"
+    assert state("ScaledToZero", ready=1) == "scaled-to-zero"  # its last pod still draining
     hung = routes.route_of(qwi(status={"endpoint": "http://x/v1", "conditions": [{"type": "Ready", "reason": "EngineHung", "message": "EngineHung: no tokens"}]}))
     assert hung.deep_health == "EngineHung: no tokens"
 
