@@ -196,7 +196,7 @@ def test_api_key_comes_from_the_secret_and_probes_stay_on_health(operator, k8s, 
 
 
 def pdbs(k8s, namespace: str, name: str) -> list[client.V1PodDisruptionBudget]:
-    """The engines' PDB (with more than one replica the router has its own, <name>-router: tests/integration/test_router.py)."""
+    """The engines' PDB (with more than one replica the router has its own, <name>-router: tests/integration/test_router_children.py)."""
     found = client.PolicyV1Api(k8s).list_namespaced_pod_disruption_budget(namespace, label_selector=f"app.kubernetes.io/instance={name}").items
     return [pdb for pdb in found if pdb.metadata.name == name]
 
