@@ -23,7 +23,7 @@ from kubernetes import client
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests" / "integration"))  # the chart helpers of the helm tests
 
-from conftest import wait_until  # noqa: E402
+from conftest import install_crds, wait_until  # noqa: E402
 from support_helm import Helm, Release, adopt_existing_crds, helm_binary  # noqa: E402
 
 NODE_NAME = "qwen-real-node"
@@ -82,9 +82,12 @@ def install_operator(cluster, k8s, node: RealNode, release: Release, watched_nam
     """helm install of charts/qwen-operator with the image hack/images.sh built: two replicas (one
     leader, one standby), on the real node, watching one namespace."""
     helm = Helm(helm_binary(), cluster)
-    adopt_existing_crds(cluster, release)
+    # The CRDs come from crds/, not from this release: every release that installs them owns them,
+    # one at a time, and tests/integration/test_helm_install.py's releases run beside these.
+    install_crds(cluster)
     repository, tag = node.images["operator"].rsplit(":", 1)
     values = {
+        "crds": {"enabled": False},
         "image": {"repository": repository, "tag": tag, "pullPolicy": "IfNotPresent"},
         "replicaCount": 2,
         "watchNamespaces": [watched_namespace],
