@@ -44,11 +44,11 @@ def pinned(name: str) -> str:
 
 
 def module_dir(module: str, version: str) -> Path:
-    cache = subprocess.run(["go", "env", "GOMODCACHE"], capture_output=True, text=True, check=True).stdout.strip()
-    path = Path(cache) / f"{module}@{version}"
-    if not path.exists():
-        raise SystemExit(f"{module}@{version} is not in the Go module cache ({path}): run `make tools`")
-    return path
+    """The module's source in the Go module cache, downloaded from the module proxy if it is not there yet."""
+    download = subprocess.run(["go", "mod", "download", "-json", f"{module}@{version}"], capture_output=True, text=True, timeout=1800)
+    if download.returncode != 0:
+        raise SystemExit(f"could not download {module}@{version} from the Go module proxy: {download.stdout.strip() or download.stderr.strip()}")
+    return Path(json.loads(download.stdout)["Dir"])
 
 
 def strict(node: Any) -> Any:
