@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests" / "integration"))  # the chart helpers of the helm tests
 
 from conftest import install_crds, wait_until  # noqa: E402
-from support_helm import Helm, Release, adopt_existing_crds, helm_binary  # noqa: E402
+from support_helm import Helm, Release, helm_binary  # noqa: E402
 
 NODE_NAME = "qwen-real-node"
 TAINT_TOLERATION = {"key": "qwen.qwenops.io/real-node", "operator": "Exists", "effect": "NoSchedule"}

@@ -20,9 +20,9 @@ import uuid
 import pytest
 from kubernetes import client
 
-from conftest import wait_until
-from realnode_support import (ON_THE_REAL_NODE, Helm, Release, adopt_existing_crds, create_qwen, delete_qwen, get_qwen,
-                              helm_binary, qwen_pods, ready_condition, real_node_or_skip, standin_spec, write_figure)
+from conftest import install_crds, wait_until
+from realnode_support import (ON_THE_REAL_NODE, Helm, Release, create_qwen, delete_qwen, get_qwen, helm_binary, qwen_pods,
+                              ready_condition, real_node_or_skip, remove_namespaces, standin_spec, write_figure)
 
 pytestmark = pytest.mark.realnode
 BRIDGE = "10.85.0.1"
@@ -89,13 +89,13 @@ def workspace(cluster, k8s, node, redis):
     # A release name of its own: the chart's cluster-scoped objects are named after it.
     release = Release(name=f"gw-{suffix}", namespace=system)
     helm = Helm(helm_binary(), cluster)
-    adopt_existing_crds(cluster, release)
+    install_crds(cluster)  # from crds/: the chart's own CRD templates stay off (crds.enabled), see install_operator
     repository, tag = node.images["operator"].rsplit(":", 1)
     small = {"requests": {"cpu": "50m", "memory": "128Mi"}, "limits": {"cpu": "1", "memory": "512Mi"}}
     install = lambda values: helm.install(release, values)  # noqa: E731
     try:
         install_or_explain(node, core, system, install, {
-            "image": {"repository": repository, "tag": tag, "pullPolicy": "IfNotPresent"},
+            "crds": {"enabled": False}, "image": {"repository": repository, "tag": tag, "pullPolicy": "IfNotPresent"},
             "replicaCount": 1, "leaderElection": {"enabled": False}, "watchNamespaces": [namespace],
             "nodeSelector": ON_THE_REAL_NODE["nodeSelector"], "tolerations": ON_THE_REAL_NODE["tolerations"], "resources": small,
             "env": [{"name": "QWEN_OPERATOR_RESYNC_SECONDS", "value": "10"}],
@@ -107,10 +107,7 @@ def workspace(cluster, k8s, node, redis):
         for item in client.CustomObjectsApi(k8s).list_namespaced_custom_object("inference.qwenops.io", "v1alpha1", namespace, "qweninferences")["items"]:
             delete_qwen(k8s, namespace, item["metadata"]["name"])
         helm.uninstall(release, check=False)
-        core.delete_namespace(namespace)
-        core.delete_namespace(system)
-        wait_until(lambda: not [p for p in core.list_pod_for_all_namespaces(field_selector="spec.nodeName=qwen-real-node").items
-                                if p.metadata.namespace in (namespace, system)], 120, "the real node's test pods to go")
+        remove_namespaces(k8s, namespace, system)
 
 
 def install_or_explain(node, core, system: str, install, values: dict) -> None:
