@@ -465,10 +465,11 @@ SOFT_HOSTNAME_SPREAD = [{
 @pytest.mark.parametrize(
     ("fields", "spread"),
     [
-        ({}, None),
+        # Even for one replica, so that scaling to two does not change the template (a rollout).
+        ({}, SOFT_HOSTNAME_SPREAD),
         ({"replicas": 2}, SOFT_HOSTNAME_SPREAD),
         ({"replicas": 1, "autoscaling": {"enabled": True, "maxReplicas": 3}}, SOFT_HOSTNAME_SPREAD),
-        ({"replicas": 1, "autoscaling": {"enabled": True, "maxReplicas": 1}}, None),
+        ({"replicas": 1, "autoscaling": {"enabled": True, "maxReplicas": 1}}, SOFT_HOSTNAME_SPREAD),
         # The user's own placement wins: a spread of theirs, or an affinity.
         ({"replicas": 2, "scheduling": {"topologySpreadConstraints": [{"maxSkew": 2, "topologyKey": "zone", "whenUnsatisfiable": "DoNotSchedule"}]}},
          [{"maxSkew": 2, "topologyKey": "zone", "whenUnsatisfiable": "DoNotSchedule"}]),
@@ -533,10 +534,16 @@ def test_scheduling_passthrough() -> None:
     assert "affinity" not in p
 
 
-def test_no_scheduling_fields_by_default_for_a_bf16_model() -> None:
+def test_no_scheduling_fields_by_default_for_a_bf16_model_but_the_soft_spread() -> None:
     p = pod(build(make_spec(model=BF16_MODEL)))
-    for field in ("nodeSelector", "tolerations", "affinity", "priorityClassName", "topologySpreadConstraints", "runtimeClassName"):
+    for field in ("nodeSelector", "tolerations", "affinity", "priorityClassName", "runtimeClassName"):
         assert field not in p
+    assert p["topologySpreadConstraints"] == SOFT_HOSTNAME_SPREAD
+
+
+def test_scaling_changes_nothing_in_the_pod_template() -> None:
+    """A new template rolls every engine (and reloads its model): replicas must not reach it."""
+    assert pod(build(make_spec(replicas=1))) == pod(build(make_spec(replicas=3)))
 
 
 PRODUCT_TERM = {"key": "nvidia.com/gpu.product", "operator": "In", "values": ["NVIDIA-L4", "NVIDIA-L40S"]}

@@ -593,9 +593,9 @@ class SchedulingSpec(_Model):
     topology_spread_constraints: list[dict[str, Any]] = Field(
         default_factory=list,
         max_length=32,
-        description="Pod topologySpreadConstraints (corev1), passed through; typed by Kubernetes' own schema. Empty, with "
-        "2 or more replicas and no affinity of the user's, the operator adds a soft spread over nodes "
-        "(kubernetes.io/hostname, maxSkew 1, ScheduleAnyway).",
+        description="Pod topologySpreadConstraints (corev1), passed through; typed by Kubernetes' own schema. Empty, and with "
+        "no affinity of the user's, the operator adds a soft spread over nodes (kubernetes.io/hostname, maxSkew 1, "
+        "ScheduleAnyway), for one replica too: scaling to two then rolls nothing.",
         json_schema_extra=_k8s_schema("TopologySpreadConstraint", array=True, max_items=32),
     )
 

@@ -85,7 +85,7 @@ DOWNLOAD_HEADROOM = Decimal("1.1")
 # CPU per tensor-parallel GPU when spec.resources.cpu is unset: one busy worker process per GPU, plus
 # the API server, tokenizer and scheduler.
 CPU_PER_TENSOR_PARALLEL_GPU = 4
-# A soft spread over nodes, added with 2 or more replicas and no placement constraints of the user's.
+# A soft spread over nodes, added unless the user places the pods (a spread or an affinity of theirs).
 HOSTNAME_TOPOLOGY_KEY = "kubernetes.io/hostname"
 
 # Seconds between SIGKILL's deadline and the end of the drain, for vLLM's own exit.
@@ -519,10 +519,6 @@ def merge_node_affinity(affinity: dict[str, Any] | None, products: list[str], is
     return copy.deepcopy(affinity) if affinity else None
 
 
-def may_run_replicas(spec: QwenInferenceSpec) -> int:
-    return spec.autoscaling.max_replicas if spec.autoscaling.enabled else spec.replicas
-
-
 def hostname_spread(owner: Owner) -> list[dict[str, Any]]:
     """Replicas on different nodes where the scheduler can, so one node's loss takes one replica. Soft
     (ScheduleAnyway): GPU nodes are scarce, and a replica on a busy node beats no replica."""
@@ -551,8 +547,10 @@ def scheduling_fields(owner: Owner, spec: QwenInferenceSpec, model: ResolvedMode
         fields["runtimeClassName"] = sched.runtime_class_name
     if sched.topology_spread_constraints:
         fields["topologySpreadConstraints"] = copy.deepcopy(sched.topology_spread_constraints)
-    elif may_run_replicas(spec) >= 2 and not sched.affinity:
+    elif not sched.affinity:
         # The user's affinity may already place the pods (e.g. a pod anti-affinity): never second-guess it.
+        # Even for one replica: it changes nothing then, and a template that gained it on scaling to 2
+        # would roll the running engine (and reload its model) for nothing.
         fields["topologySpreadConstraints"] = hostname_spread(owner)
     return fields
 
