@@ -157,9 +157,8 @@ def test_scaling_engines_1_to_3_adds_them_to_every_router(node, k8s, routed):
     listed: dict[str, set[str]] = {}
 
     def all_known() -> bool:
-        # 1 -> 3 replicas also rolls the engines once (the soft spread over nodes comes with a second replica),
-        # so this waits for the final three: the QwenInference Ready (rolled out) and every router listing
-        # exactly its ready engines as healthy.
+        # Waits for the final three (should the engines roll as they scale): the QwenInference Ready (rolled out)
+        # and every router listing exactly the ready engines as healthy.
         now = time.monotonic() - started
         ready = engine_urls(k8s, namespace)
         for url in ready:
