@@ -210,7 +210,8 @@ def test_pdb_exists_only_while_more_than_one_replica_is_wanted(operator, k8s, na
     patch_spec(k8s, namespace, "budget", {"replicas": 2})
     (pdb,) = wait_until(lambda: pdbs(k8s, namespace, "budget"), resync_window(operator), "a PDB for 2 replicas")
     assert pdb.spec.max_unavailable == 1 and pdb.spec.min_available is None
-    wait_ready(k8s, namespace, "budget")
+    # Both replicas (Ready alone may still be the judgement of one replica, from before the patch).
+    wait_until(lambda: (get(k8s, namespace, "budget").get("status") or {}).get("ready") == "2/2", resync_window(operator), "ready 2/2")
     pod_names = {p.metadata.name for p in live_pods(k8s, namespace, "budget")}
     selected = client.CoreV1Api(k8s).list_namespaced_pod(namespace, label_selector=",".join(f"{k}={v}" for k, v in pdb.spec.selector.match_labels.items())).items
     assert {p.metadata.name for p in selected} == pod_names and len(pod_names) == 2
