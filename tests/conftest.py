@@ -5,7 +5,8 @@ reused when one is already running (then it is left running afterwards). Its rea
 left to `real_node_session`, which the tests on it (tests/realnode) ask for. Tests that need it are
 marked `@pytest.mark.cluster` (the marker pulls the fixture in) or ask for it by name.
 `namespace`: a fresh namespace for one test, deleted afterwards.
-`operator`: `qwen-operator run --all-namespaces --standalone` as a subprocess, one per test module.
+`operator`: `qwen-operator run --all-namespaces --namespace-selector qwen-tests-worker=WORKER` as a
+subprocess, one per test module, serving the namespaces of its pytest-xdist worker.
 """
 
 from __future__ import annotations
