@@ -9,7 +9,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 help:
 	@echo "make demo     start the local control plane, the operator and examples/qwen3-0.6b-fp8.yaml"
-	@echo "make test     run every test (unit, then integration against the local control plane)"
+	@echo "make test     run every test (unit, integration, real containers) in TEST_WORKERS=3 pytest-xdist workers"
 	@echo "make bench    convergence benchmark: N QwenInferences to Ready, reconcile cost, steady-state writes"
 	@echo "make bench-routing  vllm-router's policies over vLLM stand-ins on loopback (bench/routing.py, about 90 s)"
 	@echo "make bench-gateway  the gateway's added latency, requests per core and limiter accuracy (bench/gateway.py, about 60 s)"
