@@ -29,6 +29,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests" / "integration"))
+sys.path.insert(0, str(REPO / "tests"))  # conftest's helpers, which gateway_support uses
 
 import aiohttp  # noqa: E402
 import requests  # noqa: E402

@@ -17,30 +17,20 @@ from pathlib import Path
 
 import requests
 
+from conftest import free_loopback_port, wait_until
+
 REPO = Path(__file__).resolve().parents[2]
 STANDIN = REPO / "tests" / "standin" / "vllm_standin.py"
 QWEN_OPERATOR = REPO / ".venv" / "bin" / "qwen-operator"
 LOOPBACK = "127.0.0.1"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((LOOPBACK, 0))
-        return s.getsockname()[1]
+free_port = free_loopback_port
 
 
 def wait_for(predicate, timeout: float, what: str, interval: float = 0.1):
-    deadline = time.monotonic() + timeout
-    last: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            value = predicate()
-            if value:
-                return value
-        except Exception as error:  # noqa: BLE001 - reported on timeout
-            last = error
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}" + (f" (last error: {last})" if last else ""))
+    """conftest.wait_until, polling every 0.1 s: these waits are on loopback servers."""
+    return wait_until(predicate, timeout, what, interval)
 
 
 @dataclass
