@@ -108,6 +108,7 @@ def make_handler(agent: Agent) -> type[BaseHTTPRequestHandler]:
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     parser = parser or argparse.ArgumentParser(prog="qwen-operator agent")
     parser.add_argument("--port", type=int, default=8081, help="the agent's port (/livez, /health/detailed, /healthz)")
+    parser.add_argument("--listen-address", default="0.0.0.0", help="the address to listen on (in a pod: every address, for the kubelet's probes)")
     parser.add_argument("--vllm-host", default="127.0.0.1", help="vLLM's address (the same pod: loopback)")
     parser.add_argument("--vllm-port", type=int, default=8000)
     parser.add_argument("--served-model-name", required=True, help="the model name the 1-token completion asks for")
@@ -122,15 +123,19 @@ def main(args: argparse.Namespace) -> int:
     settings = Settings(args.interval, args.timeout, args.failures)
     engine = Engine(args.vllm_host, args.vllm_port, args.served_model_name, os.environ.get("VLLM_API_KEY"), args.timeout)
     agent = Agent(engine, settings)
-    server = ThreadingHTTPServer(("0.0.0.0", args.port), make_handler(agent))
+    server = ThreadingHTTPServer((args.listen_address, args.port), make_handler(agent))
     server.daemon_threads = True
-    signal.signal(signal.SIGTERM, lambda *_: agent.stop.set())
+    # SIGTERM is blocked in every thread (they inherit the mask) and taken with sigwait below. With a Python handler,
+    # a signal the kernel hands to another thread leaves the main thread asleep in its wait, and the agent ignores
+    # SIGTERM until the kubelet kills it at the end of the grace period.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
     threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
     log.info("deep health agent on :%d for %s at %s:%d (every %g s, timeout %g s, %d failures)", args.port,
              args.served_model_name, args.vllm_host, args.vllm_port, settings.interval_seconds, settings.timeout_seconds,
              settings.failures_before_restart)
     checker = threading.Thread(target=agent.run, name="checks", daemon=True)
     checker.start()
-    agent.stop.wait()
+    signal.sigwait({signal.SIGTERM})
+    agent.stop.set()
     server.shutdown()
     return 0
