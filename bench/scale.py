@@ -181,6 +181,8 @@ def run_operator(api, kubeconfig: str, namespace: str, count: int, timeout: floa
         rss_converged = rss_mib(pid)
         reconciles = total(converged, "qwen_operator_reconciles_total{") - total(base, "qwen_operator_reconciles_total{")
         requests = total(converged, "qwen_operator_api_requests_total{") - total(base, "qwen_operator_api_requests_total{")
+        triggers = {name.split('trigger="')[1].rstrip('"}'): (value - base.get(name, 0.0)) / count
+                    for name, value in converged.items() if name.startswith("qwen_operator_reconcile_triggers_total{")}
         # Steady state: nothing changes; the resync judges everything every `resync` seconds.
         cpu_steady_start, steady_start_wall = cpu_seconds(pid), time.monotonic()
         time.sleep(steady_seconds)
@@ -197,6 +199,7 @@ def run_operator(api, kubeconfig: str, namespace: str, count: int, timeout: floa
             "rss_mib": rss_converged, "rss_mib_after_steady": rss_mib(pid),
             "cpu_ms_per_resource": 1000 * (cpu_converged - cpu_before) / count,
             "reconciles_per_resource": reconciles / count, "requests_per_reconcile": requests / max(reconciles, 1),
+            "reconciles_per_resource_by_trigger": {k: round(v, 2) for k, v in sorted(triggers.items()) if v},
             "requests_per_resource": requests / count,
             "steady_seconds": steady_wall, "steady_reconciles": steady_reconciles,
             "steady_reads_per_minute": 60 * reads / steady_wall, "steady_writes_per_minute": 60 * writes / steady_wall,
@@ -268,6 +271,9 @@ def main() -> int:
               f"{o['p50_s']:>6.1f}/{o['p95_s']:>5.1f}/{o['p99_s']:>6.1f} | {f['p50_s']:>6.1f}/{f['p95_s']:>5.1f}/{f['p99_s']:>7.1f} | "
               f"{o['rss_mib']:>7.0f} | {o['cpu_ms_per_resource']:>10.1f} | {o['reconciles_per_resource']:>14.2f} | {o['requests_per_reconcile']:>13.2f} | "
               f"{o['steady_reads_per_minute']:>16.1f} | {o['steady_writes_per_minute']:>17.1f} | {100 * o['steady_cpu_fraction']:>9.2f}%")
+    for row in rows:
+        by_trigger = ", ".join(f"{k} {v:.2f}" for k, v in row["operator"]["reconciles_per_resource_by_trigger"].items())
+        print(f"N={row['count']}: reconciles per resource by what queued them: {by_trigger}")
     return 0
 
 

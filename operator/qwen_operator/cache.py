@@ -20,7 +20,7 @@ from typing import Any, Callable
 from qwen_operator.builders.common import MANAGED_BY
 from qwen_operator.k8s import client as kinds
 from qwen_operator.k8s.client import Kind, KubeApi
-from qwen_operator.k8s.informer import Informer
+from qwen_operator.k8s.informer import REVISION, Informer
 
 INSTANCE_LABEL = "app.kubernetes.io/instance"
 MANAGED_SELECTOR = f"app.kubernetes.io/managed-by={MANAGED_BY}"
@@ -70,7 +70,7 @@ def slim_child(obj: dict[str, Any]) -> dict[str, Any]:
 
 def expand(slim: dict[str, Any]) -> dict[str, Any]:
     """The child with its packed fields unpacked (a fresh dict: callers may change it)."""
-    full = {k: v for k, v in slim.items() if k != PACKED}
+    full = {k: v for k, v in slim.items() if k not in (PACKED, REVISION)}
     if PACKED in slim:
         full.update(json.loads(zlib.decompress(slim[PACKED])))
     return full
@@ -118,9 +118,10 @@ class ChildCaches:
     cluster-wide set), and the queries it makes of them."""
 
     def __init__(self, api: KubeApi, child_kinds: tuple[Kind, ...], optional_kinds: tuple[Kind, ...],
-                 on_owner_change: Callable[[Key], None], relist_seconds: float = 600.0, namespaces: list[str] | None = None):
+                 on_owner_change: Callable[[Key, str], None], relist_seconds: float = 600.0, namespaces: list[str] | None = None):
         def changed(old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
-            on_owner_change(owner_key(new or old))
+            obj = new or old
+            on_owner_change(owner_key(obj), obj.get("kind") or "")
 
         self._api, self._on_change, self._relist = api, changed, relist_seconds
         self._scopes: list[str | None] = list(namespaces) if namespaces else [None]

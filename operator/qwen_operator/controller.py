@@ -35,7 +35,7 @@ from qwen_operator.builders.common import MANAGED_BY
 from qwen_operator.config import OperatorConfig
 from qwen_operator.k8s import client as kinds
 from qwen_operator.k8s.client import KubeApi, KubeError
-from qwen_operator.k8s.informer import Informer
+from qwen_operator.k8s.informer import REVISION, Informer
 from qwen_operator.cache import ChildCaches
 from qwen_operator.reconcile import CHILD_KINDS, MONITORING_KINDS, CapabilityCache, Snapshot, now_rfc3339, owner_of, reconcile
 from qwen_operator.workqueue import Retry, WorkQueue
@@ -69,6 +69,10 @@ class Controller:
         # every child as desired. While the children stay exactly so, the next runs skip building them.
         self.in_sync: dict[Key, tuple[Any, Any, dict[tuple[str, str], str]]] = {}
         self.last_run: dict[Key, float] = {}  # monotonic time each resource's last run ended
+        self.triggers: dict[Key, str] = {}  # what first queued each queued resource (the trigger metric)
+        # Per resource: everything its last successful run read (reconcile_inputs). The resync runs a resource
+        # again only when this differs, as a missed event would make it.
+        self.last_inputs: dict[Key, tuple[Any, ...]] = {}
         self._lock = threading.Lock()
         self.caches = ChildCaches(api, CHILD_KINDS, MONITORING_KINDS, self._child_changed, relist_seconds, namespaces=self.namespaces)
         self.resync_seconds = resync_seconds
@@ -102,7 +106,7 @@ class Controller:
             with self._lock:
                 keys = [key for key in self.bodies if key[0] == namespace]
             for key in keys:
-                self.enqueue(*key)
+                self.enqueue(*key, trigger="namespace")
 
     # Triggers
 
@@ -115,7 +119,7 @@ class Controller:
             before = self.bodies.get(key)
             self.bodies[key] = body
         if (before is None or _what_matters(before) != _what_matters(body)) and self.serves(key[0]):
-            self.enqueue(*key)
+            self.enqueue(*key, trigger="resource")
 
     def deleted(self, namespace: str, name: str) -> None:
         with self._lock:
@@ -123,14 +127,21 @@ class Controller:
             self.statuses.pop((namespace, name), None)
             self.in_sync.pop((namespace, name), None)
             self.last_run.pop((namespace, name), None)
+            self.last_inputs.pop((namespace, name), None)
         self.forget(namespace, name)
 
-    def _child_changed(self, owner: Key) -> None:
+    def _child_changed(self, owner: Key, kind: str) -> None:
         if owner[1] and self.serves(owner[0]):
+            self._note_trigger(owner, kind)
             self.queue.add_after_quiet(owner, CHILD_EVENT_QUIET, CHILD_EVENT_MAX_WAIT)
 
-    def enqueue(self, namespace: str, name: str, delay: float = 0.0) -> None:
+    def enqueue(self, namespace: str, name: str, delay: float = 0.0, trigger: str = "resource") -> None:
+        self._note_trigger((namespace, name), trigger)
         self.queue.add((namespace, name), delay)
+
+    def _note_trigger(self, key: Key, trigger: str) -> None:
+        with self._lock:
+            self.triggers.setdefault(key, trigger)
 
     def forget(self, namespace: str, name: str) -> None:
         self.queue.forget((namespace, name))
@@ -140,26 +151,58 @@ class Controller:
 
     def _resync_loop(self) -> None:
         """Every known QwenInference is judged again from the caches (no API reads) once it has not
-        run for resync_seconds; one an event ran meanwhile is not run again for nothing. The loop
+        run for resync_seconds; one an event ran meanwhile is not judged again for nothing. The loop
         wakes four times per period, so a large fleet's resyncs spread out instead of coming in one
         burst. The informers' periodic relist guards the caches against a missed event."""
         while not self._stopped.wait(self.resync_seconds / 4):
-            if self.caches.optional and self.capabilities.get().prometheus_operator:
-                self.caches.enable_optional()
-            due = time.monotonic() - self.resync_seconds
+            self.resync_due()
+
+    def resync_due(self) -> None:
+        """Judges again each resource whose last run is older than the resync period. The reconcile is a
+        function of what it reads (reconcile_inputs), so a resource whose inputs are still those of its
+        last successful run would get the same verdict: it is marked judged, and nothing runs. A resource
+        whose inputs moved without an event reaching it (a missed event, found by a relist) runs."""
+        if self.caches.optional and self.capabilities.get().prometheus_operator:
+            self.caches.enable_optional()
+        due = time.monotonic() - self.resync_seconds
+        with self._lock:
+            keys = [key for key in self.bodies if self.last_run.get(key, 0.0) <= due]
+        caps = self.capabilities.get()
+        for key in keys:
+            if not self.serves(key[0]):
+                continue
             with self._lock:
-                keys = [key for key in self.bodies if self.last_run.get(key, 0.0) <= due]
-            for key in keys:
-                if self.serves(key[0]):
-                    self.enqueue(*key)
+                body, last_inputs = self.bodies.get(key), self.last_inputs.get(key)
+            if body is not None and last_inputs is not None and last_inputs == self.reconcile_inputs(key, body, caps):
+                metrics.RESYNCS_UNCHANGED.inc()
+                with self._lock:
+                    self.last_run[key] = time.monotonic()
+                continue
+            self.enqueue(*key, trigger="resync")
+
+    def reconcile_inputs(self, key: Key, body: dict[str, Any], caps: Any) -> tuple[Any, ...]:
+        """Everything a reconcile of this resource reads: its spec and annotations, the cluster's
+        capabilities, the version of each child and pod, and the labels of the nodes its pods run on."""
+        children = frozenset((c["kind"], c["metadata"]["name"], c[REVISION]) for c in self.caches.children_of(key, packed=True))
+        pods = self.caches.pods_of(key)
+        pod_versions = frozenset((p["metadata"]["name"], p[REVISION]) for p in pods)
+        node_labels = []
+        for node_name in sorted({p["spec"].get("nodeName") or "" for p in pods} - {""}):
+            node = self.caches.node(node_name)
+            node_labels.append((node_name, tuple(sorted(((node or {}).get("metadata", {}).get("labels") or {}).items()))))
+        annotations = tuple(sorted((body["metadata"].get("annotations") or {}).items()))
+        return _what_matters(body), annotations, caps, children, pod_versions, tuple(node_labels)
 
     # One run
 
     def process(self, key: Key) -> None:
         namespace, name = key
+        with self._lock:
+            trigger = self.triggers.pop(key, "retry")  # a run the queue made again on its own is a retry
         if not self.serves(namespace) and (self.selected_namespaces is None or self.selected_namespaces.synced.is_set()):
             return  # its namespace does not (or no longer) match the namespace selector: hands off, not a reconcile
         started = time.monotonic()
+        metrics.RECONCILE_TRIGGERS.labels(trigger).inc()
         outcome = "error"
         body: dict[str, Any] | None = None
         try:
@@ -175,7 +218,9 @@ class Controller:
             packed = self.caches.children_of(key, packed=True)
             versions = {(c["kind"], c["metadata"]["name"]): c["metadata"].get("resourceVersion", "") for c in packed}
             caps = self.capabilities.get()
+            reads_before = self.api.reads_by_this_thread()
             with self._lock:
+                self.last_inputs.pop(key, None)
                 children_in_sync = self.in_sync.get(key) == (body["metadata"].get("generation"), caps, versions)
             snapshot = Snapshot(
                 children=packed if children_in_sync else self.caches.children_of(key), pods=self.caches.pods_of(key), node=self.caches.node,
@@ -196,7 +241,16 @@ class Controller:
             if result.applied or result.pruned or result.status_written:
                 log.info("reconciled %s/%s: applied %s, pruned %s, status %s", namespace, name,
                          result.applied or "nothing", result.pruned or "nothing", "written" if result.status_written else "unchanged")
+            if result.retry_after is None and self.api.reads_by_this_thread() == reads_before:
+                # Taken after the run, its own writes included. A change that came during the run, which the run
+                # may not have seen, also queued the resource, so it runs again whatever these say. A run that
+                # read the API (a Secret or claim the spec names, a child of its name made by someone else)
+                # depended on more than the caches: the resync keeps running it.
+                inputs = self.reconcile_inputs(key, body, caps)
+                with self._lock:
+                    self.last_inputs[key] = inputs
             if result.requeue_after is not None and result.retry_after is None:
+                self._note_trigger(key, "deadline")
                 self.queue.add(key, result.requeue_after)  # a scale-to-zero deadline: judged again then
             if result.retry_after is not None:
                 raise Retry("a child could not be brought to the desired state yet", result.retry_after)

@@ -14,6 +14,15 @@ RECONCILE_DURATION = Histogram(
     "qwen_operator_reconcile_duration_seconds", "Time one reconcile takes.",
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
+RECONCILE_TRIGGERS = Counter(
+    "qwen_operator_reconcile_triggers_total",
+    "Reconciles by what queued them: the resource itself, a child's or pod's event (by kind), the resync, a deadline, or a retry.",
+    ["trigger"],
+)
+RESYNCS_UNCHANGED = Counter(
+    "qwen_operator_resyncs_unchanged_total",
+    "Resyncs that found a resource's inputs as its last run read them, so it was not run again (the verdict stands).",
+)
 API_REQUESTS = Counter("qwen_operator_api_requests_total", "Kubernetes API requests the operator sent.", ["verb", "kind", "code"])
 API_ERRORS = Counter("qwen_operator_api_errors_total", "Kubernetes API requests that failed (HTTP >= 400 other than 404, or no answer).", ["verb", "kind", "code"])
 MANAGED_RESOURCES = Gauge("qwen_operator_managed_resources", "QwenInference resources by the status and reason of their Ready condition.", ["ready", "reason"])

@@ -47,6 +47,10 @@ def test_a_storm_of_200_events_for_one_resource_costs_at_most_3_reconciles(clust
         stop_operator(operator)
 
 
+def metric(operator, name: str) -> float:
+    return sum(v for k, v in operator.metrics().items() if k == name or k.startswith(name + "{"))
+
+
 def test_a_steady_state_makes_no_api_reads_and_no_writes(cluster, k8s, namespace, tmp_path):
     install_crds(cluster)
     operator = start_operator(cluster, tmp_path / "operator.log", "--namespace", namespace, resync=2)
@@ -58,9 +62,12 @@ def test_a_steady_state_makes_no_api_reads_and_no_writes(cluster, k8s, namespace
         time.sleep(4)
         reads = operator.requests({"get", "list"})
         writes = operator.requests({"apply", "create", "delete", "patch", "patch_status", "replace"})
-        runs = reconciles(operator)
+        judged = metric(operator, "qwen_operator_resyncs_unchanged_total")
+        resync_runs = metric(operator, 'qwen_operator_reconcile_triggers_total{trigger="resync"}')
         time.sleep(10)  # five resync rounds of five resources
-        assert reconciles(operator) >= runs + 20, "the resync did not run"
+        # Each resync judged the five resources from the caches, found the inputs of their last run, and ran none.
+        assert metric(operator, "qwen_operator_resyncs_unchanged_total") >= judged + 20, "the resync did not judge the resources"
+        assert metric(operator, 'qwen_operator_reconcile_triggers_total{trigger="resync"}') == resync_runs, "a resync ran a resource whose inputs had not changed"
         assert operator.requests({"get", "list"}) == reads
         assert operator.requests({"apply", "create", "delete", "patch", "patch_status", "replace"}) == writes
         # Yet drift is still seen: through the watch, not by polling.

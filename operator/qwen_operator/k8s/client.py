@@ -9,6 +9,7 @@ writes. Built on the official client's connection handling (kubeconfig or in-clu
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 from urllib.parse import quote
@@ -101,6 +102,7 @@ class KubeApi:
         self._field_manager = field_manager
         self._observe = observe or (lambda verb, kind, status: None)
         self._timeout = timeout
+        self._per_thread = threading.local()  # reads made by each thread (reads_by_this_thread)
 
     @classmethod
     def from_environment(cls, field_manager: str, observe: RequestObserver | None = None) -> "KubeApi":
@@ -134,6 +136,12 @@ class KubeApi:
             raise KubeError(0, "ConnectionError", f"{type(error).__name__}: {error}"[:500]) from None
         finally:
             self._observe(verb, kind.kind, status)
+            if method == "GET":
+                self._per_thread.reads = getattr(self._per_thread, "reads", 0) + 1
+
+    def reads_by_this_thread(self) -> int:
+        """How many GETs (reads, lists, watches) the calling thread has sent through this client."""
+        return getattr(self._per_thread, "reads", 0)
 
     # Reads
 

@@ -29,6 +29,9 @@ from qwen_operator.k8s.client import Kind, KubeApi, KubeError
 log = logging.getLogger(__name__)
 
 Key = tuple[str, str]  # (namespace, name); namespace "" for cluster-scoped objects
+# Each kept object carries its content revision: a number that changes when, and only when, the object's slim form
+# changes (a resourceVersion bump with the same slim form keeps it). Equal revisions: the reader saw the same thing.
+REVISION = "_revision"
 OnChange = Callable[[dict[str, Any] | None, dict[str, Any] | None], None]
 
 
@@ -49,6 +52,7 @@ class Informer:
         self.metadata_only = metadata_only
         self.page_size, self.watch_seconds, self.relist_seconds = page_size, watch_seconds, relist_seconds
         self._objects: dict[Key, dict[str, Any]] = {}
+        self._revisions = 0  # the last content revision given (REVISION)
         self._index: dict[Any, dict[Key, dict[str, Any]]] = {}
         self._lock = threading.Lock()
         self.synced = threading.Event()
@@ -98,10 +102,13 @@ class Informer:
         with self._lock:
             old = self._objects.get(key)
             if old is not None and _without_version(old) == _without_version(obj):
+                obj[REVISION] = old[REVISION]
                 self._objects[key] = obj  # keep the newest resourceVersion, report nothing
                 if self.index_key is not None:
                     self._index.setdefault(self.index_key(obj), {})[key] = obj
                 return
+            self._revisions += 1
+            obj[REVISION] = self._revisions
             self._objects[key] = obj
             if self.index_key is not None:
                 if old is not None:
@@ -191,4 +198,4 @@ class Informer:
 
 def _without_version(obj: dict[str, Any]) -> dict[str, Any]:
     meta = {k: v for k, v in obj["metadata"].items() if k != "resourceVersion"}
-    return {**obj, "metadata": meta}
+    return {**{k: v for k, v in obj.items() if k != REVISION}, "metadata": meta}
