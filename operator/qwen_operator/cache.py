@@ -48,8 +48,36 @@ def _replicas_managers(meta: dict[str, Any]) -> list[str]:
     })
 
 
+# The steps of a claim's binding that the reconcile never reads (a provisioner and the PV controller write them
+# one update at a time). Kept, each step would be a change, and a reconcile of the claim's owner.
+CLAIM_BINDING_ANNOTATIONS = ("pv.kubernetes.io/bind-completed", "pv.kubernetes.io/bound-by-controller",
+                             "volume.beta.kubernetes.io/storage-provisioner", "volume.kubernetes.io/selected-node")
+CLAIM_PROVISIONER_ANNOTATION = "volume.kubernetes.io/storage-provisioner"  # read for ReadWriteMany claims only
+
+
+def _slim_claim(obj: dict[str, Any]) -> dict[str, Any]:
+    """A PersistentVolumeClaim as the reconcile reads it: its phase, and the provisioner a ReadWriteMany claim waits for."""
+    meta = dict(obj["metadata"])
+    spec = {k: v for k, v in (obj.get("spec") or {}).items() if k != "volumeName"}
+    dropped = CLAIM_BINDING_ANNOTATIONS + (() if "ReadWriteMany" in (spec.get("accessModes") or []) else (CLAIM_PROVISIONER_ANNOTATION,))
+    annotations = {k: v for k, v in (meta.get("annotations") or {}).items() if k not in dropped}
+    meta["annotations"] = annotations
+    if not annotations:
+        del meta["annotations"]
+    status = {"phase": obj["status"]["phase"]} if (obj.get("status") or {}).get("phase") else {}
+    return {**obj, "metadata": meta, "spec": spec, "status": status}
+
+
+def _slim_deployment_status(status: dict[str, Any]) -> dict[str, Any]:
+    """A Deployment's status without its conditions' timestamps, which move on every step of a rollout."""
+    conditions = [{k: c[k] for k in ("type", "status", "reason", "message") if k in c} for c in status.get("conditions") or []]
+    return {**status, "conditions": conditions} if conditions else status
+
+
 def slim_child(obj: dict[str, Any]) -> dict[str, Any]:
     """A child as the reconcile needs it; spec and data packed (expand() gives them back)."""
+    if obj.get("kind") == "PersistentVolumeClaim":
+        obj = _slim_claim(obj)
     slim: dict[str, Any] = {"metadata": _slim_metadata(obj["metadata"])}
     for key in ("apiVersion", "kind"):
         if key in obj:
@@ -58,7 +86,7 @@ def slim_child(obj: dict[str, Any]) -> dict[str, Any]:
     if packed:
         slim[PACKED] = zlib.compress(json.dumps(packed, separators=(",", ":"), sort_keys=True).encode(), 1)
     if obj.get("status"):
-        slim["status"] = obj["status"]
+        slim["status"] = _slim_deployment_status(obj["status"]) if obj.get("kind") == "Deployment" else obj["status"]
     # What the status reads without unpacking: a Deployment's replicas, a claim's modes and class.
     visible = {k: v for k, v in (obj.get("spec") or {}).items() if k in ("replicas", "accessModes", "storageClassName")}
     if visible:
@@ -95,7 +123,9 @@ def slim_pod(pod: dict[str, Any]) -> dict[str, Any]:
         "status": {
             "phase": status.get("phase"),
             "podIP": status.get("podIP"),  # vllm-router discovers only pods with an address (status.discoverable_engines)
-            "conditions": [{k: c[k] for k in ("type", "status", "reason", "message") if k in c} for c in status.get("conditions") or []],
+            # The status reads two conditions: Ready, and PodScheduled (why a pod waits). The others' steps are not changes.
+            "conditions": [{k: c[k] for k in ("type", "status", "reason", "message") if k in c} for c in status.get("conditions") or []
+                           if c.get("type") in ("Ready", "PodScheduled")],
             "containerStatuses": [container(c) for c in status.get("containerStatuses") or []],
             "initContainerStatuses": [container(c) for c in status.get("initContainerStatuses") or []],
         },

@@ -46,3 +46,37 @@ def test_store_of_the_operators_own_write_changes_the_revision_without_reporting
     assert len(changes) == 1
     informer._upsert(pod("2", "Pending", labels={"written": "by-the-operator"}))  # its watch event, later: nothing new
     assert len(changes) == 1
+
+
+def claim(annotations: dict[str, str], volume_name: str | None, phase: str, modes: list[str]) -> dict:
+    spec = {"accessModes": modes, "resources": {"requests": {"storage": "50Gi"}}, "storageClassName": "standard"}
+    if volume_name:
+        spec["volumeName"] = volume_name
+    return {"metadata": {"name": "cache", "namespace": "ns", "resourceVersion": str(len(annotations)) + phase, "annotations": annotations,
+                         "labels": {"app.kubernetes.io/instance": "q"}},
+            "spec": spec, "status": {"phase": phase, "capacity": {"storage": "50Gi"}, "accessModes": modes}}
+
+
+def test_a_claims_binding_steps_are_one_change_its_phase() -> None:
+    from qwen_operator.cache import slim_child
+
+    changes = []
+    informer = Informer(None, kinds.PVC, slim=slim_child, on_change=lambda old, new: changes.append(new))  # type: ignore[arg-type]
+    provisioner = {"volume.kubernetes.io/storage-provisioner": "kwok.x-k8s.io/volume", "volume.beta.kubernetes.io/storage-provisioner": "kwok.x-k8s.io/volume"}
+    bound = {**provisioner, "pv.kubernetes.io/bind-completed": "yes", "pv.kubernetes.io/bound-by-controller": "yes"}
+    for step in (claim({}, None, "Pending", ["ReadWriteOnce"]), claim(provisioner, None, "Pending", ["ReadWriteOnce"]),
+                 claim(bound, None, "Pending", ["ReadWriteOnce"]), claim(bound, "pvc-1", "Pending", ["ReadWriteOnce"]),
+                 claim(bound, "pvc-1", "Bound", ["ReadWriteOnce"])):
+        informer._upsert(step)
+    assert [c["status"]["phase"] for c in changes] == ["Pending", "Bound"]  # listed (no kind), then its phase
+
+
+def test_a_read_write_many_claim_keeps_the_provisioner_the_status_reads() -> None:
+    from qwen_operator.cache import slim_child
+
+    changes = []
+    informer = Informer(None, kinds.PVC, slim=slim_child, on_change=lambda old, new: changes.append(new))  # type: ignore[arg-type]
+    informer._upsert(claim({}, None, "Pending", ["ReadWriteMany"]))
+    informer._upsert(claim({"volume.kubernetes.io/storage-provisioner": "ebs.csi.aws.com"}, None, "Pending", ["ReadWriteMany"]))
+    assert len(changes) == 2
+    assert changes[1]["metadata"]["annotations"] == {"volume.kubernetes.io/storage-provisioner": "ebs.csi.aws.com"}

@@ -95,6 +95,8 @@ class Informer:
     # Internals
 
     def _upsert(self, raw: dict[str, Any], notify: bool = True) -> None:
+        if "kind" not in raw:  # a list's items carry no kind; slim may look at it
+            raw = {**raw, "apiVersion": self.kind.api_version, "kind": self.kind.kind}
         obj = self.slim(raw)
         obj.setdefault("apiVersion", self.kind.api_version)
         obj.setdefault("kind", self.kind.kind)
