@@ -64,9 +64,9 @@ def test_a_steady_state_makes_no_api_reads_and_no_writes(cluster, k8s, namespace
         writes = operator.requests({"apply", "create", "delete", "patch", "patch_status", "replace"})
         judged = metric(operator, "qwen_operator_resyncs_unchanged_total")
         resync_runs = metric(operator, 'qwen_operator_reconcile_triggers_total{trigger="resync"}')
-        time.sleep(10)  # five resync rounds of five resources
+        time.sleep(10)  # up to five resync rounds of five resources (at least two on a busy machine)
         # Each resync judged the five resources from the caches, found the inputs of their last run, and ran none.
-        assert metric(operator, "qwen_operator_resyncs_unchanged_total") >= judged + 20, "the resync did not judge the resources"
+        assert metric(operator, "qwen_operator_resyncs_unchanged_total") >= judged + 10, "the resync did not judge the resources"
         assert metric(operator, 'qwen_operator_reconcile_triggers_total{trigger="resync"}') == resync_runs, "a resync ran a resource whose inputs had not changed"
         assert operator.requests({"get", "list"}) == reads
         assert operator.requests({"apply", "create", "delete", "patch", "patch_status", "replace"}) == writes
