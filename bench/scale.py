@@ -181,6 +181,7 @@ def run_operator(api, kubeconfig: str, namespace: str, count: int, timeout: floa
         rss_converged = rss_mib(pid)
         reconciles = total(converged, "qwen_operator_reconciles_total{") - total(base, "qwen_operator_reconciles_total{")
         requests = total(converged, "qwen_operator_api_requests_total{") - total(base, "qwen_operator_api_requests_total{")
+        status_only = total(converged, "qwen_operator_status_only_reconciles_total") - total(base, "qwen_operator_status_only_reconciles_total")
         triggers = {name.split('trigger="')[1].rstrip('"}'): (value - base.get(name, 0.0)) / count
                     for name, value in converged.items() if name.startswith("qwen_operator_reconcile_triggers_total{")}
         # Steady state: nothing changes; the resync judges everything every `resync` seconds.
@@ -199,6 +200,7 @@ def run_operator(api, kubeconfig: str, namespace: str, count: int, timeout: floa
             "rss_mib": rss_converged, "rss_mib_after_steady": rss_mib(pid),
             "cpu_ms_per_resource": 1000 * (cpu_converged - cpu_before) / count,
             "reconciles_per_resource": reconciles / count, "requests_per_reconcile": requests / max(reconciles, 1),
+            "status_only_reconciles_per_resource": status_only / count,
             "reconciles_per_resource_by_trigger": {k: round(v, 2) for k, v in sorted(triggers.items()) if v},
             "requests_per_resource": requests / count,
             "steady_seconds": steady_wall, "steady_reconciles": steady_reconciles,
@@ -273,7 +275,9 @@ def main() -> int:
               f"{o['steady_reads_per_minute']:>16.1f} | {o['steady_writes_per_minute']:>17.1f} | {100 * o['steady_cpu_fraction']:>9.2f}%")
     for row in rows:
         by_trigger = ", ".join(f"{k} {v:.2f}" for k, v in row["operator"]["reconciles_per_resource_by_trigger"].items())
-        print(f"N={row['count']}: reconciles per resource by what queued them: {by_trigger}")
+        print(f"N={row['count']}: reconciles per resource by what queued them: {by_trigger}; "
+              f"of the {row['operator']['reconciles_per_resource']:.2f}, {row['operator']['status_only_reconciles_per_resource']:.2f} only judged the status "
+              "(every child as a previous run left it: nothing built or compared)")
     return 0
 
 

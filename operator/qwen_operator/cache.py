@@ -13,6 +13,7 @@ scheduling and container state, nodes their GPU labels.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import zlib
 from typing import Any, Callable
@@ -27,6 +28,9 @@ MANAGED_SELECTOR = f"app.kubernetes.io/managed-by={MANAGED_BY}"
 GPU_NODE_SELECTOR = "nvidia.com/gpu.present=true"
 PACKED = "_packed"  # where a slim object keeps its compressed fields
 REPLICAS_MANAGERS = "_replicasManagers"  # Deployments: field managers that own spec.replicas (from managedFields)
+# A digest of everything of a child but its status and resourceVersion: what the desired state is compared with.
+# While it stays, a change of the child's status (a rollout's progress) needs no new comparison.
+SPEC_DIGEST = "_specDigest"
 DROPPED_ANNOTATIONS = ("kubectl.kubernetes.io/last-applied-configuration",)
 
 Key = tuple[str, str]
@@ -93,12 +97,16 @@ def slim_child(obj: dict[str, Any]) -> dict[str, Any]:
         slim["spec"] = visible
     if obj.get("kind") == "Deployment" or "replicas" in (obj.get("spec") or {}):
         slim[REPLICAS_MANAGERS] = _replicas_managers(obj["metadata"])
+    digest = hashlib.blake2b(slim.get(PACKED, b""), digest_size=12)
+    digest.update(json.dumps([{k: v for k, v in slim["metadata"].items() if k != "resourceVersion"}, slim.get("spec"), slim.get(REPLICAS_MANAGERS),
+                              slim.get("apiVersion"), slim.get("kind")], sort_keys=True, separators=(",", ":")).encode())
+    slim[SPEC_DIGEST] = digest.hexdigest()
     return slim
 
 
 def expand(slim: dict[str, Any]) -> dict[str, Any]:
     """The child with its packed fields unpacked (a fresh dict: callers may change it)."""
-    full = {k: v for k, v in slim.items() if k not in (PACKED, REVISION)}
+    full = {k: v for k, v in slim.items() if k not in (PACKED, REVISION, SPEC_DIGEST)}
     if PACKED in slim:
         full.update(json.loads(zlib.decompress(slim[PACKED])))
     return full
@@ -148,10 +156,9 @@ class ChildCaches:
     cluster-wide set), and the queries it makes of them."""
 
     def __init__(self, api: KubeApi, child_kinds: tuple[Kind, ...], optional_kinds: tuple[Kind, ...],
-                 on_owner_change: Callable[[Key, str], None], relist_seconds: float = 600.0, namespaces: list[str] | None = None):
+                 on_owner_change: Callable[[Key, dict[str, Any] | None, dict[str, Any] | None], None], relist_seconds: float = 600.0, namespaces: list[str] | None = None):
         def changed(old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
-            obj = new or old
-            on_owner_change(owner_key(obj), obj.get("kind") or "")
+            on_owner_change(owner_key(new or old), old, new)
 
         self._api, self._on_change, self._relist = api, changed, relist_seconds
         self._scopes: list[str | None] = list(namespaces) if namespaces else [None]

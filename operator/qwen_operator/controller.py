@@ -36,7 +36,7 @@ from qwen_operator.config import OperatorConfig
 from qwen_operator.k8s import client as kinds
 from qwen_operator.k8s.client import KubeApi, KubeError
 from qwen_operator.k8s.informer import REVISION, Informer
-from qwen_operator.cache import ChildCaches
+from qwen_operator.cache import SPEC_DIGEST, ChildCaches
 from qwen_operator.reconcile import CHILD_KINDS, MONITORING_KINDS, CapabilityCache, Snapshot, now_rfc3339, owner_of, reconcile
 from qwen_operator.workqueue import Retry, WorkQueue
 
@@ -65,8 +65,9 @@ class Controller:
                                                 slim=_namespace_name, on_change=self._namespace_changed, relist_seconds=relist_seconds)
         self.bodies: dict[Key, dict[str, Any]] = {}  # the watched QwenInferences, from kopf's watch
         self.statuses: dict[Key, dict[str, Any]] = {}  # the status this operator last wrote, per resource
-        # Per resource: (generation, capabilities, {child: resourceVersion}) when a reconcile last found
-        # every child as desired. While the children stay exactly so, the next runs skip building them.
+        # Per resource: (generation, capabilities, {child: spec digest}) when a reconcile last found every
+        # child as desired. While the children stay so (their status may move), the next runs skip building
+        # and comparing them, and only judge the status.
         self.in_sync: dict[Key, tuple[Any, Any, dict[tuple[str, str], str]]] = {}
         self.last_run: dict[Key, float] = {}  # monotonic time each resource's last run ended
         self.triggers: dict[Key, str] = {}  # what first queued each queued resource (the trigger metric)
@@ -112,7 +113,9 @@ class Controller:
 
     def observed(self, body: dict[str, Any]) -> None:
         """kopf saw this QwenInference (added, changed, listed): keep it, and queue it unless only its status changed."""
-        body = copy.deepcopy(body)  # kopf's nested dicts are its own: keep a copy nothing else can change
+        # A copy (kopf's nested dicts are its own), without the managedFields the reconcile never reads: they are
+        # most of a body's size, and a copy of every resource is kept.
+        body = copy.deepcopy({**body, "metadata": {k: v for k, v in body["metadata"].items() if k != "managedFields"}})
         meta = body["metadata"]
         key = (meta["namespace"], meta["name"])
         with self._lock:
@@ -130,9 +133,13 @@ class Controller:
             self.last_inputs.pop((namespace, name), None)
         self.forget(namespace, name)
 
-    def _child_changed(self, owner: Key, kind: str) -> None:
-        if owner[1] and self.serves(owner[0]):
-            self._note_trigger(owner, kind)
+    def _child_changed(self, owner: Key, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
+        if not owner[1] or not self.serves(owner[0]):
+            return
+        self._note_trigger(owner, (new or old or {}).get("kind") or "")
+        if rollout_just_completed(old, new):
+            self.queue.add(owner)  # the event that makes the resource Ready: judged now, not after the burst
+        else:
             self.queue.add_after_quiet(owner, CHILD_EVENT_QUIET, CHILD_EVENT_MAX_WAIT)
 
     def enqueue(self, namespace: str, name: str, delay: float = 0.0, trigger: str = "resource") -> None:
@@ -216,7 +223,7 @@ class Controller:
                 self.forget(namespace, name)
                 return
             packed = self.caches.children_of(key, packed=True)
-            versions = {(c["kind"], c["metadata"]["name"]): c["metadata"].get("resourceVersion", "") for c in packed}
+            versions = {(c["kind"], c["metadata"]["name"]): c[SPEC_DIGEST] for c in packed}
             caps = self.capabilities.get()
             reads_before = self.api.reads_by_this_thread()
             with self._lock:
@@ -228,6 +235,8 @@ class Controller:
                 previous_status=previous_status if previous_status is not None else (body.get("status") or {}),
                 remember=self.caches.remember,
             )
+            if children_in_sync:
+                metrics.STATUS_ONLY_RECONCILES.inc()
             result = reconcile(body, self.api, self.config, self.capabilities, lambda *event: post_event(self.api, body, *event), snapshot)
             with self._lock:
                 if result.status is not None:
@@ -320,6 +329,16 @@ def post_event(api: KubeApi, body: dict[str, Any], type_: str, reason: str, mess
         api.create(kinds.EVENT, meta["namespace"], event)
     except KubeError as error:
         log.warning("could not post event %s on %s/%s: %s", reason, meta["namespace"], meta["name"], error)
+
+
+def rollout_just_completed(old: dict[str, Any] | None, new: dict[str, Any] | None) -> bool:
+    """A Deployment whose status now says, and before did not, that its current spec runs on every replica."""
+    def complete(deployment: dict[str, Any] | None) -> bool:
+        if deployment is None or deployment.get("kind") != "Deployment":
+            return False
+        return status_lib.rollout_complete(deployment, (deployment.get("spec") or {}).get("replicas", 1))
+
+    return complete(new) and not complete(old)
 
 
 def _what_matters(body: dict[str, Any]) -> tuple[Any, ...]:

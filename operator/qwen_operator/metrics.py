@@ -19,6 +19,10 @@ RECONCILE_TRIGGERS = Counter(
     "Reconciles by what queued them: the resource itself, a child's or pod's event (by kind), the resync, a deadline, or a retry.",
     ["trigger"],
 )
+STATUS_ONLY_RECONCILES = Counter(
+    "qwen_operator_status_only_reconciles_total",
+    "Reconciles that found every child as a previous run left it (but for its status), so built and compared nothing and only judged the status.",
+)
 RESYNCS_UNCHANGED = Counter(
     "qwen_operator_resyncs_unchanged_total",
     "Resyncs that found a resource's inputs as its last run read them, so it was not run again (the verdict stands).",

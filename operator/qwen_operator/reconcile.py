@@ -412,7 +412,7 @@ class Snapshot:
     previous_status: dict[str, Any]  # the status as last written (the cache may lag the operator's own write)
     remember: Callable[[dict[str, Any]], None] = lambda written: None  # put what the operator applied into the cache
     # True when the children are exactly as they were when a reconcile of this generation last
-    # found them in sync (same objects, same resourceVersions): the desired set is not built again,
+    # found them in sync (the same objects, unchanged but for their status): the desired set is not built again,
     # and the children may be slim (cache.py: spec packed, spec.replicas kept) rather than unpacked.
     children_in_sync: bool = False
 

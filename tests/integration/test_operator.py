@@ -154,7 +154,14 @@ def test_resync_of_an_unchanged_resource_makes_no_writes(operator, cluster, k8s,
             return reconciles() + watcher.metrics().get("qwen_operator_resyncs_unchanged_total", 0.0)
 
         wait_until(lambda: reconciles() > 0, 30, "the namespaced operator to reconcile")
-        reads_after_first, judged_after_first = watcher.requests({"get", "list"}), judged()
+
+        def reads_settled() -> float | None:  # the informers' first lists done (nodes and monitoring kinds list late)
+            before = watcher.requests({"get", "list"})
+            time.sleep(1.5)
+            return before if watcher.requests({"get", "list"}) == before else None
+
+        reads_after_first = wait_until(reads_settled, 30, "the operator's first lists to finish", interval=0)
+        judged_after_first = judged()
         time.sleep(3 * watcher.resync_seconds + 1)
         assert judged() >= judged_after_first + 2, "no resync happened during the observation window"
         # The resync judges from the watch-fed caches: a steady state reads nothing either.

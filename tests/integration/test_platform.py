@@ -256,7 +256,7 @@ def test_a_cache_claim_its_class_cannot_provision_is_named_from_the_api_objects(
             namespace, field_selector="involvedObject.kind=PersistentVolumeClaim,involvedObject.name=shared-model-cache").items]
         problem = status_lib.cache_claim_problem(claim, None, events)
         assert problem is not None and "Only support ReadWriteOnce" in problem.message
-        ready = condition(k8s, namespace, "shared", "Ready")
+        ready = wait_until(lambda: condition(k8s, namespace, "shared", "Ready"), 30, "a Ready condition")
         assert ready["status"] == "False"
     finally:
         storage.delete_storage_class(class_name)
