@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 from urllib.parse import quote
 
+import orjson
 import urllib3
 from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
@@ -277,6 +278,6 @@ def iter_json_lines(chunks: Iterator[bytes]) -> Iterator[dict[str, Any]]:
         while b"\n" in buffer:
             line, buffer = buffer.split(b"\n", 1)
             if line.strip():
-                yield json.loads(line)
+                yield orjson.loads(line)
     if buffer.strip():
-        yield json.loads(buffer)
+        yield orjson.loads(buffer)
