@@ -31,7 +31,9 @@ REPLICAS_MANAGERS = "_replicasManagers"  # Deployments: field managers that own 
 # A digest of everything of a child but its status and resourceVersion: what the desired state is compared with.
 # While it stays, a change of the child's status (a rollout's progress) needs no new comparison.
 SPEC_DIGEST = "_specDigest"
-DROPPED_ANNOTATIONS = ("kubectl.kubernetes.io/last-applied-configuration",)
+# Annotations the reconcile never reads: kubectl's copy of what it applied, and the Deployment controller's rollout
+# counter (written once a rollout starts; kept, it would make the child look changed beyond its status).
+DROPPED_ANNOTATIONS = ("kubectl.kubernetes.io/last-applied-configuration", "deployment.kubernetes.io/revision")
 
 Key = tuple[str, str]
 OPTIONAL_KINDS = frozenset({"ServiceMonitor", "PrometheusRule"})

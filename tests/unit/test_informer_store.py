@@ -80,3 +80,22 @@ def test_a_read_write_many_claim_keeps_the_provisioner_the_status_reads() -> Non
     informer._upsert(claim({"volume.kubernetes.io/storage-provisioner": "ebs.csi.aws.com"}, None, "Pending", ["ReadWriteMany"]))
     assert len(changes) == 2
     assert changes[1]["metadata"]["annotations"] == {"volume.kubernetes.io/storage-provisioner": "ebs.csi.aws.com"}
+
+
+def test_a_deployments_rollout_counter_and_status_leave_its_spec_digest() -> None:
+    from qwen_operator.cache import SPEC_DIGEST, slim_child
+
+    def deployment(annotations: dict[str, str], status: dict, replicas: int = 1) -> dict:
+        return {"apiVersion": "apps/v1", "kind": "Deployment",
+                "metadata": {"name": "q", "namespace": "ns", "generation": 1, "resourceVersion": str(len(status)), "annotations": annotations},
+                "spec": {"replicas": replicas, "template": {"spec": {"containers": [{"name": "vllm", "image": "v"}]}}}, "status": status}
+
+    ours = {"qwenops.io/desired-hash": "abc"}
+    created = slim_child(deployment(ours, {}))
+    progressed = slim_child(deployment({**ours, "deployment.kubernetes.io/revision": "1"},
+                                       {"observedGeneration": 1, "replicas": 1, "readyReplicas": 1,
+                                        "conditions": [{"type": "Available", "status": "True", "lastUpdateTime": "2026-12-01T00:00:00Z"}]}))
+    assert progressed[SPEC_DIGEST] == created[SPEC_DIGEST]
+    assert progressed["status"]["conditions"] == [{"type": "Available", "status": "True"}]
+    assert slim_child(deployment(ours, {}, replicas=2))[SPEC_DIGEST] != created[SPEC_DIGEST]
+    assert slim_child(deployment({"qwenops.io/desired-hash": "def"}, {}))[SPEC_DIGEST] != created[SPEC_DIGEST]
