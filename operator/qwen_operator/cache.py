@@ -93,8 +93,9 @@ def slim_child(obj: dict[str, Any]) -> dict[str, Any]:
         slim[PACKED] = zlib.compress(json.dumps(packed, separators=(",", ":"), sort_keys=True).encode(), 1)
     if obj.get("status"):
         slim["status"] = _slim_deployment_status(obj["status"]) if obj.get("kind") == "Deployment" else obj["status"]
-    # What the status reads without unpacking: a Deployment's replicas, a claim's modes and class.
-    visible = {k: v for k, v in (obj.get("spec") or {}).items() if k in ("replicas", "accessModes", "storageClassName")}
+    # What the status reads without unpacking (a status-only run never unpacks): a Deployment's replicas and rollout
+    # strategy, a claim's modes and class.
+    visible = {k: v for k, v in (obj.get("spec") or {}).items() if k in ("replicas", "strategy", "accessModes", "storageClassName")}
     if visible:
         slim["spec"] = visible
     if obj.get("kind") == "Deployment" or "replicas" in (obj.get("spec") or {}):

@@ -248,9 +248,12 @@ def test_ready_is_false_while_the_old_pod_serves_a_stuck_rollout(operator, k8s, 
     def stuck():
         status = get(k8s, namespace, "rolling").get("status") or {}
         ready = next((c for c in status.get("conditions", []) if c["type"] == "Ready"), {})
-        return status.get("observedGeneration") == generation and ready.get("reason") == "Unschedulable" and ready
+        # The new pod cannot schedule while the old one keeps its GPU and maxUnavailable is 0 (the default), which
+        # status.rollout_blocked_by_capacity names; its message carries the scheduler's words.
+        return status.get("observedGeneration") == generation and ready.get("reason") == "RolloutBlockedByCapacity" and ready
 
-    ready = wait_until(stuck, 60, "Ready=False Unschedulable for the new generation")
+    ready = wait_until(stuck, 60, "Ready=False RolloutBlockedByCapacity for the new generation")
+    assert "Insufficient nvidia.com/gpu" in ready["message"]
     assert ready["status"] == "False"
     assert condition(k8s, namespace, "rolling", "Progressing")["reason"] != "Complete"
     assert len([p for p in live_pods(k8s, namespace, "rolling") if any(c.ready for c in p.status.container_statuses or [])]) == 1
