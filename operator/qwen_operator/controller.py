@@ -189,7 +189,7 @@ class Controller:
 
     def reconcile_inputs(self, key: Key, body: dict[str, Any], caps: Any) -> tuple[Any, ...]:
         """Everything a reconcile of this resource reads: its spec and annotations, the cluster's
-        capabilities, the version of each child and pod, and the labels of the nodes its pods run on."""
+        capabilities, the content revision of each child and pod, and the labels of the nodes its pods run on."""
         children = frozenset((c["kind"], c["metadata"]["name"], c[REVISION]) for c in self.caches.children_of(key, packed=True))
         pods = self.caches.pods_of(key)
         pod_versions = frozenset((p["metadata"]["name"], p[REVISION]) for p in pods)
