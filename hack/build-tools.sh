@@ -3,12 +3,14 @@
 # hack/versions.env, into ~/.cache/qwen-operator/bin/<name>-<version>/. Each binary is built once;
 # later calls find it in the cache and return at once.
 #
-#   hack/build-tools.sh [all|cluster|node|lint|kubernetes|etcd|kwok|helm|prometheus-adapter|kind|...]...
+#   hack/build-tools.sh [all|cluster|node|kind-node|lint|kubernetes|etcd|kwok|helm|prometheus-adapter|kind|...]...
 #   hack/build-tools.sh path NAME      prints the cached path of one binary
 #
 # `node` is the real node's part (hack/cluster.sh, QWEN_REAL_NODE): kubelet and kube-proxy from the
 # same k8s.io/kubernetes module as the control plane, the pause binary compiled from that module's
 # build/pause/linux/pause.c, crictl, CoreDNS, and the fake GPU device plugin in hack/fake-gpu-plugin.
+# `kind-node` is what hack/kind-node-image.sh packs: the node's part, the control plane, etcd, and
+# kubeadm and kubectl from the same module.
 set -euo pipefail
 
 HACK_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -33,6 +35,7 @@ bin_path() {
     kube-score) echo "$BIN_DIR/kube-score-$KUBE_SCORE_VERSION/kube-score" ;;
     kubeconform) echo "$BIN_DIR/kubeconform-$KUBECONFORM_VERSION/kubeconform" ;;
     kubelet|kube-proxy) echo "$BIN_DIR/kubernetes-node-$KUBERNETES_VERSION/$1" ;;
+    kubeadm|kubectl) echo "$BIN_DIR/kubernetes-kind-$KUBERNETES_VERSION/$1" ;;
     pause) echo "$BIN_DIR/pause-$KUBERNETES_VERSION/pause" ;;
     crictl) echo "$BIN_DIR/crictl-$CRICTL_VERSION/crictl" ;;
     coredns) echo "$BIN_DIR/coredns-$COREDNS_VERSION/coredns" ;;
@@ -108,6 +111,10 @@ build_kubernetes() {
 }
 build_kubernetes_node() {
   build_kubernetes_commands "$BIN_DIR/kubernetes-node-$KUBERNETES_VERSION" kubelet kube-proxy
+}
+# What a kind node runs besides the kubelet (hack/kind-node-image.sh): kubeadm, and the kubectl kind calls inside it.
+build_kubernetes_kind() {
+  build_kubernetes_commands "$BIN_DIR/kubernetes-kind-$KUBERNETES_VERSION" kubeadm kubectl
 }
 
 # The pod sandbox's pause process, from the pinned module's own source, linked statically so that
@@ -250,6 +257,8 @@ main() {
       helm) build_helm ;;
       prometheus-adapter) build_prometheus_adapter ;;
       kind) build_kind ;;
+      kind-node) build_node; build_etcd; build_kubernetes; build_kubernetes_kind ;;
+      kubeadm|kubectl) build_kubernetes_kind ;;
       lint) build_lint ;;
       kube-score) build_kube_score ;;
       kubeconform) build_kubeconform ;;
