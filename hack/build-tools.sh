@@ -9,7 +9,7 @@
 # `node` is the real node's part (hack/cluster.sh, QWEN_REAL_NODE): kubelet and kube-proxy from the
 # same k8s.io/kubernetes module as the control plane, the pause binary compiled from that module's
 # build/pause/linux/pause.c, crictl, CoreDNS, and the fake GPU device plugin in hack/fake-gpu-plugin.
-# `kind-node` is what hack/kind-node-image.sh packs: the node's part, the control plane, etcd, and
+# `kind-node` is what hack/kind-node-image.sh packs: the node's part, the control plane, kubeadm's etcd and CoreDNS, and
 # kubeadm and kubectl from the same module.
 set -euo pipefail
 
@@ -28,6 +28,8 @@ bin_path() {
   case "$1" in
     kube-apiserver|kube-controller-manager|kube-scheduler) echo "$BIN_DIR/kubernetes-$KUBERNETES_VERSION/$1" ;;
     etcd) echo "$BIN_DIR/etcd-$ETCD_VERSION/etcd" ;;
+    kind-etcd) echo "$BIN_DIR/etcd-$KIND_ETCD_VERSION/etcd" ;;
+    kind-coredns) echo "$BIN_DIR/coredns-$KIND_COREDNS_VERSION/coredns" ;;
     kwok) echo "$BIN_DIR/kwok-$KWOK_VERSION/kwok" ;;
     helm) echo "$BIN_DIR/helm-$HELM_VERSION/helm" ;;
     prometheus-adapter) echo "$BIN_DIR/prometheus-adapter-$PROMETHEUS_ADAPTER_VERSION/adapter" ;;
@@ -220,6 +222,11 @@ build_prometheus_adapter() {
   commit_dir "$out" "$tmp"
 }
 build_kind() { go_install kind sigs.k8s.io/kind "$KIND_VERSION" kind; }
+# The etcd and CoreDNS of the kind node image: the versions kubeadm asks for (KIND_* in versions.env).
+build_kind_etcd_and_coredns() {
+  ETCD_VERSION=$KIND_ETCD_VERSION build_etcd
+  go_install coredns github.com/coredns/coredns "$KIND_COREDNS_VERSION" coredns
+}
 # The linters of `make lint` (hack/lint.sh). kube-score stamps its version through -X main.version.
 build_kube_score() {
   go_install kube-score github.com/zegl/kube-score/cmd/kube-score "$KUBE_SCORE_VERSION" kube-score "-X main.version=$KUBE_SCORE_VERSION"
@@ -257,7 +264,7 @@ main() {
       helm) build_helm ;;
       prometheus-adapter) build_prometheus_adapter ;;
       kind) build_kind ;;
-      kind-node) build_node; build_etcd; build_kubernetes; build_kubernetes_kind ;;
+      kind-node) build_node; build_kubernetes; build_kubernetes_kind; build_kind_etcd_and_coredns ;;
       kubeadm|kubectl) build_kubernetes_kind ;;
       lint) build_lint ;;
       kube-score) build_kube_score ;;

@@ -88,7 +88,7 @@ down() {
   # The bridge goes with the network; after a SIGKILL it may stay behind.
   if ip link show "$KIND_BRIDGE" >/dev/null 2>&1; then ip link delete "$KIND_BRIDGE"; fi
   # Mounts dockerd leaves behind when it is killed (its exec-root's netns files, overlay mounts).
-  grep -oE " $DOCKERD_DIR/[^ ]+" /proc/self/mounts | sort -r | while read -r mountpoint; do
+  { grep -oE " $DOCKERD_DIR/[^ ]+" /proc/self/mounts || true; } | sort -r | while read -r mountpoint; do
     umount -l "$mountpoint" 2>/dev/null || true
   done
 }
