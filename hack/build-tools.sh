@@ -234,13 +234,16 @@ build_kube_score() {
 build_kubeconform() { go_install kubeconform github.com/yannh/kubeconform/cmd/kubeconform "$KUBECONFORM_VERSION" kubeconform; }
 build_lint() { build_helm; build_kube_score; build_kubeconform; }
 build_node() { build_pause; build_fake_gpu_plugin; build_crictl; build_coredns; build_kubernetes_node; }
-# `all` (make tools) builds the real node's part only where it could run: as root (with gcc for pause).
+# `all` (make tools) builds the real node's part, and what else the local kind node image holds, only where
+# they could run: as root (with gcc for pause).
 build_node_if_possible() {
   if [[ $(id -u) -ne 0 ]] || ! command -v gcc >/dev/null; then
-    log "skipping the real node's binaries (they need root and gcc; hack/cluster.sh runs without the real node)"
+    log "skipping the real node's and the kind node image's binaries (they need root and gcc; hack/cluster.sh runs without the real node)"
     return
   fi
   build_node
+  build_kubernetes_kind
+  build_kind_etcd_and_coredns
 }
 
 main() {
@@ -251,7 +254,7 @@ main() {
   for t in "${targets[@]}"; do
     case "$t" in
       cluster) build_etcd; build_kwok; build_kubernetes ;;
-      all) build_etcd; build_kwok; build_kubernetes; build_helm; build_prometheus_adapter; build_lint; build_node_if_possible ;;
+      all) build_etcd; build_kwok; build_kubernetes; build_helm; build_prometheus_adapter; build_lint; build_kind; build_node_if_possible ;;
       node) build_node ;;
       kubelet|kube-proxy) build_kubernetes_node ;;
       pause) build_pause ;;

@@ -4,6 +4,8 @@
 # unchanged image is neither rebuilt nor reloaded.
 #
 #   hack/kind-node-image.sh build    build it (or find it) in the Docker engine of DOCKER_HOST; prints its name
+#   hack/kind-node-image.sh prebuild assemble its root file system archive ahead (make tools), where it can be
+#                                    (root, debootstrap, buildah), else say why; needs no Docker engine
 #   hack/kind-node-image.sh ref      print its name, qwen-kind-node:KUBERNETES_VERSION-HASH
 #
 # What it holds:
@@ -93,11 +95,21 @@ build_control_plane_image() { # name binary path archive
   mountpoint=$("${BUILDAH[@]}" mount "$container")
   install -D -m 0755 "$(bin "$binary")" "$mountpoint$path"
   "${BUILDAH[@]}" umount "$container" >/dev/null
-  "${BUILDAH[@]}" config --entrypoint "[\"$path\"]" --cmd '' "$container"
+  "${BUILDAH[@]}" config --cmd '' "$container"
+  "${BUILDAH[@]}" config --entrypoint "[\"$path\"]" "$container"
   [[ $binary == pause ]] && "${BUILDAH[@]}" config --user 65535:65535 "$container"
   "${BUILDAH[@]}" commit --quiet --rm "$container" "$name" >/dev/null
   "${BUILDAH[@]}" push --quiet "$name" "docker-archive:$archive:$name" >/dev/null
   "${BUILDAH[@]}" rmi "$name" >/dev/null
+}
+
+# The layer digests of every image in the containerd at SOCKET (namespace k8s.io).
+layer_digests() { # socket
+  local socket=$1 manifest
+  for manifest in $(ctr --address "$socket" --namespace k8s.io images list | awk 'NR > 1 {print $3}' | sort -u); do
+    ctr --address "$socket" --namespace k8s.io content get "$manifest" \
+      | python3 -c 'import json, sys; print("\n".join(layer["digest"] for layer in json.load(sys.stdin)["layers"]))'
+  done | sort -u
 }
 
 # Imports the archives into a private containerd whose root is ROOTFS/var/lib/containerd.
@@ -120,8 +132,19 @@ EOF
     ctr --address "$socket" --namespace k8s.io images import --snapshotter overlayfs "$archive" >/dev/null \
       || { kill "$pid"; die "importing $archive failed (log: $state/containerd.log)"; }
   done
+  # As kind's containerd config does for pulls (discard_unpacked_layers): the layer blobs go once their
+  # snapshots exist. What the node needs, the manifests, configs and snapshots, stays. containerd's
+  # garbage collector would delete the files later; they go here, so that the image never carries them.
+  local layer kept blob
+  for layer in $(layer_digests "$socket"); do
+    ctr --address "$socket" --namespace k8s.io content rm "$layer" >/dev/null
+  done
+  kept=$(ctr --address "$socket" --namespace k8s.io content list --quiet)
   ctr --address "$socket" --namespace k8s.io images list --quiet >&2
   kill "$pid"; wait "$pid" || true
+  for blob in "$rootfs"/var/lib/containerd/io.containerd.content.v1.content/blobs/sha256/*; do
+    grep -qx "sha256:$(basename "$blob")" <<<"$kept" || rm -f "$blob"
+  done
   # containerd's overlay snapshots stay plain directories; nothing of the run is kept.
   { grep -oE " $state/[^ ]+" /proc/self/mounts || true; } | sort -r | while read -r m; do umount -l "$m"; done
   rm -rf "$state"
@@ -203,10 +226,10 @@ EOF
   echo "$KUBERNETES_VERSION" >"$rootfs/kind/version"
 }
 
-build() {
-  local r archive
-  r=$(ref); archive=$(rootfs_archive)
-  if docker image inspect "$r" >/dev/null 2>&1; then echo "$r"; return; fi
+# The node's root file system as a tar archive in ARCHIVES (the cache), assembled when missing.
+assemble() {
+  local archive
+  archive=$(rootfs_archive)
   if [[ ! -f $archive ]]; then
     [[ $(id -u) -eq 0 ]] || die "assembling the node image needs root (debootstrap, chroot)"
     command -v debootstrap >/dev/null && command -v buildah >/dev/null || die "debootstrap and buildah are missing: run make tools"
@@ -232,6 +255,13 @@ build() {
     find "$ARCHIVES" -maxdepth 1 -name "kind-node-*.tar" ! -path "$archive" -delete
     log "assembled $archive in $((SECONDS - t0))s"
   fi
+}
+
+build() {
+  local r archive
+  r=$(ref); archive=$(rootfs_archive)
+  if docker image inspect "$r" >/dev/null 2>&1; then echo "$r"; return; fi
+  assemble
   local t0=$SECONDS
   # kind's image also sets STOPSIGNAL SIGRTMIN+3, which `docker import` cannot: kind deletes its nodes
   # with `docker rm -f`, which kills them whatever the signal.
@@ -241,8 +271,17 @@ build() {
   echo "$r"
 }
 
+prebuild() {
+  if [[ $(id -u) -ne 0 ]] || ! command -v debootstrap >/dev/null || ! command -v buildah >/dev/null; then
+    log "not assembling the kind node image: it needs root, debootstrap and buildah (hack/install-node-packages.sh)"
+    return
+  fi
+  assemble
+}
+
 case "${1:-}" in
   build) build ;;
+  prebuild) prebuild ;;
   ref) ref ;;
-  *) echo "usage: $0 build | ref" >&2; exit 2 ;;
+  *) echo "usage: $0 build | prebuild | ref" >&2; exit 2 ;;
 esac

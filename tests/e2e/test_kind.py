@@ -53,15 +53,7 @@ from realnode_support import (  # noqa: E402
     ready_condition,
     standin_spec,
 )
-# The real node's test bodies, run here against the kind cluster (pytest collects what a module imports).
-from test_real_node import (  # noqa: E402,F401
-    API_KEY,
-    chat,
-    test_a_rolling_update_under_steady_load_fails_no_request,
-    test_ready_comes_from_the_real_probes_after_the_model_loads,
-    test_the_api_key_guards_v1_through_the_service_and_health_and_metrics_stay_open,
-    test_the_kubelet_restarts_an_engine_that_exits_and_the_status_follows,
-)
+import test_real_node as real_node  # noqa: E402 - its test bodies run here too (assigned below, in the order to run)
 
 HACK = REPO / "hack"
 CACHE_DIR = Path(os.environ.get("QWEN_CACHE_DIR") or Path.home() / ".cache" / "qwen-operator")
@@ -160,7 +152,7 @@ def workspace(cluster, k8s, node):
     suffix = uuid.uuid4().hex[:5]
     namespace = f"kind-{suffix}"
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace, labels={"qwen-tests": "true"})))
-    core.create_namespaced_secret(namespace, client.V1Secret(metadata=client.V1ObjectMeta(name="keys"), string_data={"api-key": API_KEY}))
+    core.create_namespaced_secret(namespace, client.V1Secret(metadata=client.V1ObjectMeta(name="keys"), string_data={"api-key": real_node.API_KEY}))
     release = Release(name="qwen-operator", namespace=f"kind-system-{suffix}")
     operator = install_operator(cluster, k8s, node, release, namespace)
     # The QwenInferences of the later tests start now, side by side, so their waits overlap.
@@ -183,6 +175,13 @@ def test_the_chart_runs_the_local_operator_image_on_the_kind_node(k8s, node, wor
     active_operator_pod(k8s, operator)  # exactly one of them holds the leader Lease
 
 
+# The real node's fixture and test bodies, on the kind cluster (pytest collects them in this order).
+chat = real_node.chat
+test_ready_comes_from_the_real_probes_after_the_model_loads = real_node.test_ready_comes_from_the_real_probes_after_the_model_loads
+test_the_api_key_guards_v1_through_the_service_and_health_and_metrics_stay_open = \
+    real_node.test_the_api_key_guards_v1_through_the_service_and_health_and_metrics_stay_open
+
+
 def test_a_port_forward_to_the_service_answers_the_openai_api(cluster, k8s, chat):
     process = subprocess.Popen(
         ["timeout", "120", str(KUBECTL), "--kubeconfig", cluster.kubeconfig, "port-forward", "-n", chat["namespace"],
@@ -194,7 +193,7 @@ def test_a_port_forward_to_the_service_answers_the_openai_api(cluster, k8s, chat
         match = re.search(r"127\.0\.0\.1:(\d+) ->", line)
         assert match, f"kubectl port-forward did not start: {line}"
         base = f"http://127.0.0.1:{match.group(1)}"
-        headers = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}
+        headers = {"Authorization": f"Bearer {real_node.API_KEY}", "Content-Type": "application/json"}
         models = json.loads(http_request(f"{base}/v1/models", headers))
         assert [m["id"] for m in models["data"]] == [SERVED_NAME]
         body = {"model": SERVED_NAME, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
@@ -212,6 +211,10 @@ def http_request(url: str, headers: dict[str, str], data: bytes | None = None) -
         return response.read()
 
 
+test_the_kubelet_restarts_an_engine_that_exits_and_the_status_follows = real_node.test_the_kubelet_restarts_an_engine_that_exits_and_the_status_follows
+test_a_rolling_update_under_steady_load_fails_no_request = real_node.test_a_rolling_update_under_steady_load_fails_no_request
+
+
 def children_of_qwen(k8s, namespace: str) -> list[str]:
     """Everything in the namespace that a QwenInference made (labelled managed-by qwen-operator)."""
     selector = "app.kubernetes.io/managed-by=qwen-operator"
@@ -224,12 +227,10 @@ def children_of_qwen(k8s, namespace: str) -> list[str]:
     return found
 
 
-def test_deleting_the_qwen_inferences_and_uninstalling_the_chart_leaves_nothing_behind(k8s, node, workspace):
+def test_deleting_the_qwen_inferences_and_uninstalling_the_chart_leaves_nothing_behind(k8s, workspace, chat):
     namespace, operator = workspace
     custom = client.CustomObjectsApi(k8s)
-    # One more, Ready, so that there is something to delete whatever ran before.
-    create_qwen(k8s, namespace, "last", standin_spec(node))
-    wait_until(lambda: ready_condition(k8s, namespace, "last").get("status") == "True", 180, "last Ready", interval=1)
+    assert ready_condition(k8s, namespace, chat["name"]).get("status") == "True"
     assert children_of_qwen(k8s, namespace), "a Ready QwenInference with no children to look for"
     for item in custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)["items"]:
         delete_qwen(k8s, namespace, item["metadata"]["name"])
