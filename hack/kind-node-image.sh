@@ -268,6 +268,8 @@ build() {
   docker import --change 'ENV container=docker' \
     --change 'ENTRYPOINT ["/usr/local/bin/entrypoint", "/sbin/init"]' "$archive" "$r" >/dev/null
   log "imported $r into Docker in $((SECONDS - t0))s"
+  # Node images of other inputs are not kept (a cluster still running one keeps its layers).
+  docker images --format '{{.Repository}}:{{.Tag}}' qwen-kind-node | grep -vxF "$r" | xargs -r docker rmi >/dev/null 2>&1 || true
   echo "$r"
 }
 

@@ -163,6 +163,9 @@ def workspace(cluster, k8s, node):
     operator.helm.uninstall(release, check=False)
 
 
+# The first test carries the cluster's setup: where `make tools` did not assemble the node image ahead,
+# that builds it (kubeadm, kubectl and the rest from their Go modules, debootstrap), longer than the default timeout.
+@pytest.mark.timeout(3600)
 def test_the_chart_runs_the_local_operator_image_on_the_kind_node(k8s, node, workspace):
     _, operator = workspace
     wait_until(lambda: all(p.status.phase == "Running" for p in operator.pods(k8s)), 60, "both operator pods Running")
