@@ -20,6 +20,8 @@ RealNode.check_address).
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import ipaddress
 import json
 import os
@@ -97,39 +99,47 @@ def node_image_problem() -> str | None:
     return f"missing {', '.join(missing)} (make tools installs them)" if missing else None
 
 
+@contextlib.contextmanager
+def kind_lock() -> Iterator[None]:
+    """Held for the module: one kind cluster and one private engine (their names and files are fixed) per machine."""
+    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    with open(CACHE_DIR / ".kind.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Cluster]:
     """A kind cluster (hack/kind-up.sh, without the chart), in the engine DOCKER_HOST names or a private one."""
     env = dict(os.environ)
     started_engine = False
-    if not docker_answers(env):
-        problem = private_engine_problem()
-        if problem:
-            cannot_run(f"no Docker engine answers and none can be started: {problem}")
-        up = subprocess.run([str(HACK / "dockerd.sh"), "up"], capture_output=True, text=True, timeout=120)
-        assert up.returncode == 0, f"hack/dockerd.sh up failed:\n{up.stderr[-3000:]}"
-        started_engine = True
-        env["DOCKER_HOST"] = up.stdout.strip().splitlines()[-1].split("=", 1)[1]
-    upstream = os.environ.get("QWEN_KIND_NODE_IMAGE") == "upstream"
-    if not upstream:
-        problem = node_image_problem()
-        if problem:
-            if started_engine:
-                subprocess.run([str(HACK / "dockerd.sh"), "down"], capture_output=True, timeout=120)
-            cannot_run(f"no kind node image can be had: the local one cannot be assembled here ({problem}), "
-                       "and kindest/node would come from a registry (QWEN_KIND_NODE_IMAGE=upstream takes it)")
-        env["KIND_NODE_IMAGE"] = "local"
-    env.update({"KIND_CLUSTER_NAME": CLUSTER_NAME, "QWEN_KIND_INSTALL_CHART": "0", "KUBECTL": str(KUBECTL)})
-    try:
-        up = subprocess.run([str(HACK / "kind-up.sh")], capture_output=True, text=True, timeout=3600, env=env)
-        assert up.returncode == 0, f"hack/kind-up.sh failed:\n{up.stderr[-5000:]}"
-        print(up.stderr)  # its timings (pytest -s, or the report of a failing test)
-        yield Cluster(kubeconfig=up.stdout.strip().splitlines()[-1])
-    finally:
-        if os.environ.get("QWEN_KIND_KEEP") != "1":
-            subprocess.run([str(HACK / "kind-down.sh")], capture_output=True, timeout=600, env=env)
-            if started_engine:
-                subprocess.run([str(HACK / "dockerd.sh"), "down"], capture_output=True, timeout=120)
+    with kind_lock():
+        try:
+            if not docker_answers(env):
+                problem = private_engine_problem()
+                if problem:
+                    cannot_run(f"no Docker engine answers and none can be started: {problem}")
+                started_engine = True
+                up = subprocess.run([str(HACK / "dockerd.sh"), "up"], capture_output=True, text=True, timeout=120)
+                assert up.returncode == 0, f"hack/dockerd.sh up failed:\n{up.stderr[-3000:]}"
+                env["DOCKER_HOST"] = up.stdout.strip().splitlines()[-1].split("=", 1)[1]
+            if os.environ.get("QWEN_KIND_NODE_IMAGE") != "upstream":
+                problem = node_image_problem()
+                if problem:
+                    cannot_run(f"no kind node image can be had: the local one cannot be assembled here ({problem}), "
+                               "and kindest/node would come from a registry (QWEN_KIND_NODE_IMAGE=upstream takes it)")
+                env["KIND_NODE_IMAGE"] = "local"
+            env.update({"KIND_CLUSTER_NAME": CLUSTER_NAME, "QWEN_KIND_INSTALL_CHART": "0", "KUBECTL": str(KUBECTL)})
+            up = subprocess.run([str(HACK / "kind-up.sh")], capture_output=True, text=True, timeout=3600, env=env)
+            assert up.returncode == 0, f"hack/kind-up.sh failed:\n{up.stderr[-5000:]}"
+            print(up.stderr)  # its timings (pytest -s, or the report of a failing test)
+            yield Cluster(kubeconfig=up.stdout.strip().splitlines()[-1])
+        finally:
+            if os.environ.get("QWEN_KIND_KEEP") != "1":
+                if "KIND_CLUSTER_NAME" in env:
+                    subprocess.run([str(HACK / "kind-down.sh")], capture_output=True, timeout=600, env=env)
+                if started_engine:
+                    subprocess.run([str(HACK / "dockerd.sh"), "down"], capture_output=True, timeout=120)
 
 
 @pytest.fixture(scope="module")
