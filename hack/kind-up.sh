@@ -10,9 +10,9 @@
 # The node image:
 #   - by default kind's own kindest/node for KIND_VERSION (a laptop with internet: Docker pulls it), and
 #     the images are built with `docker build` from their Dockerfiles and public bases;
-#   - KIND_NODE_IMAGE=local: hack/kind-node-image.sh assembles one here, without any registry, and the
-#     images come from hack/images.sh (buildah, the local Debian base), loaded with `kind load image-archive`.
-#     The tests always use this one; CI runs it against the private engine of hack/dockerd.sh.
+#   - KIND_NODE_IMAGE=local (the default with hack/dockerd.sh's private engine): hack/kind-node-image.sh
+#     assembles one here, without any registry, and the images come from hack/images.sh (buildah, the
+#     local Debian base), loaded with `kind load image-archive`. The tests use this one unless told.
 #   - KIND_NODE_IMAGE=NAME: that image.
 # The API server is published on 127.0.0.1 only. The pod (10.246.0.0/16) and Service (10.98.0.0/16)
 # ranges are routed from the host to the node (as root), so that tests reach pods and Services as on
@@ -63,6 +63,11 @@ kc() { "$KUBECTL" --kubeconfig "$KUBECONFIG_FILE" "$@"; }
 
 LOCAL_NODE_IMAGE=0
 NODE_IMAGE=${KIND_NODE_IMAGE:-}
+# The private engine of hack/dockerd.sh is for machines without a registry: it never pulls kindest/node.
+if [[ -z $NODE_IMAGE && ${DOCKER_HOST:-} == "unix://$CACHE_DIR/dockerd/docker.sock" ]]; then
+  log "the private Docker engine (hack/dockerd.sh): using the local node image"
+  NODE_IMAGE=local
+fi
 if [[ $NODE_IMAGE == local ]]; then
   LOCAL_NODE_IMAGE=1
   NODE_IMAGE=$("$HACK_DIR/kind-node-image.sh" build)
