@@ -124,6 +124,8 @@ configmap["data"]["Corefile"] = "\n".join(kept) + "\n"
 json.dump(configmap, sys.stdout)' | kc replace -f - >/dev/null
   kc -n kube-system rollout restart deployment/coredns >/dev/null
 fi
+# One CoreDNS is enough for one node (kubeadm starts two): less to start beside the other tests.
+kc -n kube-system scale deployment/coredns --replicas=1 >/dev/null
 
 # Routes from the host to the pod and Service ranges through the node (as root): tests reach pods and
 # Services as they do on the real node. kind-down.sh deletes what ROUTES_FILE lists.
