@@ -127,10 +127,12 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 EOF
   containerd --config "$state/config.toml" >"$state/containerd.log" 2>&1 &
   pid=$!
+  # Whatever fails below, this containerd does not outlive the script.
+  trap 'kill '"$pid"' 2>/dev/null || true' EXIT
   for _ in $(seq 50); do ctr --address "$socket" version >/dev/null 2>&1 && break; sleep 0.2; done
   for archive in "$@"; do
     ctr --address "$socket" --namespace k8s.io images import --snapshotter overlayfs "$archive" >/dev/null \
-      || { kill "$pid"; die "importing $archive failed (log: $state/containerd.log)"; }
+      || die "importing $archive failed (log: $state/containerd.log)"
   done
   # As kind's containerd config does for pulls (discard_unpacked_layers): the layer blobs go once their
   # snapshots exist. What the node needs, the manifests, configs and snapshots, stays. containerd's
@@ -142,6 +144,7 @@ EOF
   kept=$(ctr --address "$socket" --namespace k8s.io content list --quiet)
   ctr --address "$socket" --namespace k8s.io images list --quiet >&2
   kill "$pid"; wait "$pid" || true
+  trap - EXIT
   for blob in "$rootfs"/var/lib/containerd/io.containerd.content.v1.content/blobs/sha256/*; do
     grep -qx "sha256:$(basename "$blob")" <<<"$kept" || rm -f "$blob"
   done
