@@ -30,6 +30,7 @@ tools:
 	hack/build-tools.sh all
 	hack/install-prometheus.sh
 	hack/images.sh prebuild
+	hack/kind-node-image.sh prebuild
 
 cluster-up: venv
 	hack/cluster.sh up

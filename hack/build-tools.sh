@@ -3,12 +3,14 @@
 # hack/versions.env, into ~/.cache/qwen-operator/bin/<name>-<version>/. Each binary is built once;
 # later calls find it in the cache and return at once.
 #
-#   hack/build-tools.sh [all|cluster|node|lint|kubernetes|etcd|kwok|helm|prometheus-adapter|kind|...]...
+#   hack/build-tools.sh [all|cluster|node|kind-node|lint|kubernetes|etcd|kwok|helm|prometheus-adapter|kind|...]...
 #   hack/build-tools.sh path NAME      prints the cached path of one binary
 #
 # `node` is the real node's part (hack/cluster.sh, QWEN_REAL_NODE): kubelet and kube-proxy from the
 # same k8s.io/kubernetes module as the control plane, the pause binary compiled from that module's
 # build/pause/linux/pause.c, crictl, CoreDNS, and the fake GPU device plugin in hack/fake-gpu-plugin.
+# `kind-node` is what hack/kind-node-image.sh packs: the node's part, the control plane, kubeadm's etcd and CoreDNS, and
+# kubeadm and kubectl from the same module.
 set -euo pipefail
 
 HACK_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -26,6 +28,8 @@ bin_path() {
   case "$1" in
     kube-apiserver|kube-controller-manager|kube-scheduler) echo "$BIN_DIR/kubernetes-$KUBERNETES_VERSION/$1" ;;
     etcd) echo "$BIN_DIR/etcd-$ETCD_VERSION/etcd" ;;
+    kind-etcd) echo "$BIN_DIR/etcd-$KIND_ETCD_VERSION/etcd" ;;
+    kind-coredns) echo "$BIN_DIR/coredns-$KIND_COREDNS_VERSION/coredns" ;;
     kwok) echo "$BIN_DIR/kwok-$KWOK_VERSION/kwok" ;;
     helm) echo "$BIN_DIR/helm-$HELM_VERSION/helm" ;;
     prometheus-adapter) echo "$BIN_DIR/prometheus-adapter-$PROMETHEUS_ADAPTER_VERSION/adapter" ;;
@@ -33,6 +37,7 @@ bin_path() {
     kube-score) echo "$BIN_DIR/kube-score-$KUBE_SCORE_VERSION/kube-score" ;;
     kubeconform) echo "$BIN_DIR/kubeconform-$KUBECONFORM_VERSION/kubeconform" ;;
     kubelet|kube-proxy) echo "$BIN_DIR/kubernetes-node-$KUBERNETES_VERSION/$1" ;;
+    kubeadm|kubectl) echo "$BIN_DIR/kubernetes-kind-$KUBERNETES_VERSION/$1" ;;
     pause) echo "$BIN_DIR/pause-$KUBERNETES_VERSION/pause" ;;
     crictl) echo "$BIN_DIR/crictl-$CRICTL_VERSION/crictl" ;;
     coredns) echo "$BIN_DIR/coredns-$COREDNS_VERSION/coredns" ;;
@@ -108,6 +113,10 @@ build_kubernetes() {
 }
 build_kubernetes_node() {
   build_kubernetes_commands "$BIN_DIR/kubernetes-node-$KUBERNETES_VERSION" kubelet kube-proxy
+}
+# What a kind node runs besides the kubelet (hack/kind-node-image.sh): kubeadm, and the kubectl kind calls inside it.
+build_kubernetes_kind() {
+  build_kubernetes_commands "$BIN_DIR/kubernetes-kind-$KUBERNETES_VERSION" kubeadm kubectl
 }
 
 # The pod sandbox's pause process, from the pinned module's own source, linked statically so that
@@ -213,6 +222,11 @@ build_prometheus_adapter() {
   commit_dir "$out" "$tmp"
 }
 build_kind() { go_install kind sigs.k8s.io/kind "$KIND_VERSION" kind; }
+# The etcd and CoreDNS of the kind node image: the versions kubeadm asks for (KIND_* in versions.env).
+build_kind_etcd_and_coredns() {
+  ETCD_VERSION=$KIND_ETCD_VERSION build_etcd
+  go_install coredns github.com/coredns/coredns "$KIND_COREDNS_VERSION" coredns
+}
 # The linters of `make lint` (hack/lint.sh). kube-score stamps its version through -X main.version.
 build_kube_score() {
   go_install kube-score github.com/zegl/kube-score/cmd/kube-score "$KUBE_SCORE_VERSION" kube-score "-X main.version=$KUBE_SCORE_VERSION"
@@ -220,13 +234,16 @@ build_kube_score() {
 build_kubeconform() { go_install kubeconform github.com/yannh/kubeconform/cmd/kubeconform "$KUBECONFORM_VERSION" kubeconform; }
 build_lint() { build_helm; build_kube_score; build_kubeconform; }
 build_node() { build_pause; build_fake_gpu_plugin; build_crictl; build_coredns; build_kubernetes_node; }
-# `all` (make tools) builds the real node's part only where it could run: as root (with gcc for pause).
+# `all` (make tools) builds the real node's part, and what else the local kind node image holds, only where
+# they could run: as root (with gcc for pause).
 build_node_if_possible() {
   if [[ $(id -u) -ne 0 ]] || ! command -v gcc >/dev/null; then
-    log "skipping the real node's binaries (they need root and gcc; hack/cluster.sh runs without the real node)"
+    log "skipping the real node's and the kind node image's binaries (they need root and gcc; hack/cluster.sh runs without the real node)"
     return
   fi
   build_node
+  build_kubernetes_kind
+  build_kind_etcd_and_coredns
 }
 
 main() {
@@ -237,7 +254,7 @@ main() {
   for t in "${targets[@]}"; do
     case "$t" in
       cluster) build_etcd; build_kwok; build_kubernetes ;;
-      all) build_etcd; build_kwok; build_kubernetes; build_helm; build_prometheus_adapter; build_lint; build_node_if_possible ;;
+      all) build_etcd; build_kwok; build_kubernetes; build_helm; build_prometheus_adapter; build_lint; build_kind; build_node_if_possible ;;
       node) build_node ;;
       kubelet|kube-proxy) build_kubernetes_node ;;
       pause) build_pause ;;
@@ -250,6 +267,8 @@ main() {
       helm) build_helm ;;
       prometheus-adapter) build_prometheus_adapter ;;
       kind) build_kind ;;
+      kind-node) build_node; build_kubernetes; build_kubernetes_kind; build_kind_etcd_and_coredns ;;
+      kubeadm|kubectl) build_kubernetes_kind ;;
       lint) build_lint ;;
       kube-score) build_kube_score ;;
       kubeconform) build_kubeconform ;;

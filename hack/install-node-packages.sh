@@ -5,7 +5,8 @@
 # conntrack, socat (the apiserver's address on the pod bridge), gcc and libc6-dev (the static pause
 # binary), and for hack/images.sh debootstrap (with Debian's archive keyring) and buildah; redis-server for the
 # gateway's tests (they start it themselves on 127.0.0.1; the package's own service is never started), and chromium for
-# the gateway's chat page test (Playwright drives this system browser: nothing downloads a browser).
+# the gateway's chat page test (Playwright drives this system browser: nothing downloads a browser); docker.io for
+# the kind tests (hack/dockerd.sh starts a private dockerd for them; the package's own service is never started).
 # Idempotent and non-interactive; never starts a service (hack/cluster.sh runs a private containerd).
 #
 # Without root nothing can be installed, and nothing could run the node either: it says so and
@@ -13,7 +14,7 @@
 set -euo pipefail
 
 PACKAGES=(containerd runc containernetworking-plugins iptables nftables conntrack socat gcc libc6-dev
-  debootstrap debian-archive-keyring buildah redis-server chromium)
+  debootstrap debian-archive-keyring buildah redis-server chromium docker.io)
 
 log() { echo "[install-node-packages] $*" >&2; }
 

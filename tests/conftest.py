@@ -180,10 +180,14 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if item.get_closest_marker("cluster") and "cluster" not in getattr(item, "fixturenames", ["cluster"]):
             item.fixturenames.insert(0, "cluster")
-    items.sort(key=lambda item: xdist_group_of(item.nodeid) != REAL_NODE_GROUP)  # the longest group first
+    # The longest groups first, each on a worker of its own (pytest_xdist_make_scheduler hands out one
+    # group per worker, in this order): the real node's, then the kind cluster's, which run side by side.
+    items.sort(key=lambda item: FIRST_GROUPS.index(group) if (group := xdist_group_of(item.nodeid)) in FIRST_GROUPS else len(FIRST_GROUPS))
 
 
 REAL_NODE_GROUP = "tests/realnode"
+KIND_GROUP = "tests/e2e/test_kind.py"
+FIRST_GROUPS = [REAL_NODE_GROUP, KIND_GROUP]
 
 
 def xdist_group_of(nodeid: str) -> str:
@@ -198,7 +202,7 @@ def xdist_group_of(nodeid: str) -> str:
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     """`make test` (-n 3): groups as xdist_group_of says, handed out in collection order, so the real-node
-    group starts first. (xdist_group marks with --dist loadgroup did not group anything under pytest 9.2 and xdist 3.8.)"""
+    group starts first on one worker and the kind module on the next. (xdist_group marks with --dist loadgroup did not group anything under pytest 9.2 and xdist 3.8.)"""
     from xdist.scheduler import LoadScopeScheduling
 
     class GroupScheduling(LoadScopeScheduling):

@@ -41,6 +41,8 @@ class RealNode:
     images: dict[str, str]  # pause, operator, standin -> the reference in the node's containerd
     pod_network: ipaddress.IPv4Network
     service_network: ipaddress.IPv4Network
+    # Where the pods of the tests go: the tainted real node here; anywhere on a kind cluster (tests/e2e/test_kind.py).
+    scheduling: dict[str, Any] = field(default_factory=lambda: dict(ON_THE_REAL_NODE))
 
     def check_address(self, address: str) -> str:
         """address, after checking that it is on the closed pod network or a Service address."""
@@ -98,8 +100,8 @@ def install_operator(cluster, k8s, node: RealNode, release: Release, watched_nam
         "image": {"repository": repository, "tag": tag, "pullPolicy": "IfNotPresent"},
         "replicaCount": 2,
         "watchNamespaces": [watched_namespace],
-        "nodeSelector": ON_THE_REAL_NODE["nodeSelector"],
-        "tolerations": ON_THE_REAL_NODE["tolerations"],
+        "nodeSelector": node.scheduling.get("nodeSelector", {}),
+        "tolerations": node.scheduling.get("tolerations", []),
         "resources": {"requests": {"cpu": "50m", "memory": "128Mi"}, "limits": {"cpu": "1", "memory": "512Mi"}},
         "env": [{"name": "QWEN_OPERATOR_RESYNC_SECONDS", "value": "10"}],
     }
@@ -136,7 +138,7 @@ def standin_spec(node: RealNode, *, replicas: int = 1, env: dict[str, str] | Non
         "resources": {"gpu": {"count": 1}, "cpu": "50m", "memory": "256Mi"},
         "replicas": replicas,
         "monitoring": {"serviceMonitor": False, "prometheusRule": False, "dashboard": False},
-        "scheduling": ON_THE_REAL_NODE,
+        "scheduling": node.scheduling,
         # With more than one replica the router runs too (spec.router): small, the node has 2 cores (its RSS was
         # 80 MiB after tests/realnode/test_router.py's load).
         "router": {"resources": {"cpu": "100m", "memory": "256Mi"}},
