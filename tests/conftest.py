@@ -241,6 +241,14 @@ class RunningOperator:
                 total += value
         return total
 
+    def requests_by_kind(self, verbs: set[str]) -> dict[str, float]:
+        totals: dict[str, float] = {}
+        for name, value in self.metrics().items():
+            if name.startswith("qwen_operator_api_requests_total{") and any(f'verb="{v}"' in name for v in verbs):
+                kind = name.split('kind="', 1)[1].split('"', 1)[0]
+                totals[kind] = totals.get(kind, 0.0) + value
+        return totals
+
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace")
 

@@ -155,17 +155,23 @@ def test_resync_of_an_unchanged_resource_makes_no_writes(operator, cluster, k8s,
 
         wait_until(lambda: reconciles() > 0, 30, "the namespaced operator to reconcile")
 
-        def reads_settled() -> float | None:  # the informers' first lists done (nodes and monitoring kinds list late)
-            before = watcher.requests({"get", "list"})
+        def reads_settled() -> dict[str, float] | None:  # the informers' first lists done (nodes and monitoring kinds list late)
+            before = watcher.requests_by_kind({"get", "list"})
             time.sleep(1.5)
-            return before if watcher.requests({"get", "list"}) == before else None
+            return before if watcher.requests_by_kind({"get", "list"}) == before else None
 
         reads_after_first = wait_until(reads_settled, 30, "the operator's first lists to finish", interval=0)
         judged_after_first = judged()
         time.sleep(3 * watcher.resync_seconds + 1)
         assert judged() >= judged_after_first + 2, "no resync happened during the observation window"
-        # The resync judges from the watch-fed caches: a steady state reads nothing either.
-        assert watcher.requests({"get", "list"}) == reads_after_first, watcher.log_text()[-3000:]
+        # The resync judges from the watch-fed caches: a steady state reads nothing either. Except where another
+        # module installed or removed the Prometheus Operator's CRDs meanwhile (test_monitoring, test_platform,
+        # test_helm_install): the watch of that kind failed, and its cache listed again.
+        log = watcher.log_text()
+        relisted = {kind for kind, plural in (("ServiceMonitor", "servicemonitors"), ("PrometheusRule", "prometheusrules"))
+                    if f"watch of {plural} failed" in log}
+        reads = {kind: n for kind, n in watcher.requests_by_kind({"get", "list"}).items() if kind not in relisted}
+        assert reads == {kind: n for kind, n in reads_after_first.items() if kind not in relisted}, log[-3000:]
         writes = watcher.requests(set(WRITE_VERBS))
     finally:
         stop_operator(watcher)
