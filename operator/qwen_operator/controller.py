@@ -36,7 +36,7 @@ from qwen_operator.config import OperatorConfig
 from qwen_operator.k8s import client as kinds
 from qwen_operator.k8s.client import KubeApi, KubeError
 from qwen_operator.k8s.informer import REVISION, Informer
-from qwen_operator.cache import SPEC_DIGEST, ChildCaches
+from qwen_operator.cache import SPEC_DIGEST, ChildCaches, slim_child
 from qwen_operator.reconcile import CHILD_KINDS, MONITORING_KINDS, CapabilityCache, Snapshot, now_rfc3339, owner_of, reconcile
 from qwen_operator.workqueue import Retry, WorkQueue
 
@@ -49,6 +49,7 @@ PERSISTENT_FAILURES = 5  # transient failures in a row (about 15 s of backoff) b
 CHILD_EVENT_QUIET = 1.0
 CHILD_EVENT_MAX_WAIT = 10.0
 CACHE_SYNC_RETRY_SECONDS = 0.5
+CHILD_TRIGGER_PREFIX = "child:"  # a run queued by a child's or pod's event (trigger metric: the kind alone)
 
 
 class Controller:
@@ -136,7 +137,7 @@ class Controller:
     def _child_changed(self, owner: Key, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
         if not owner[1] or not self.serves(owner[0]):
             return
-        self._note_trigger(owner, (new or old or {}).get("kind") or "")
+        self._note_trigger(owner, CHILD_TRIGGER_PREFIX + ((new or old or {}).get("kind") or ""))
         if rollout_just_completed(old, new):
             self.queue.add(owner)  # the event that makes the resource Ready: judged now, not after the burst
         else:
@@ -178,14 +179,20 @@ class Controller:
         for key in keys:
             if not self.serves(key[0]):
                 continue
-            with self._lock:
-                body, last_inputs = self.bodies.get(key), self.last_inputs.get(key)
-            if body is not None and last_inputs is not None and last_inputs == self.reconcile_inputs(key, body, caps):
+            if self._inputs_unchanged(key, caps):
                 metrics.RESYNCS_UNCHANGED.inc()
                 with self._lock:
                     self.last_run[key] = time.monotonic()
                 continue
             self.enqueue(*key, trigger="resync")
+
+    def _inputs_unchanged(self, key: Key, caps: Any = None) -> bool:
+        """The resource's inputs are those of its last successful run: running it again would give the same verdict."""
+        with self._lock:
+            body, last_inputs = self.bodies.get(key), self.last_inputs.get(key)
+        if body is None or last_inputs is None:
+            return False
+        return last_inputs == self.reconcile_inputs(key, body, caps if caps is not None else self.capabilities.get())
 
     def reconcile_inputs(self, key: Key, body: dict[str, Any], caps: Any) -> tuple[Any, ...]:
         """Everything a reconcile of this resource reads: its spec and annotations, the cluster's
@@ -208,6 +215,12 @@ class Controller:
             trigger = self.triggers.pop(key, "retry")  # a run the queue made again on its own is a retry
         if not self.serves(namespace) and (self.selected_namespaces is None or self.selected_namespaces.synced.is_set()):
             return  # its namespace does not (or no longer) match the namespace selector: hands off, not a reconcile
+        if trigger.startswith(CHILD_TRIGGER_PREFIX) and self._inputs_unchanged(key):
+            # A run since the event (another trigger's) already judged what the event brought: the same
+            # verdict again would be all this run gives.
+            metrics.CHILD_EVENTS_ALREADY_JUDGED.inc()
+            return
+        trigger = trigger.removeprefix(CHILD_TRIGGER_PREFIX)
         started = time.monotonic()
         metrics.RECONCILE_TRIGGERS.labels(trigger).inc()
         outcome = "error"
@@ -243,6 +256,11 @@ class Controller:
                     self.statuses[key] = result.status
                 if result.in_sync and not result.applied and not result.recreated and not result.pruned:
                     self.in_sync[key] = (body["metadata"].get("generation"), caps, versions)
+                elif result.in_sync_once_applied:
+                    # The children as the API answered the applies (the cache holds those answers): the next run,
+                    # which an applied child's first event queues, judges the status alone.
+                    applied = {child_key: slim_child(written)[SPEC_DIGEST] for child_key, written in result.written.items()}
+                    self.in_sync[key] = (body["metadata"].get("generation"), caps, {**versions, **applied})
                 else:
                     self.in_sync.pop(key, None)
             outcome = result.outcome

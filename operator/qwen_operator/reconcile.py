@@ -106,6 +106,9 @@ class ReconcileResult:
     retry_after: float | None = None  # run again this soon: something failed that may pass
     status: dict[str, Any] | None = None  # the status written, when one was
     in_sync: bool = False  # every child was as desired: nothing was applied, deleted or in conflict
+    # Every child is as desired now: the ones that differed were applied (their answers in written), nothing was
+    # deleted, recreated or in conflict, and nothing failed.
+    in_sync_once_applied: bool = False
     written: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)  # (kind, name) -> the API's answer to an apply
     requeue_after: float | None = None  # run again then, though nothing failed (a scale-to-zero deadline)
     scaled_to_zero: bool = False
@@ -480,6 +483,8 @@ def reconcile(body: dict[str, Any], api: KubeApi, config: OperatorConfig, capabi
             api.delete(kind_of(manifest), owner.namespace, manifest["metadata"]["name"], manifest["metadata"].get("uid"))
             result.pruned.append("/".join(key(manifest)))
         result.in_sync = not (actions.apply or actions.delete or actions.conflicts)
+        result.in_sync_once_applied = (bool(actions.apply) and not (actions.delete or actions.conflicts or result.recreated)
+                                       and result.retry_after is None and len(result.written) == len(actions.apply))
     elif snapshot.children_in_sync and observation.blocking is None and model is not None:
         result.in_sync = True
     if spec is not None:

@@ -33,12 +33,28 @@ WORKERS = int(os.environ.get("QWEN_OPERATOR_WORKERS", "8"))
 log = logging.getLogger("qwen_operator")
 
 
+class NoDiffBase(kopf.DiffBaseStorage):
+    """kopf builds a diff-base (a deep copy of the body without its status) of every event and compares it
+    with the last one stored. Only change handlers and daemons read that diff, and this operator has neither:
+    the empty essence saves that copy and comparison on every event, which at 1,000 resources was a large part
+    of the operator's CPU. Nothing is stored on the resources."""
+
+    def build(self, *, body: kopf.Body, extra_fields: Any = None) -> kopf.BodyEssence:
+        return kopf.BodyEssence()
+
+    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
+        return None
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
+        return None
+
+
 @kopf.on.startup()
 def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     # No create/update/delete handlers, so kopf keeps no progress, diff-base or finalizer on the
-    # resources; these settings only name where it would.
+    # resources; the progress setting only names where it would.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="qwenops.io")
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="qwenops.io", key="last-handled-configuration")
+    settings.persistence.diffbase_storage = NoDiffBase()
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
@@ -59,7 +75,7 @@ def cleanup(memo: kopf.Memo, **_: Any) -> None:
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
-def qwen_inference_event(type: str | None, body: kopf.Body, name: str, namespace: str, memo: kopf.Memo, **_: Any) -> None:
+async def qwen_inference_event(type: str | None, body: kopf.Body, name: str, namespace: str, memo: kopf.Memo, **_: Any) -> None:
     if type == "DELETED":
         memo.controller.deleted(namespace, name)
         return
