@@ -72,7 +72,9 @@ def workspace(cluster, k8s, node):
     # The QwenInferences of the later tests start now, side by side, so their waits overlap.
     create_qwen(k8s, namespace, "slow", standin_spec(node, env={"VLLM_STANDIN_LOAD_SECONDS": "600"}, startup_timeout=30))
     create_qwen(k8s, namespace, "crashy", standin_spec(node))
-    create_qwen(k8s, namespace, "rolling", standin_spec(node, replicas=2, pre_stop_sleep=5, shutdown_timeout=10))
+    # The preStop sleep at the production default (10 s): it is the time the router and the Service have to stop sending
+    # to a terminating pod, and 5 s was once not enough for the router on kind on a loaded machine (1 of 1,064 failed).
+    create_qwen(k8s, namespace, "rolling", standin_spec(node, replicas=2, pre_stop_sleep=10, shutdown_timeout=10))
     try:
         yield namespace, operator
     finally:
