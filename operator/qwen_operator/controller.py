@@ -49,7 +49,6 @@ PERSISTENT_FAILURES = 5  # transient failures in a row (about 15 s of backoff) b
 CHILD_EVENT_QUIET = 1.0
 CHILD_EVENT_MAX_WAIT = 10.0
 CACHE_SYNC_RETRY_SECONDS = 0.5
-CHILD_TRIGGER_PREFIX = "child:"  # a run queued by a child's or pod's event (trigger metric: the kind alone)
 
 
 class Controller:
@@ -137,7 +136,7 @@ class Controller:
     def _child_changed(self, owner: Key, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
         if not owner[1] or not self.serves(owner[0]):
             return
-        self._note_trigger(owner, CHILD_TRIGGER_PREFIX + ((new or old or {}).get("kind") or ""))
+        self._note_trigger(owner, (new or old or {}).get("kind") or "")
         if rollout_just_completed(old, new):
             self.queue.add(owner)  # the event that makes the resource Ready: judged now, not after the burst
         else:
@@ -215,12 +214,6 @@ class Controller:
             trigger = self.triggers.pop(key, "retry")  # a run the queue made again on its own is a retry
         if not self.serves(namespace) and (self.selected_namespaces is None or self.selected_namespaces.synced.is_set()):
             return  # its namespace does not (or no longer) match the namespace selector: hands off, not a reconcile
-        if trigger.startswith(CHILD_TRIGGER_PREFIX) and self._inputs_unchanged(key):
-            # A run since the event (another trigger's) already judged what the event brought: the same
-            # verdict again would be all this run gives.
-            metrics.CHILD_EVENTS_ALREADY_JUDGED.inc()
-            return
-        trigger = trigger.removeprefix(CHILD_TRIGGER_PREFIX)
         started = time.monotonic()
         metrics.RECONCILE_TRIGGERS.labels(trigger).inc()
         outcome = "error"

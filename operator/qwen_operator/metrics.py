@@ -23,10 +23,6 @@ STATUS_ONLY_RECONCILES = Counter(
     "qwen_operator_status_only_reconciles_total",
     "Reconciles that found every child as a previous run left it (but for its status), so built and compared nothing and only judged the status.",
 )
-CHILD_EVENTS_ALREADY_JUDGED = Counter(
-    "qwen_operator_child_events_already_judged_total",
-    "Runs a child's or pod's event queued that were not made: a run since the event had already read what it brought.",
-)
 RESYNCS_UNCHANGED = Counter(
     "qwen_operator_resyncs_unchanged_total",
     "Resyncs that found a resource's inputs as its last run read them, so it was not run again (the verdict stands).",
