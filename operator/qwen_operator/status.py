@@ -20,6 +20,7 @@ from qwen_operator.catalog import ResolvedModel, gpu_memory_need
 READY, PROGRESSING, DEGRADED, AUTOSCALING, MONITORING = "Ready", "Progressing", "Degraded", "Autoscaling", "Monitoring"
 ROUTING = "Routing"
 SERVER_CONTAINER = "vllm"
+SIDECAR_CONTAINERS = ("health-agent",)  # init containers that keep running beside vLLM (builders/deployment.py)
 # A pod whose container restarted this often without becoming ready is called crash looping even
 # before the kubelet reports CrashLoopBackOff.
 CRASH_LOOP_RESTARTS = 3
@@ -138,7 +139,7 @@ def pod_problems(pods: list[dict[str, Any]]) -> tuple[Problem | None, Problem | 
             if container.get("name") == SERVER_CONTAINER and "running" in container.get("state", {}) and not container.get("started", True):
                 loading = loading or Problem("ModelLoading", f"pod {name} is loading the model (startup probe not passed yet)", degraded=False)
         for container in status.get("initContainerStatuses", []):
-            if "running" in container.get("state", {}):
+            if "running" in container.get("state", {}) and container.get("name") not in SIDECAR_CONTAINERS:
                 loading = loading or Problem("ModelDownloading", f"pod {name} is downloading the model ({container['name']})", degraded=False)
     return unschedulable, crash, loading
 

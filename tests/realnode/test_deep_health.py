@@ -73,7 +73,7 @@ def diagnose(k8s, namespace: str, name: str) -> str:
     core = client.CoreV1Api(k8s)
     lines = [f"Ready: {ready_condition(k8s, namespace, name)}"]
     for pod in qwen_pods(k8s, namespace, name):
-        for c in pod.status.container_statuses or []:
+        for c in (pod.status.init_container_statuses or []) + (pod.status.container_statuses or []):
             lines.append(f"{pod.metadata.name}/{c.name}: ready={c.ready} restarts={c.restart_count} state={c.state} last={c.last_state}")
         for container in ("health-agent", "vllm"):
             try:
@@ -128,8 +128,10 @@ def agent_detailed(node, pod: client.V1Pod) -> dict:
 def test_a_hung_engine_is_restarted_by_the_kubelet_and_the_status_says_engine_hung(k8s, node, namespace):
     create_qwen(k8s, namespace, "hung", deep_spec(node))
     pod = ready_pod(k8s, namespace, "hung")
-    assert [c.name for c in pod.spec.containers] == ["vllm", "health-agent"]
-    assert pod.spec.containers[1].image == node.images["operator"], "the agent runs from the operator's own image"
+    assert [c.name for c in pod.spec.containers] == ["vllm"]
+    (agent,) = [c for c in pod.spec.init_containers if c.name == "health-agent"]  # a native sidecar
+    assert agent.restart_policy == "Always"
+    assert agent.image == node.images["operator"], "the agent runs from the operator's own image"
     # Idle, with the API key: the agent's 1-token completions answer, so nothing is restarted while it is healthy.
     time.sleep(INTERVAL * (FAILURES + 1))
     assert restarts(k8s, namespace, "hung") == 0

@@ -36,7 +36,12 @@ def server(deployment: dict[str, Any]) -> dict[str, Any]:
 
 
 def init_containers(deployment: dict[str, Any]) -> list[dict[str, Any]]:
-    return pod(deployment).get("initContainers", [])
+    """The init containers that run to completion before vLLM (the deep health agent is a sidecar: restartPolicy Always)."""
+    return [c for c in pod(deployment).get("initContainers", []) if c.get("restartPolicy") != "Always"]
+
+
+def sidecars(deployment: dict[str, Any]) -> list[dict[str, Any]]:
+    return [c for c in pod(deployment).get("initContainers", []) if c.get("restartPolicy") == "Always"]
 
 
 def args(deployment: dict[str, Any]) -> list[str]:
@@ -501,7 +506,7 @@ def test_restricted_security() -> None:
     assert psc["runAsNonRoot"] is True
     assert psc["runAsUser"] == psc["runAsGroup"] == psc["fsGroup"] == 1000
     assert psc["seccompProfile"] == {"type": "RuntimeDefault"}
-    for container in pod(d)["containers"] + init_containers(d):
+    for container in pod(d)["containers"] + pod(d)["initContainers"]:  # the agent sidecar included
         sc = container["securityContext"]
         assert sc["allowPrivilegeEscalation"] is False
         assert sc["capabilities"] == {"drop": ["ALL"]}

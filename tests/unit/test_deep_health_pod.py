@@ -27,7 +27,10 @@ OWNER = Owner(name="chat", namespace="team-a", uid="0b6d1f4e-uid", generation=3)
 def containers(spec_fields: dict[str, Any], config: OperatorConfig = OperatorConfig()) -> dict[str, dict[str, Any]]:
     spec = QwenInferenceSpec.model_validate(spec_fields)
     deployment = build_deployment(OWNER, spec, resolve_model(spec), config, manage_replicas=True)
-    return {c["name"]: c for c in deployment["spec"]["template"]["spec"]["containers"]}
+    pod = deployment["spec"]["template"]["spec"]
+    # The agent is a native sidecar: an init container with restartPolicy Always.
+    sidecars = [c for c in pod.get("initContainers", []) if c.get("restartPolicy") == "Always"]
+    return {c["name"]: c for c in pod["containers"] + sidecars}
 
 
 DEEP = {"engine": {"deepHealth": {"enabled": True, "intervalSeconds": 4, "timeoutSeconds": 2, "failuresBeforeRestart": 5}}}
@@ -68,6 +71,12 @@ def test_enabled_adds_the_agent_and_points_vllms_liveness_at_it() -> None:
     assert security["capabilities"] == {"drop": ["ALL"]}
     assert agent["resources"]["requests"] == agent["resources"]["limits"]
     assert agent["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    # A native sidecar, started (its startup probe passed) before vLLM, and the last init container (after the download).
+    assert agent["restartPolicy"] == "Always" and agent["startupProbe"]["httpGet"]["path"] == "/healthz"
+    spec = QwenInferenceSpec.model_validate(DEEP)
+    pod = build_deployment(OWNER, spec, resolve_model(spec), OperatorConfig(), manage_replicas=True)["spec"]["template"]["spec"]
+    assert [c["name"] for c in pod["initContainers"]] == ["download-model", AGENT_CONTAINER_NAME]
+    assert [c["name"] for c in pod["containers"]] == ["vllm"]
     command = vllm["lifecycle"]["preStop"]["exec"]["command"]
     assert command[:2] == ["python3", "-c"] and command[3:] == [str(AGENT_PORT), "/livez", "10"]
 

@@ -42,6 +42,7 @@ DEEP_LIVENESS_FAILURE_THRESHOLD = 2
 # seconds instead of the pod's terminationGracePeriodSeconds (probe-level terminationGracePeriodSeconds).
 HUNG_ENGINE_GRACE_SECONDS = 5
 AGENT_RESOURCES = {"cpu": "50m", "memory": "64Mi", "ephemeral-storage": "64Mi"}
+AGENT_STARTUP_SECONDS = 120  # the agent's start (a Python process at 50m of CPU) before the kubelet restarts it
 # vLLM's preStop hook with deep health: it asks the agent for its verdict and, when vLLM is being restarted
 # because the agent judged it hung, writes the verdict into vLLM's termination message (the operator reads it
 # from the pod's status: lastState.terminated.message) and skips the drain; otherwise it sleeps as the
@@ -372,6 +373,17 @@ def agent_container(spec: QwenInferenceSpec, model: ResolvedModel, image: str) -
         "ports": [{"name": AGENT_PORT_NAME, "containerPort": AGENT_PORT, "protocol": "TCP"}],
         "env": env,
         "resources": {"requests": dict(AGENT_RESOURCES), "limits": dict(AGENT_RESOURCES)},
+        # A native sidecar (an init container that keeps running): the kubelet starts vLLM only once the agent
+        # answers, so vLLM's liveness probe (the agent's /livez) never meets an agent still starting, and the agent
+        # outlives vLLM's preStop hook, which asks it for its verdict. As a plain second container it could start
+        # seconds after vLLM on a loaded node, and the kubelet then restarted a healthy engine.
+        "restartPolicy": "Always",
+        "startupProbe": {
+            "httpGet": {"path": AGENT_HEALTH_PATH, "port": AGENT_PORT_NAME},
+            "periodSeconds": 1,
+            "timeoutSeconds": 3,
+            "failureThreshold": AGENT_STARTUP_SECONDS,
+        },
         # The agent's own liveness: its check loop runs (/livez is vLLM's, never the agent's).
         "livenessProbe": {
             "httpGet": {"path": AGENT_HEALTH_PATH, "port": AGENT_PORT_NAME},
@@ -574,13 +586,17 @@ def build_deployment(
         "terminationGracePeriodSeconds": (
             engine.pre_stop_sleep_seconds + engine.shutdown_timeout_seconds + TERMINATION_MARGIN_SECONDS
         ),
-        "containers": [server_container(spec, model, image)]
-        + ([agent_container(spec, model, config.operator_image)] if engine.deep_health.enabled else []),
+        "containers": [server_container(spec, model, image)],
         "volumes": volumes(owner, spec, model),
         **scheduling_fields(owner, spec, model),
     }
+    init_containers = []
     if spec.model.source.pvc is None and not spec.model.source.baked_into_image:
-        pod_spec["initContainers"] = [download_container(spec, model, image)]
+        init_containers.append(download_container(spec, model, image))
+    if engine.deep_health.enabled:
+        init_containers.append(agent_container(spec, model, config.operator_image))  # after the download: a sidecar
+    if init_containers:
+        pod_spec["initContainers"] = init_containers
 
     deployment_spec: dict[str, Any] = {}
     if manage_replicas:
