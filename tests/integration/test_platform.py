@@ -143,7 +143,7 @@ def test_a_model_baked_into_the_image_needs_no_download_and_no_cache(operator, k
                                      "engine": {"image": "registry.example.com/qwen-vllm:v0.19.1-qwen3-0.6b"}})
     wait_ready(k8s, namespace, "baked", timeout=120)
     pod_spec = deployment(k8s, namespace, "baked").spec.template.spec
-    assert not pod_spec.init_containers
+    assert [c.name for c in pod_spec.init_containers or []] == ["health-agent"]  # no download, only the agent sidecar
     assert "model-cache" not in {v.name for v in pod_spec.volumes}
     assert "HF_HOME" not in {e.name for e in pod_spec.containers[0].env}
     with pytest.raises(ApiException) as caught:

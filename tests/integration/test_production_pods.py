@@ -43,6 +43,11 @@ HF_CACHE_PATH = "/model-cache"  # HF_HOME of the pods
 RESTRICTED = {"pod-security.kubernetes.io/enforce": "restricted", "pod-security.kubernetes.io/enforce-version": "latest"}
 
 
+def run_to_completion(pod_spec) -> list:
+    """The init containers that run before vLLM and end (the deep health agent is a sidecar: restartPolicy Always)."""
+    return [c for c in pod_spec.init_containers or [] if c.restart_policy != "Always"]
+
+
 def resync_window(operator) -> float:
     return 3 * operator.resync_seconds + 30
 
@@ -69,7 +74,7 @@ def test_cache_is_a_bound_pvc_per_resource_mounted_as_the_hf_cache(operator, k8s
         server = container(pod.spec)
         assert mount_path(server, "model-cache") == HF_CACHE_PATH
         assert env_of(server)["HF_HOME"].value == HF_CACHE_PATH
-        (download,) = pod.spec.init_containers
+        (download,) = run_to_completion(pod.spec)
         assert mount_path(download, "model-cache") == HF_CACHE_PATH and env_of(download)["HF_HOME"].value == HF_CACHE_PATH
 
 
@@ -94,7 +99,7 @@ def test_disabled_cache_downloads_into_an_empty_dir_without_a_pvc(operator, k8s,
     cache = volume(pod.spec, "model-cache")
     assert cache.persistent_volume_claim is None and cache.empty_dir.size_limit == "5Gi"
     assert mount_path(container(pod.spec), "model-cache") == HF_CACHE_PATH
-    assert [c.name for c in pod.spec.init_containers] == ["download-model"]  # still downloads, into the pod
+    assert [c.name for c in run_to_completion(pod.spec)] == ["download-model"]  # still downloads, into the pod
     assert client.CoreV1Api(k8s).list_namespaced_persistent_volume_claim(namespace).items == []
 
 
@@ -106,7 +111,7 @@ def test_preloaded_pvc_is_the_model_source_without_download(operator, k8s, names
     server = container(pod.spec)
     assert server.args[0] == "/models/qwen3/0.6b-fp8"
     assert "--revision" not in server.args
-    assert not pod.spec.init_containers
+    assert not run_to_completion(pod.spec)
     source = volume(pod.spec, "model-source").persistent_volume_claim
     assert source.claim_name == "weights" and source.read_only is True
     (source_mount,) = [m for m in server.volume_mounts if m.name == "model-source"]
@@ -141,7 +146,7 @@ def test_download_init_container_gets_the_hf_token_and_the_server_runs_offline(o
     create(k8s, namespace, "gated", {"model": {"revision": "v1.0", "source": {"tokenSecretRef": {"name": "hf-token", "key": "token"}}}})
     wait_ready(k8s, namespace, "gated")
     (pod,) = live_pods(k8s, namespace, "gated")
-    (download,) = pod.spec.init_containers
+    (download,) = run_to_completion(pod.spec)
     assert download.name == "download-model"
     assert download.command == ["hf", "download", FP8_MODEL, "--revision", "v1.0"]
     token = env_of(download)["HF_TOKEN"]
@@ -183,7 +188,7 @@ def test_api_key_comes_from_the_secret_and_probes_stay_on_health(operator, k8s, 
     assert key.value is None
     assert (key.value_from.secret_key_ref.name, key.value_from.secret_key_ref.key) == ("qwen-keys", "api-key")
     assert not any(a == "--api-key" or a.startswith("--api-key=") for a in server.args)
-    assert "VLLM_API_KEY" not in env_of(pod.spec.init_containers[0])  # the download step has no use for it
+    assert "VLLM_API_KEY" not in env_of(run_to_completion(pod.spec)[0])  # the download step has no use for it
     for probe in (server.startup_probe, server.readiness_probe):
         assert probe.http_get.path == "/health" and probe.http_get.port == "http"
         assert not probe.http_get.http_headers  # /health needs no key
