@@ -62,8 +62,9 @@ def real_node_or_skip(kubeconfig: str, k8s) -> RealNode:
         if not skip_file.exists():
             pytest.fail("hack/cluster.sh node-up neither started the real node nor recorded why it cannot run")
         reason = skip_file.read_text().strip()
-        if os.environ.get("QWEN_REAL_NODE") == "1":
-            pytest.fail(f"the real node is required (QWEN_REAL_NODE=1) and cannot run: {reason}")
+        # Required with QWEN_REAL_NODE=1, and in CI (CI=true) unless QWEN_REAL_NODE=0: CI must run the real node.
+        if os.environ.get("QWEN_REAL_NODE") == "1" or (os.environ.get("CI") == "true" and os.environ.get("QWEN_REAL_NODE") != "0"):
+            pytest.fail(f"the real node is required (QWEN_REAL_NODE=1, or CI=true) and cannot run: {reason}")
         pytest.skip(f"no real node: {reason}")
     node = client.CoreV1Api(k8s).read_node(NODE_NAME)
     ready = next(c.status for c in node.status.conditions if c.type == "Ready")
