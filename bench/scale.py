@@ -4,8 +4,11 @@ For each N it runs:
 - the floor: a plain client that creates, per resource, the same PVC, Deployment, Service and
   dashboard ConfigMap the operator would (made by the operator's own builders), then waits for
   every Deployment to be ready. No operator runs. This is what the cluster itself costs;
-- the operator: N QwenInferences created as fast as the floor's objects, until every Ready
-  condition is True; then a steady-state window with no changes.
+- the operator: N QwenInferences, each created when the floor created that resource's objects
+  (the floor's own schedule, so both load the cluster at the same pace and their create-to-Ready
+  times compare), until every Ready condition is True; then a steady-state window with no changes.
+  Readiness is followed with a watch in both runs (a list polled at 1,000 objects would weigh on
+  the cluster being measured).
 
 It starts its own local control plane (hack/cluster.sh with a private QWEN_CLUSTER_DIR and ports,
 fake GPU pools sized for N, no real node), stops it afterwards, and prints a table; the figures
@@ -17,6 +20,7 @@ also go to bench/results/scale-<N>.json. Everything talks to 127.0.0.1 only.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -26,11 +30,13 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
 
 from kubernetes import client, config
+from kubernetes.watch.watch import iter_resp_lines
 
 from qwen_operator.api.models import QwenInferenceSpec
 from qwen_operator.builders.common import Owner
@@ -93,15 +99,81 @@ def rss_mib(pid: int) -> float:
     return float("nan")
 
 
-def wait_all(names: list[str], created: dict[str, float], ready_of, timeout: float) -> dict[str, float]:
-    ready_at: dict[str, float] = {}
-    deadline = time.monotonic() + timeout
-    while len(ready_at) < len(names) and time.monotonic() < deadline:
-        now = time.monotonic()
-        for name in ready_of():
-            ready_at.setdefault(name, now)
-        time.sleep(max(0.5, len(names) / 2000))  # a list of every resource: at 5,000, polled less often, or it loads the API server
-    return ready_at
+class ReadyWatch:
+    """Records when each named object is first seen ready, from a watch: the API server sends each change
+    once, where polling a list of every object would cost it (and this process) a full list every interval
+    and weigh on the cluster being measured."""
+
+    def __init__(self, lister, is_ready):
+        self.lister, self.is_ready = lister, is_ready  # lister: a kubernetes-client list call of the namespace's objects
+        self.ready_at: dict[str, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> "ReadyWatch":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=70)
+
+    def _see(self, item: dict) -> None:
+        if self.is_ready(item):
+            self.ready_at.setdefault(item["metadata"]["name"], time.monotonic())
+
+    def _run(self) -> None:
+        version = ""
+        while not self._stop.is_set():
+            try:
+                if not version:
+                    listed = json.loads(self.lister(_preload_content=False, _request_timeout=60).data)
+                    for item in listed["items"]:
+                        self._see(item)
+                    version = listed["metadata"]["resourceVersion"]
+                response = self.lister(watch=True, resource_version=version, allow_watch_bookmarks=True, timeout_seconds=60,
+                                       _preload_content=False, _request_timeout=(10, 70))
+                for line in iter_resp_lines(response):
+                    event = json.loads(line)
+                    if event["type"] == "ERROR":
+                        version = ""  # 410 Gone: list again
+                        break
+                    version = event["object"]["metadata"].get("resourceVersion", version)
+                    if event["type"] in ("ADDED", "MODIFIED"):
+                        self._see(event["object"])
+                    if self._stop.is_set():
+                        break
+            except Exception:  # noqa: BLE001 - a dropped watch is resumed
+                time.sleep(0.5)
+
+    def wait(self, count: int, timeout: float) -> dict[str, float]:
+        deadline = time.monotonic() + timeout
+        while len(self.ready_at) < count and time.monotonic() < deadline:
+            time.sleep(0.2)
+        return dict(self.ready_at)
+
+
+def deployment_ready(item: dict) -> bool:
+    return ((item.get("status") or {}).get("readyReplicas") or 0) >= 1
+
+
+def qwen_inference_ready(item: dict) -> bool:
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in (item.get("status") or {}).get("conditions", []))
+
+
+def component_cpu(cluster_dir: str) -> dict[str, float]:
+    """CPU seconds so far of each control plane process hack/cluster.sh started, and of this benchmark."""
+    seconds = {"bench": time.process_time()}
+    for pid_file in sorted((Path(cluster_dir) / "pids").glob("*")):
+        try:
+            seconds[pid_file.name] = cpu_seconds(int(pid_file.read_text().strip()))
+        except (OSError, ValueError):
+            pass
+    return seconds
+
+
+def cpu_spent(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    return {name: round(after[name] - before.get(name, 0.0), 1) for name in after}
 
 
 def run_floor(api, namespace: str, count: int, timeout: float) -> dict:
@@ -110,6 +182,8 @@ def run_floor(api, namespace: str, count: int, timeout: float) -> dict:
     model = resolve_model(spec)
     names = [f"r{i:05d}" for i in range(count)]
     created: dict[str, float] = {}
+    watch = ReadyWatch(functools.partial(apps.list_namespaced_deployment, namespace), deployment_ready).__enter__()
+    cpu_before = component_cpu(CLUSTER_ENV["QWEN_CLUSTER_DIR"])
     start = time.monotonic()
     for name in names:
         owner = Owner(name=name, namespace=namespace, uid="00000000-0000-0000-0000-000000000000")
@@ -128,16 +202,22 @@ def run_floor(api, namespace: str, count: int, timeout: float) -> dict:
                 core.create_namespaced_config_map(namespace, manifest)
         created[name] = time.monotonic()
 
-    def ready() -> list[str]:
-        return [d.metadata.name for d in apps.list_namespaced_deployment(namespace).items if (d.status.ready_replicas or 0) >= 1]
-
-    ready_at = wait_all(names, created, ready, timeout)
+    try:
+        ready_at = watch.wait(count, timeout)
+    finally:
+        watch.__exit__()
+    cpu = cpu_spent(cpu_before, component_cpu(CLUSTER_ENV["QWEN_CLUSTER_DIR"]))
     latencies = [ready_at[n] - created[n] for n in ready_at]
-    return {"ready": len(ready_at), "all_ready_s": time.monotonic() - start if len(ready_at) == count else float("nan"),
-            "p50_s": statistics.median(latencies) if latencies else float("nan"), "p95_s": percentile(latencies, 0.95), "p99_s": percentile(latencies, 0.99)}
+    return {"ready": len(ready_at), "all_ready_s": max(ready_at.values()) - start if len(ready_at) == count else float("nan"),
+            "created_at_s": [round(created[n] - start, 3) for n in names],
+            "p50_s": statistics.median(latencies) if latencies else float("nan"), "p95_s": percentile(latencies, 0.95), "p99_s": percentile(latencies, 0.99),
+            "cpu_seconds_by_process": cpu}
 
 
-def run_operator(api, kubeconfig: str, namespace: str, count: int, timeout: float, steady_seconds: float, resync: float) -> dict:
+def run_operator(api, kubeconfig: str, namespace: str, count: int, timeout: float, steady_seconds: float, resync: float,
+                 schedule: list[float] | None = None) -> dict:
+    """schedule: when (seconds from the start) to create each resource, the floor's own creation times, so both
+    runs put the same load on the cluster at the same pace and create-to-Ready means the same in both; None: at once."""
     custom = client.CustomObjectsApi(api)
     port = free_port()
     log_path = Path(tempfile.gettempdir()) / f"qwen-scale-operator-{count}.log"
@@ -163,25 +243,35 @@ def run_operator(api, kubeconfig: str, namespace: str, count: int, timeout: floa
         cpu_before, base = cpu_seconds(pid), scrape(port)
         names = [f"r{i:05d}" for i in range(count)]
         created: dict[str, float] = {}
+        watch = ReadyWatch(functools.partial(custom.list_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL), qwen_inference_ready).__enter__()
+        components_before = component_cpu(CLUSTER_ENV["QWEN_CLUSTER_DIR"])
         start = time.monotonic()
-        for name in names:
+        for i, name in enumerate(names):
+            if schedule is not None:
+                time.sleep(max(0.0, start + schedule[i] - time.monotonic()))
             body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "QwenInference", "metadata": {"name": name}, "spec": SPEC}
             custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
             created[name] = time.monotonic()
 
-        def ready() -> list[str]:
-            items = custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)["items"]
-            return [i["metadata"]["name"] for i in items
-                    if any(c["type"] == "Ready" and c["status"] == "True" for c in (i.get("status") or {}).get("conditions", []))]
-
-        ready_at = wait_all(names, created, ready, timeout)
-        all_ready = time.monotonic() - start if len(ready_at) == count else float("nan")
+        try:
+            ready_at = watch.wait(count, timeout)
+        finally:
+            watch.__exit__()
+        all_ready = max(ready_at.values()) - start if len(ready_at) == count else float("nan")
+        components = cpu_spent(components_before, {**component_cpu(CLUSTER_ENV["QWEN_CLUSTER_DIR"]), "operator": cpu_seconds(pid)})
+        components["operator"] = round(cpu_seconds(pid) - cpu_before, 1)
         time.sleep(5)  # the last events drain
         converged, cpu_converged = scrape(port), cpu_seconds(pid)
         rss_converged = rss_mib(pid)
         reconciles = total(converged, "qwen_operator_reconciles_total{") - total(base, "qwen_operator_reconciles_total{")
         requests = total(converged, "qwen_operator_api_requests_total{") - total(base, "qwen_operator_api_requests_total{")
         status_only = total(converged, "qwen_operator_status_only_reconciles_total") - total(base, "qwen_operator_status_only_reconciles_total")
+        by_request = {}
+        for name, value in converged.items():
+            if name.startswith("qwen_operator_api_requests_total{"):
+                labels = dict(part.split("=", 1) for part in name[name.index("{") + 1:-1].split(","))
+                label = f'{labels["verb"].strip(chr(34))} {labels["kind"].strip(chr(34))}'
+                by_request[label] = by_request.get(label, 0.0) + (value - base.get(name, 0.0)) / count
         triggers = {name.split('trigger="')[1].rstrip('"}'): (value - base.get(name, 0.0)) / count
                     for name, value in converged.items() if name.startswith("qwen_operator_reconcile_triggers_total{")}
         # Steady state: nothing changes; the resync judges everything every `resync` seconds.
@@ -203,9 +293,11 @@ def run_operator(api, kubeconfig: str, namespace: str, count: int, timeout: floa
             "status_only_reconciles_per_resource": status_only / count,
             "reconciles_per_resource_by_trigger": {k: round(v, 2) for k, v in sorted(triggers.items()) if v},
             "requests_per_resource": requests / count,
+            "requests_per_resource_by_verb_and_kind": {k: round(v, 2) for k, v in sorted(by_request.items()) if round(v, 2)},
             "steady_seconds": steady_wall, "steady_reconciles": steady_reconciles,
             "steady_reads_per_minute": 60 * reads / steady_wall, "steady_writes_per_minute": 60 * writes / steady_wall,
             "steady_cpu_fraction": steady_cpu / steady_wall,
+            "cpu_seconds_by_process": components,
         }
     finally:
         os.killpg(operator.pid, signal.SIGTERM)
@@ -260,7 +352,8 @@ def main() -> int:
                 while core.list_namespaced_pod(f"floor-{count}", limit=1).items and time.monotonic() < deadline:
                     time.sleep(2)
                 time.sleep(10)
-            operator = run_operator(api, kubeconfig, fresh_namespace(core, f"operator-{count}"), count, timeout, args.steady, args.resync)
+            operator = run_operator(api, kubeconfig, fresh_namespace(core, f"operator-{count}"), count, timeout, args.steady, args.resync,
+                                    schedule=floor.pop("created_at_s") if floor else None)
         finally:
             sh(str(REPO / "hack/cluster.sh"), "down", env=env)
         row = {"count": count, "floor": floor, "operator": operator}

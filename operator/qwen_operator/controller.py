@@ -7,9 +7,13 @@ watch-fed caches (cache.py) and runs the one reconcile; a steady state reads not
 
 - The QwenInferences come from kopf's watch (handlers/), kept here by key. An event that changes
   only the status (the operator's own write) queues nothing.
-- A child's or pod's event queues its owner once that burst of events has been quiet for
-  CHILD_EVENT_QUIET (at most CHILD_EVENT_MAX_WAIT after it began), so the events of a rollout
-  (ReplicaSet, pods, Deployment status) collapse into one reconcile.
+- A child's or pod's event queues its owner by how much it can change the verdict
+  (child_event_urgency): a completed rollout at once; a change of a child's spec, or a problem
+  appearing or clearing, once that burst of events has been quiet for CHILD_EVENT_QUIET (at most
+  CHILD_EVENT_MAX_WAIT after it began); a normal step of a rollout (a Deployment's counts, a pod
+  scheduled or started, a claim bound) within PROGRESS_WAIT, folded into any run that comes
+  first. A resource's start then costs two runs: the one that applies, and the one that finds it
+  Ready.
 - The status a reconcile compares with is the one the operator last wrote, so a watch that has
   not yet delivered that write never causes a second one.
 
@@ -49,6 +53,11 @@ PERSISTENT_FAILURES = 5  # transient failures in a row (about 15 s of backoff) b
 CHILD_EVENT_QUIET = 1.0
 CHILD_EVENT_MAX_WAIT = 10.0
 CACHE_SYNC_RETRY_SECONDS = 0.5
+# How a child's or pod's event queues its owner (child_event_urgency): at once, after its burst (SOON), or
+# folded into the next run within PROGRESS_WAIT (PROGRESS: a normal step of a rollout, which changes only counts
+# in the status; its end, the rollout complete, is judged at once).
+NOW, SOON, PROGRESS = "now", "soon", "progress"
+PROGRESS_WAIT = 30.0
 
 
 class Controller:
@@ -137,8 +146,12 @@ class Controller:
         if not owner[1] or not self.serves(owner[0]):
             return
         self._note_trigger(owner, (new or old or {}).get("kind") or "")
-        if rollout_just_completed(old, new):
+        urgency = child_event_urgency(old, new, owner_running=self.queue.running(owner))
+        log.debug("%s/%s: %s %s changed: judged %s", *owner, (new or old or {}).get("kind"), (new or old or {}).get("metadata", {}).get("name"), urgency)
+        if urgency == NOW:
             self.queue.add(owner)  # the event that makes the resource Ready: judged now, not after the burst
+        elif urgency == PROGRESS:
+            self.queue.add_lazily(owner, PROGRESS_WAIT)
         else:
             self.queue.add_after_quiet(owner, CHILD_EVENT_QUIET, CHILD_EVENT_MAX_WAIT)
 
@@ -340,6 +353,39 @@ def post_event(api: KubeApi, body: dict[str, Any], type_: str, reason: str, mess
         api.create(kinds.EVENT, meta["namespace"], event)
     except KubeError as error:
         log.warning("could not post event %s on %s/%s: %s", reason, meta["namespace"], meta["name"], error)
+
+
+def child_event_urgency(old: dict[str, Any] | None, new: dict[str, Any] | None, owner_running: bool = False) -> str:
+    """How soon a child's or pod's event needs its owner judged again.
+
+    NOW: a Deployment's rollout just completed (the resource becomes Ready).
+    SOON: a child changed or deleted (drift is repaired at once); a Deployment no longer complete, or failing, or
+    its failure cleared; a pod that was ready and is not, or that crash-loops or cannot be scheduled, or no longer
+    does; a claim neither pending nor bound.
+    PROGRESS: the steps of a start or rollout going as it should: a Deployment's counts, a pod appearing, waiting
+    for its volume, downloading or loading the model, becoming ready or going away, a claim bound, a child that
+    appears while its owner's run is in progress (that run's own apply, which the watch delivered before the
+    API's answer). Judged within PROGRESS_WAIT, or by any earlier run; the status shows the step by then."""
+    if rollout_just_completed(old, new):
+        return NOW
+    obj = new or old or {}
+    kind = obj.get("kind")
+    if kind == "Pod":
+        problems = [status_lib.pod_problems([p])[:2] for p in (old, new) if p is not None]
+        lost_readiness = old is not None and new is not None and status_lib.is_ready(old) and not status_lib.is_ready(new)
+        return SOON if lost_readiness or any(p != (None, None) for p in problems) else PROGRESS
+    if old is None and new is not None and owner_running:
+        return PROGRESS
+    if old is None or new is None or old.get(SPEC_DIGEST) != new.get(SPEC_DIGEST):
+        return SOON
+    if kind == "Deployment":
+        desired = (new.get("spec") or {}).get("replicas", 1)
+        no_longer_complete = status_lib.rollout_complete(old, desired) and not status_lib.rollout_complete(new, desired)
+        failing = status_lib.deployment_failure(old) is not None or status_lib.deployment_failure(new) is not None
+        return SOON if no_longer_complete or failing else PROGRESS
+    if kind == "PersistentVolumeClaim":
+        return PROGRESS if ((new.get("status") or {}).get("phase") or "Pending") in ("Pending", "Bound") else SOON
+    return SOON
 
 
 def rollout_just_completed(old: dict[str, Any] | None, new: dict[str, Any] | None) -> bool:

@@ -45,7 +45,8 @@ def start_server() -> None:
 
 
 _ready_by_resource: dict[tuple[str, str], tuple[str, str]] = {}
-_ready_lock = threading.Lock()  # workers set it concurrently; the gauge is rebuilt from the dict
+_ready_counts: dict[tuple[str, str], int] = {}  # the gauge's values: how many resources have each (ready, reason)
+_ready_lock = threading.Lock()  # workers set it concurrently
 
 
 def observe_request(verb: str, kind: str, code: int) -> None:
@@ -55,15 +56,20 @@ def observe_request(verb: str, kind: str, code: int) -> None:
 
 
 def set_resource_ready(namespace: str, name: str, ready: str | None, reason: str = "") -> None:
-    """Record (or with ready None, forget) one resource's Ready condition, and refresh the gauge."""
+    """Record (or with ready None, forget) one resource's Ready condition; only the two counts it moves change."""
     with _ready_lock:
-        if ready is None:
-            _ready_by_resource.pop((namespace, name), None)
-        else:
-            _ready_by_resource[(namespace, name)] = (ready, reason)
-        counts: dict[tuple[str, str], int] = {}
-        for value in _ready_by_resource.values():
-            counts[value] = counts.get(value, 0) + 1
-        MANAGED_RESOURCES.clear()
-        for (status, why), count in counts.items():
-            MANAGED_RESOURCES.labels(status, why).set(count)
+        before = _ready_by_resource.pop((namespace, name), None)
+        after = (ready, reason) if ready is not None else None
+        if after is not None:
+            _ready_by_resource[(namespace, name)] = after
+        if before == after:
+            return
+        for value, step in ((before, -1), (after, 1)):
+            if value is None:
+                continue
+            count = _ready_counts[value] = _ready_counts.get(value, 0) + step
+            if count > 0:
+                MANAGED_RESOURCES.labels(*value).set(count)
+            else:
+                del _ready_counts[value]
+                MANAGED_RESOURCES.remove(*value)

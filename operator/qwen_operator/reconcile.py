@@ -512,10 +512,8 @@ def reconcile(body: dict[str, Any], api: KubeApi, config: OperatorConfig, capabi
         api.patch_status(kinds.QWEN_INFERENCE, owner.namespace, owner.name, new_status)
         result.status_written = True
         result.status = new_status
-        for condition in status_lib.condition_transitions(previous_status, new_status):
-            event = event_for(condition)
-            if event is not None:
-                post_event(*event)
+        for event in events_for(status_lib.condition_transitions(previous_status, new_status)):
+            post_event(*event)
     return result
 
 
@@ -633,14 +631,31 @@ def observe(owner: Owner, spec: QwenInferenceSpec, model: ResolvedModel | None, 
 
 
 def event_for(condition: dict[str, Any]) -> tuple[str, str, str] | None:
-    """The Event a condition transition deserves: Warnings for problems, Normal for recoveries."""
+    """The Event a condition transition deserves: a Warning for a problem, a Normal one for reaching Ready.
+
+    The steps of a normal start or rollout (ReplicasNotReady, ModelDownloading, RollingOut, ...) and the states a
+    user chose or expects (Monitoring Disabled or Configured, Autoscaling active) are in the status and get no
+    Event: at one Event per step, a fleet's rollout cost the API server more Event writes than child writes."""
     type_, status, reason, message = condition["type"], condition["status"], condition["reason"], condition["message"]
     if type_ == status_lib.READY:
-        return ("Normal" if status == "True" or reason in status_lib.PROGRESS_REASONS else "Warning", reason, message)
+        if status == "True":
+            return ("Normal", reason, message)
+        return None if reason in status_lib.PROGRESS_REASONS else ("Warning", reason, message)
     if type_ == status_lib.DEGRADED and status == "True":
         return ("Warning", reason, message)
     if type_ in (status_lib.MONITORING, status_lib.AUTOSCALING):
-        return ("Normal" if status == "True" else "Warning", reason, message)
+        return ("Warning", reason, message) if status == "False" and reason != "Disabled" else None
     if type_ == status_lib.ROUTING:
-        return ("Normal" if status == "True" or reason in status_lib.ROUTING_PROGRESS_REASONS else "Warning", reason, message)
+        return ("Warning", reason, message) if status == "False" and reason not in status_lib.ROUTING_PROGRESS_REASONS else None
     return None
+
+
+def events_for(transitions: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
+    """The Events of a status change's condition transitions, each (type, reason, message) once: a failure that
+    turns Ready False and Degraded True with the same words is one Warning, not two."""
+    events: list[tuple[str, str, str]] = []
+    for condition in transitions:
+        event = event_for(condition)
+        if event is not None and event not in events:
+            events.append(event)
+    return events

@@ -160,7 +160,7 @@ def _template_hash(pod: dict[str, Any]) -> str | None:
     return (pod.get("metadata", {}).get("labels") or {}).get("pod-template-hash")
 
 
-def _is_ready(pod: dict[str, Any]) -> bool:
+def is_ready(pod: dict[str, Any]) -> bool:
     return any(c.get("type") == "Ready" and c.get("status") == "True" for c in (pod.get("status") or {}).get("conditions", []))
 
 
@@ -186,7 +186,7 @@ def rollout_blocked_by_capacity(deployment: dict[str, Any] | None, pods: list[di
         message = _insufficient_resources(pod)
         if message is None:
             continue
-        old_ready = [p for p in live if _is_ready(p) and _template_hash(p) != _template_hash(pod)]
+        old_ready = [p for p in live if is_ready(p) and _template_hash(p) != _template_hash(pod)]
         if old_ready:
             return Problem(
                 "RolloutBlockedByCapacity",
@@ -303,7 +303,7 @@ def discoverable_engines(pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [
         pod for pod in pods
         if not pod["metadata"].get("deletionTimestamp") and (pod.get("status") or {}).get("podIP")
-        and (pod.get("status") or {}).get("phase") == "Running" and _is_ready(pod)
+        and (pod.get("status") or {}).get("phase") == "Running" and is_ready(pod)
     ]
 
 

@@ -8,6 +8,8 @@
 - add_after_quiet debounces a burst: the key runs once the burst has been quiet for `quiet`
   seconds, or `max_wait` after the burst began, whichever comes first. A storm of watch events
   for one resource then costs one or two runs, however long it lasts, and never waits unbounded.
+- add_lazily asks for a run within a delay unless one is queued already: for changes that only
+  need to be seen eventually, folded into whatever run comes first.
 
 process(key) returns normally on success and raises Retry (or any exception) to be run again.
 """
@@ -89,6 +91,29 @@ class WorkQueue(Generic[K]):
             self._sequence += 1
             heapq.heappush(self._heap, (due, self._sequence, key))
             self._cond.notify()
+
+    def add_lazily(self, key: K, delay: float) -> None:
+        """Queue key to run within delay seconds, unless a run of it is queued or due again already: that run
+        sees this change too. Never postpones a run; a later add or add_after_quiet may bring it sooner."""
+        due = self._clock() + delay
+        with self._cond:
+            if self._stopped:
+                return
+            if key in self._running:
+                self._again.setdefault(key, due)
+                return
+            if key in self._due:
+                return
+            self._debounced.add(key)  # like a burst's due time: a sooner add_after_quiet may replace it
+            self._due[key] = due
+            self._sequence += 1
+            heapq.heappush(self._heap, (due, self._sequence, key))
+            self._cond.notify()
+
+    def running(self, key: K) -> bool:
+        """Whether a worker runs key right now."""
+        with self._cond:
+            return key in self._running
 
     def forget(self, key: K) -> None:
         """The resource is gone: drop its backoff (a queued run still happens and finds it gone)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from qwen_operator.controller import rollout_just_completed
+from qwen_operator.controller import NOW, PROGRESS, SOON, child_event_urgency, rollout_just_completed
 
 
 def deployment(ready: int, replicas: int = 1, generation: int = 1, observed: int = 1, kind: str = "Deployment") -> dict:
@@ -25,3 +25,73 @@ def deployment(ready: int, replicas: int = 1, generation: int = 1, observed: int
 ])
 def test_rollout_just_completed(old, new, expected) -> None:
     assert rollout_just_completed(old, new) is expected
+
+
+def digested(obj: dict, digest: str = "d1") -> dict:
+    return {**obj, "_specDigest": digest}
+
+
+def pod(phase: str = "Pending", *, node: str = "", ready: bool = False, waiting: str = "", unschedulable: str = "", restarts: int = 0) -> dict:
+    conditions = [{"type": "Ready", "status": "True" if ready else "False"}]
+    if unschedulable:
+        conditions.append({"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": unschedulable})
+    state = {"waiting": {"reason": waiting}} if waiting else ({"running": {}} if phase == "Running" else {})
+    return {"kind": "Pod", "metadata": {"name": "q-abc"}, "spec": {"nodeName": node},
+            "status": {"phase": phase, "conditions": conditions,
+                       "containerStatuses": [{"name": "vllm", "ready": ready, "started": ready, "restartCount": restarts, "state": state}]}}
+
+
+def claim(phase: str | None, digest: str = "d1") -> dict:
+    return {"kind": "PersistentVolumeClaim", "metadata": {"name": "q-cache"}, "_specDigest": digest, "status": {"phase": phase} if phase else {}}
+
+
+FAILING = {**deployment(0), "status": {**deployment(0)["status"], "conditions": [{"type": "ReplicaFailure", "status": "True", "reason": "FailedCreate", "message": "quota"}]}}
+
+
+@pytest.mark.parametrize(("old", "new", "running", "expected"), [
+    (digested(deployment(0)), digested(deployment(1)), False, NOW),
+    # the steps of a rollout going as it should: folded into the next run
+    (digested(deployment(0, observed=0)), digested(deployment(0)), False, PROGRESS),
+    (None, pod(), False, PROGRESS),
+    (pod(), pod(node="n1"), False, PROGRESS),
+    (pod(node="n1"), pod("Running", node="n1", ready=True), False, PROGRESS),
+    (pod("Running", node="n1", ready=True), None, False, PROGRESS),
+    (claim("Pending"), claim("Bound"), False, PROGRESS),
+    (None, digested(deployment(0)), True, PROGRESS),  # the running reconcile's own apply, seen by the watch first
+    # what a user must hear of soon, or what the operator must repair
+    (None, digested(deployment(0)), False, SOON),  # a child appeared outside a run
+    (digested(deployment(0)), None, False, SOON),  # a child deleted: made again at once
+    (digested(deployment(0)), digested(deployment(0), "d2"), False, SOON),  # its spec changed: drift
+    (digested(deployment(0)), digested(FAILING), False, SOON),
+    (digested(FAILING), digested(deployment(0)), False, SOON),  # the failure cleared
+    (pod(), pod(unschedulable="0/3 nodes are available: 3 Insufficient nvidia.com/gpu."), False, SOON),
+    (pod("Running", node="n1"), pod("Running", node="n1", waiting="CrashLoopBackOff", restarts=3), False, SOON),
+    (pod("Running", node="n1", waiting="CrashLoopBackOff", restarts=3), pod("Running", node="n1", ready=True, restarts=3), False, SOON),
+    (pod(node="n1"), pod("Running", node="n1"), False, PROGRESS),  # loading the model on its first start: a step
+    (pod(), pod(unschedulable="0/3 nodes are available: pod has unbound immediate PersistentVolumeClaims."), False, PROGRESS),  # VolumePending
+    (pod("Running", node="n1", ready=True), pod("Running", node="n1"), False, SOON),  # a serving replica stopped serving
+    (digested(deployment(1)), digested(deployment(0)), False, SOON),  # the Deployment is no longer complete
+    (claim("Pending"), claim("Lost"), False, SOON),
+    (claim("Pending"), claim("Pending", "d2"), False, SOON),
+])
+def test_child_event_urgency(old, new, running, expected) -> None:
+    assert child_event_urgency(old, new, owner_running=running) == expected
+
+
+def test_the_managed_resources_gauge_moves_only_the_counts_a_change_touches() -> None:
+    from qwen_operator import metrics
+
+    def gauge() -> dict:
+        return {tuple(s.labels.values()): s.value for m in metrics.MANAGED_RESOURCES.collect() for s in m.samples}
+
+    metrics.set_resource_ready("gauge-test", "a", "False", "ReplicasNotReady")
+    metrics.set_resource_ready("gauge-test", "b", "False", "ReplicasNotReady")
+    before = gauge()
+    metrics.set_resource_ready("gauge-test", "a", "True", "Ready")
+    after = gauge()
+    assert after[("False", "ReplicasNotReady")] == before[("False", "ReplicasNotReady")] - 1
+    assert after[("True", "Ready")] == before.get(("True", "Ready"), 0) + 1
+    metrics.set_resource_ready("gauge-test", "a", None)
+    metrics.set_resource_ready("gauge-test", "b", None)
+    assert gauge().get(("True", "Ready"), 0) == before.get(("True", "Ready"), 0)
+    assert gauge().get(("False", "ReplicasNotReady"), 0) == before[("False", "ReplicasNotReady")] - 2

@@ -48,6 +48,16 @@ def test_store_of_the_operators_own_write_changes_the_revision_without_reporting
     assert len(changes) == 1
 
 
+def test_store_of_the_operators_own_write_keeps_a_newer_version_the_watch_delivered_first() -> None:
+    informer = Informer(None, kinds.POD, slim=slim_pod)  # type: ignore[arg-type]
+    informer._upsert(pod("7", "Running"))  # the watch was faster than the API's answer to the write of version 5
+    informer.store(pod("5", "Pending", labels={"written": "by-the-operator"}))
+    kept = informer.get("ns", "p")
+    assert kept["metadata"]["resourceVersion"] == "7" and kept["status"]["phase"] == "Running"
+    informer.store(pod("8", "Running", labels={"written": "by-the-operator"}))  # a newer answer replaces it
+    assert informer.get("ns", "p")["metadata"]["labels"] == {"written": "by-the-operator"}
+
+
 def claim(annotations: dict[str, str], volume_name: str | None, phase: str, modes: list[str]) -> dict:
     spec = {"accessModes": modes, "resources": {"requests": {"storage": "50Gi"}}, "storageClassName": "standard"}
     if volume_name:

@@ -10,7 +10,7 @@ from qwen_operator.builders.common import Owner
 from qwen_operator.catalog import resolve_model
 from qwen_operator.config import OperatorConfig
 from qwen_operator.reconcile import (
-    DESIRED_HASH_ANNOTATION, Capabilities, desired_children, event_for, hpa_handover, is_subset, owns_replicas, plan, with_desired_hash,
+    DESIRED_HASH_ANNOTATION, Capabilities, desired_children, event_for, events_for, hpa_handover, is_subset, owns_replicas, plan, with_desired_hash,
 )
 
 OWNER = Owner(name="chat", namespace="team-a", uid="uid-1", generation=3)
@@ -247,6 +247,45 @@ def test_an_unchanged_world_keeps_transition_times_and_is_not_a_change():
     assert set(transitions) == {"Ready", "Progressing", "Degraded"}
     assert transitions["Ready"]["lastTransitionTime"] == LATER
     assert event_for(transitions["Degraded"]) == ("Warning", "CrashLoop", transitions["Degraded"]["message"])
+
+
+def cond(type_, status, reason):
+    return {"type": type_, "status": status, "reason": reason, "message": f"{type_} {reason}"}
+
+
+@pytest.mark.parametrize(
+    "condition, expected",
+    [
+        (cond("Ready", "True", "Ready"), "Normal"),
+        (cond("Ready", "False", "ReplicasNotReady"), None),  # a step of a normal start: in the status, not an Event
+        (cond("Ready", "False", "ModelDownloading"), None),
+        (cond("Ready", "False", "RollingOut"), None),
+        (cond("Ready", "False", "CrashLoop"), "Warning"),
+        (cond("Ready", "False", "UnknownModel"), "Warning"),
+        (cond("Degraded", "True", "CrashLoop"), "Warning"),
+        (cond("Degraded", "False", "AsExpected"), None),
+        (cond("Monitoring", "False", "Disabled"), None),  # the user turned it off
+        (cond("Monitoring", "True", "Configured"), None),
+        (cond("Monitoring", "False", "PrometheusOperatorMissing"), "Warning"),
+        (cond("Autoscaling", "Unknown", "Pending"), None),
+        (cond("Autoscaling", "False", "FailedGetPodsMetric"), "Warning"),
+        (cond("Routing", "False", "NoEngineReady"), None),
+        (cond("Routing", "False", "RouterCrashLoop"), "Warning"),
+        (cond("Progressing", "True", "RollingOut"), None),
+    ],
+)
+def test_only_problems_and_reaching_ready_make_events(condition, expected):
+    event = event_for(condition)
+    assert (event[0] if event else None) == expected
+    if event is not None:
+        assert event[1:] == (condition["reason"], condition["message"])
+
+
+def test_a_failure_seen_by_ready_and_degraded_is_one_event():
+    failure = {"status": "False", "reason": "CrashLoop", "message": "pod p1 crashes"}
+    transitions = [{"type": "Ready", **failure}, {"type": "Progressing", **failure}, {"type": "Degraded", **failure, "status": "True"}]
+    assert events_for(transitions) == [("Warning", "CrashLoop", "pod p1 crashes")]
+    assert events_for([cond("Ready", "False", "ReplicasNotReady"), cond("Monitoring", "False", "Disabled")]) == []
 
 
 @pytest.mark.parametrize(

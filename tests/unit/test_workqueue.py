@@ -135,3 +135,31 @@ def test_a_plain_add_is_not_delayed_by_a_burst():
     assert wait_for(lambda: runs, 2)
     queue.stop()
     assert runs[0] - started < 0.5
+
+
+def test_a_lazy_add_runs_within_its_delay_folds_into_a_queued_run_and_never_postpones_one():
+    runs: list[tuple[str, float]] = []
+    queue = WorkQueue(lambda key: runs.append((key, time.monotonic())), workers=1)
+    queue.start()
+    started = time.monotonic()
+    queue.add_lazily("a", 0.3)
+    queue.add_lazily("a", 5.0)  # already queued sooner: nothing changes
+    assert wait_for(lambda: runs, 2)
+    assert 0.25 <= runs[0][1] - started < 1.0
+
+    runs.clear()
+    started = time.monotonic()
+    queue.add_after_quiet("b", quiet=0.2, max_wait=1.0)
+    queue.add_lazily("b", 5.0)  # a run is queued already: it sees this change too
+    assert wait_for(lambda: runs, 2)
+    assert runs[0][1] - started < 1.0
+    time.sleep(0.3)
+    assert len(runs) == 1
+
+    runs.clear()
+    started = time.monotonic()
+    queue.add_lazily("c", 5.0)
+    queue.add_after_quiet("c", quiet=0.2, max_wait=1.0)  # a change that needs judging soon brings the lazy run forward
+    assert wait_for(lambda: runs, 2)
+    queue.stop()
+    assert runs[0][1] - started < 1.0 and len(runs) == 1

@@ -81,8 +81,9 @@ class Informer:
     def store(self, obj: dict[str, Any]) -> None:
         """Puts an object the operator just wrote (the API's answer) into the cache at once, so the
         next reconcile does not act on the version before its own write. The watch event that
-        follows finds it unchanged and reports nothing."""
-        self._upsert(obj, notify=False)
+        follows finds it unchanged and reports nothing. A newer version the watch delivered first
+        (the Deployment controller's status, a moment after the write) is kept."""
+        self._upsert(obj, notify=False, unless_older=True)
 
     # Lifecycle
 
@@ -94,7 +95,7 @@ class Informer:
 
     # Internals
 
-    def _upsert(self, raw: dict[str, Any], notify: bool = True) -> None:
+    def _upsert(self, raw: dict[str, Any], notify: bool = True, unless_older: bool = False) -> None:
         if "kind" not in raw:  # a list's items carry no kind; slim may look at it
             raw = {**raw, "apiVersion": self.kind.api_version, "kind": self.kind.kind}
         obj = self.slim(raw)
@@ -103,6 +104,8 @@ class Informer:
         key = object_key(obj)
         with self._lock:
             old = self._objects.get(key)
+            if unless_older and old is not None and _older(obj, old):
+                return
             if old is not None and _without_version(old) == _without_version(obj):
                 obj[REVISION] = old[REVISION]
                 self._objects[key] = obj  # keep the newest resourceVersion, report nothing
@@ -201,3 +204,11 @@ class Informer:
 def _without_version(obj: dict[str, Any]) -> dict[str, Any]:
     meta = {k: v for k, v in obj["metadata"].items() if k != "resourceVersion"}
     return {**{k: v for k, v in obj.items() if k != REVISION}, "metadata": meta}
+
+
+def _older(obj: dict[str, Any], than: dict[str, Any]) -> bool:
+    """Whether obj is an older version of the same object than `than`. resourceVersions are opaque to clients,
+    but every API server in use gives etcd's revision, an integer that grows; anything else is never older."""
+    mine, theirs = obj["metadata"].get("resourceVersion", ""), than["metadata"].get("resourceVersion", "")
+    same_object = obj["metadata"].get("uid") == than["metadata"].get("uid")
+    return same_object and mine.isdigit() and theirs.isdigit() and int(mine) < int(theirs)
