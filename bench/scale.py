@@ -10,9 +10,10 @@ For each N it runs:
   Readiness is followed with a watch in both runs (a list polled at 1,000 objects would weigh on
   the cluster being measured).
 
-It starts its own local control plane (hack/cluster.sh with a private QWEN_CLUSTER_DIR and ports,
-fake GPU pools sized for N, no real node), stops it afterwards, and prints a table; the figures
-also go to bench/results/scale-<N>.json. Everything talks to 127.0.0.1 only.
+Each run (the floor, then the operator) gets a new local control plane of its own (hack/cluster.sh
+with a private QWEN_CLUSTER_DIR and ports, fake GPU pools sized for N, no real node), stopped
+afterwards. It prints a table; the figures also go to bench/results/scale-<N>.json. Everything
+talks to 127.0.0.1 only.
 
     .venv/bin/python bench/scale.py --counts 100,1000 [--steady 60]
 """
@@ -20,6 +21,7 @@ also go to bench/results/scale-<N>.json. Everything talks to 127.0.0.1 only.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import math
@@ -318,6 +320,24 @@ def fresh_namespace(core, name: str) -> str:
     return name
 
 
+@contextlib.contextmanager
+def fresh_cluster(env: dict[str, str]):
+    """A new local control plane (hack/cluster.sh with the benchmark's private directory and ports), the CRD
+    installed: (API client, kubeconfig path). Taken down afterwards, whatever happens."""
+    sh(str(REPO / "hack/cluster.sh"), "down", env=env)
+    try:
+        sh(str(REPO / "hack/cluster.sh"), "up", env=env)
+        kubeconfig = sh(str(REPO / "hack/cluster.sh"), "kubeconfig", env=env)
+        kubectl = str(REPO / ".venv/bin/kubectl")
+        sh(kubectl, "--kubeconfig", kubeconfig, "apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
+        sh(kubectl, "--kubeconfig", kubeconfig, "wait", "--for=condition=Established", "crd/qweninferences.inference.qwenops.io", "--timeout=60s")
+        api = config.new_client_from_config(config_file=kubeconfig)
+        api.configuration.connection_pool_maxsize = 8
+        yield api, kubeconfig
+    finally:
+        sh(str(REPO / "hack/cluster.sh"), "down", env=env)
+
+
 def main() -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally blocks: stop the operator, the cluster
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -332,30 +352,16 @@ def main() -> int:
     for count in counts:
         nodes = math.ceil(count / PODS_PER_NODE) + 1
         env = {**CLUSTER_ENV, "QWEN_GPU_POOLS": f"NVIDIA-L4:{nodes}", "QWEN_GPUS_PER_NODE": str(PODS_PER_NODE + 10)}
-        sh(str(REPO / "hack/cluster.sh"), "down", env=env)
-        sh(str(REPO / "hack/cluster.sh"), "up", env=env)
-        try:
-            kubeconfig = sh(str(REPO / "hack/cluster.sh"), "kubeconfig", env=env)
-            kubectl = str(REPO / ".venv/bin/kubectl")
-            sh(kubectl, "--kubeconfig", kubeconfig, "apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
-            sh(kubectl, "--kubeconfig", kubeconfig, "wait", "--for=condition=Established", "crd/qweninferences.inference.qwenops.io", "--timeout=60s")
-            api = config.new_client_from_config(config_file=kubeconfig)
-            api.configuration.connection_pool_maxsize = 8
-            core = client.CoreV1Api(api)
-            timeout = 120 + 1.0 * count
-            floor = None
-            if not args.no_floor:
-                floor = run_floor(api, fresh_namespace(core, f"floor-{count}"), count, timeout)
-                # The cluster must start the operator's run as idle as it started the floor's.
-                core.delete_namespace(f"floor-{count}")
-                deadline = time.monotonic() + timeout
-                while core.list_namespaced_pod(f"floor-{count}", limit=1).items and time.monotonic() < deadline:
-                    time.sleep(2)
-                time.sleep(10)
-            operator = run_operator(api, kubeconfig, fresh_namespace(core, f"operator-{count}"), count, timeout, args.steady, args.resync,
+        timeout = 120 + 1.0 * count
+        floor = None
+        if not args.no_floor:
+            # Each run gets a control plane of its own, made for it: a cluster still deleting the floor's 1,000
+            # Deployments, pods and volumes would bill that work to the operator's run (it did: up to 2x).
+            with fresh_cluster(env) as (api, kubeconfig):
+                floor = run_floor(api, fresh_namespace(client.CoreV1Api(api), f"floor-{count}"), count, timeout)
+        with fresh_cluster(env) as (api, kubeconfig):
+            operator = run_operator(api, kubeconfig, fresh_namespace(client.CoreV1Api(api), f"operator-{count}"), count, timeout, args.steady, args.resync,
                                     schedule=floor.pop("created_at_s") if floor else None)
-        finally:
-            sh(str(REPO / "hack/cluster.sh"), "down", env=env)
         row = {"count": count, "floor": floor, "operator": operator}
         (RESULTS / f"scale-{count}{'-no-floor' if floor is None else ''}.json").write_text(json.dumps(row, indent=1) + "\n")
         rows.append(row)

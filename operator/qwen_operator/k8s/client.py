@@ -18,7 +18,7 @@ import orjson
 import urllib3
 from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
-from kubernetes.client.rest import ApiException
+from kubernetes.client.rest import ApiException, RESTResponse
 
 # The verbs of KubeApi that change the cluster, as counted in qwen_operator_api_requests_total.
 WRITE_VERBS = frozenset({"apply", "create", "delete", "patch", "patch_scale", "patch_status", "replace"})
@@ -121,14 +121,18 @@ class KubeApi:
         headers = {"Accept": accept or "application/json", "Content-Type": content_type}
         status = 0
         try:
-            serialized = self._api.param_serialize(method, path, query_params=query or [], header_params=headers, body=body, auth_settings=["BearerToken"])
-            method_, url, headers_, body_, _ = serialized
-            response = self._api.call_api(method_, url, headers_, body_, _request_timeout=self._timeout)
+            # The official client builds the URL and the authentication headers (a refreshed token in a pod); the
+            # body goes out, and the answer comes back, through orjson: the client's own walk and json of every
+            # manifest was a tenth of the operator's CPU at 1,000 resources.
+            method_, url, headers_, _, _ = self._api.param_serialize(method, path, query_params=query or [], header_params=headers, auth_settings=["BearerToken"])
+            response = RESTResponse(self._api.rest_client.pool_manager.request(
+                method_, url, body=orjson.dumps(body) if body is not None else None, headers=headers_,
+                timeout=urllib3.Timeout(total=self._timeout), preload_content=False))
             response.read()
             status = response.status
             if status >= 400:
                 raise ApiException(http_resp=response)
-            return json.loads(response.data) if response.data else None
+            return orjson.loads(response.data) if response.data else None
         except ApiException as error:
             status = error.status or 0
             raise _as_kube_error(error) from None
