@@ -155,6 +155,14 @@ class ReadyWatch:
         return dict(self.ready_at)
 
 
+def events_by_reason(api, namespace: str) -> dict[str, int]:
+    """The namespace's Events by reason, once at the end of a run (FailedScheduling: pods the scheduler tried again)."""
+    counts: dict[str, int] = {}
+    for event in client.CoreV1Api(api).list_namespaced_event(namespace).items:
+        counts[event.reason or ""] = counts.get(event.reason or "", 0) + (event.count or 1)
+    return dict(sorted(counts.items()))
+
+
 def deployment_ready(item: dict) -> bool:
     return ((item.get("status") or {}).get("readyReplicas") or 0) >= 1
 
@@ -213,7 +221,7 @@ def run_floor(api, namespace: str, count: int, timeout: float) -> dict:
     return {"ready": len(ready_at), "all_ready_s": max(ready_at.values()) - start if len(ready_at) == count else float("nan"),
             "created_at_s": [round(created[n] - start, 3) for n in names],
             "p50_s": statistics.median(latencies) if latencies else float("nan"), "p95_s": percentile(latencies, 0.95), "p99_s": percentile(latencies, 0.99),
-            "cpu_seconds_by_process": cpu}
+            "cpu_seconds_by_process": cpu, "events_by_reason": events_by_reason(api, namespace)}
 
 
 def run_operator(api, kubeconfig: str, namespace: str, count: int, timeout: float, steady_seconds: float, resync: float,
@@ -262,6 +270,7 @@ def run_operator(api, kubeconfig: str, namespace: str, count: int, timeout: floa
         all_ready = max(ready_at.values()) - start if len(ready_at) == count else float("nan")
         components = cpu_spent(components_before, {**component_cpu(CLUSTER_ENV["QWEN_CLUSTER_DIR"]), "operator": cpu_seconds(pid)})
         components["operator"] = round(cpu_seconds(pid) - cpu_before, 1)
+        events = events_by_reason(api, namespace)
         time.sleep(5)  # the last events drain
         converged, cpu_converged = scrape(port), cpu_seconds(pid)
         rss_converged = rss_mib(pid)
@@ -299,7 +308,7 @@ def run_operator(api, kubeconfig: str, namespace: str, count: int, timeout: floa
             "steady_seconds": steady_wall, "steady_reconciles": steady_reconciles,
             "steady_reads_per_minute": 60 * reads / steady_wall, "steady_writes_per_minute": 60 * writes / steady_wall,
             "steady_cpu_fraction": steady_cpu / steady_wall,
-            "cpu_seconds_by_process": components,
+            "cpu_seconds_by_process": components, "events_by_reason": events,
         }
     finally:
         os.killpg(operator.pid, signal.SIGTERM)

@@ -56,8 +56,12 @@ CACHE_SYNC_RETRY_SECONDS = 0.5
 # How a child's or pod's event queues its owner (child_event_urgency): at once, after its burst (SOON), or
 # folded into the next run within PROGRESS_WAIT (PROGRESS: a normal step of a rollout, which changes only counts
 # in the status; its end, the rollout complete, is judged at once).
-NOW, SOON, PROGRESS = "now", "soon", "progress"
+NOW, SOON, PROGRESS, IGNORE = "now", "soon", "progress", "ignore"
 PROGRESS_WAIT = 30.0
+# Children whose status the reconcile never reads: a change of their status alone (a PodDisruptionBudget's
+# healthy count, a Service's load balancer) cannot move the verdict.
+STATUS_UNREAD_KINDS = frozenset({"Service", "ConfigMap", "PodDisruptionBudget", "NetworkPolicy", "ServiceAccount", "Role", "RoleBinding",
+                                 "ServiceMonitor", "PrometheusRule"})
 
 
 class Controller:
@@ -145,15 +149,31 @@ class Controller:
     def _child_changed(self, owner: Key, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
         if not owner[1] or not self.serves(owner[0]):
             return
-        self._note_trigger(owner, (new or old or {}).get("kind") or "")
         urgency = child_event_urgency(old, new, owner_running=self.queue.running(owner))
         log.debug("%s/%s: %s %s changed: judged %s", *owner, (new or old or {}).get("kind"), (new or old or {}).get("metadata", {}).get("name"), urgency)
+        if urgency == IGNORE:
+            self._still_judged(owner, old, new)
+            return
+        self._note_trigger(owner, (new or old or {}).get("kind") or "")
         if urgency == NOW:
             self.queue.add(owner)  # the event that makes the resource Ready: judged now, not after the burst
         elif urgency == PROGRESS:
             self.queue.add_lazily(owner, PROGRESS_WAIT)
         else:
             self.queue.add_after_quiet(owner, CHILD_EVENT_QUIET, CHILD_EVENT_MAX_WAIT)
+
+    def _still_judged(self, owner: Key, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
+        """A change that cannot move the verdict: the owner's last run's inputs take the new revision, so the
+        resync does not run it for this change either."""
+        if old is None or new is None:
+            return
+        child_kind, child_name = new["kind"], new["metadata"]["name"]
+        with self._lock:
+            inputs = self.last_inputs.get(owner)
+            if inputs is None or (child_kind, child_name, old[REVISION]) not in inputs[3]:
+                return
+            children = (inputs[3] - {(child_kind, child_name, old[REVISION])}) | {(child_kind, child_name, new[REVISION])}
+            self.last_inputs[owner] = (*inputs[:3], children, *inputs[4:])
 
     def enqueue(self, namespace: str, name: str, delay: float = 0.0, trigger: str = "resource") -> None:
         self._note_trigger((namespace, name), trigger)
@@ -363,9 +383,10 @@ def child_event_urgency(old: dict[str, Any] | None, new: dict[str, Any] | None, 
     its failure cleared; a pod that was ready and is not, or that crash-loops or cannot be scheduled, or no longer
     does; a claim neither pending nor bound.
     PROGRESS: the steps of a start or rollout going as it should: a Deployment's counts, a pod appearing, waiting
-    for its volume, downloading or loading the model, becoming ready or going away, a claim bound, a child that
-    appears while its owner's run is in progress (that run's own apply, which the watch delivered before the
-    API's answer). Judged within PROGRESS_WAIT, or by any earlier run; the status shows the step by then."""
+    for its volume, downloading or loading the model, becoming ready or going away, a child that appears while its
+    owner's run is in progress (that run's own apply, which the watch delivered before the API's answer). Judged
+    within PROGRESS_WAIT, or by any earlier run; the status shows the step by then.
+    IGNORE: a change of a child's status the verdict does not read (a claim bound, a Service's or PDB's status)."""
     if rollout_just_completed(old, new):
         return NOW
     obj = new or old or {}
@@ -384,7 +405,13 @@ def child_event_urgency(old: dict[str, Any] | None, new: dict[str, Any] | None, 
         failing = status_lib.deployment_failure(old) is not None or status_lib.deployment_failure(new) is not None
         return SOON if no_longer_complete or failing else PROGRESS
     if kind == "PersistentVolumeClaim":
-        return PROGRESS if ((new.get("status") or {}).get("phase") or "Pending") in ("Pending", "Bound") else SOON
+        # The status reads a claim only for why it stays Pending (cache_claim_problem); its binding steps are otherwise
+        # invisible (pods waiting for it say so themselves).
+        if status_lib.cache_claim_problem(old, None, []) == status_lib.cache_claim_problem(new, None, []):
+            return IGNORE
+        return SOON
+    if kind in STATUS_UNREAD_KINDS:
+        return IGNORE
     return SOON
 
 

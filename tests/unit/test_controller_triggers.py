@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from qwen_operator.controller import NOW, PROGRESS, SOON, child_event_urgency, rollout_just_completed
+from qwen_operator.controller import IGNORE, NOW, PROGRESS, SOON, child_event_urgency, rollout_just_completed
 
 
 def deployment(ready: int, replicas: int = 1, generation: int = 1, observed: int = 1, kind: str = "Deployment") -> dict:
@@ -45,6 +45,8 @@ def claim(phase: str | None, digest: str = "d1") -> dict:
     return {"kind": "PersistentVolumeClaim", "metadata": {"name": "q-cache"}, "_specDigest": digest, "status": {"phase": phase} if phase else {}}
 
 
+RWX_PENDING_ON_A_DISK = {"kind": "PersistentVolumeClaim", "_specDigest": "d1", "spec": {"accessModes": ["ReadWriteMany"]}, "status": {"phase": "Pending"},
+                         "metadata": {"name": "q-cache", "annotations": {"volume.kubernetes.io/storage-provisioner": "ebs.csi.aws.com"}}}
 FAILING = {**deployment(0), "status": {**deployment(0)["status"], "conditions": [{"type": "ReplicaFailure", "status": "True", "reason": "FailedCreate", "message": "quota"}]}}
 
 
@@ -56,7 +58,13 @@ FAILING = {**deployment(0), "status": {**deployment(0)["status"], "conditions": 
     (pod(), pod(node="n1"), False, PROGRESS),
     (pod(node="n1"), pod("Running", node="n1", ready=True), False, PROGRESS),
     (pod("Running", node="n1", ready=True), None, False, PROGRESS),
-    (claim("Pending"), claim("Bound"), False, PROGRESS),
+    # what the verdict does not read: nothing runs (the resync's record takes the new revision)
+    (claim("Pending"), claim("Bound"), False, IGNORE),
+    (claim("Pending"), claim("Lost"), False, IGNORE),
+    ({**digested({"kind": "Service", "metadata": {"name": "q"}}), "status": {}},
+     {**digested({"kind": "Service", "metadata": {"name": "q"}}), "status": {"loadBalancer": {"ingress": [{"ip": "192.0.2.1"}]}}}, False, IGNORE),
+    (digested({"kind": "PodDisruptionBudget", "metadata": {"name": "q"}, "status": {"currentHealthy": 1}}),
+     digested({"kind": "PodDisruptionBudget", "metadata": {"name": "q"}, "status": {"currentHealthy": 2}}), False, IGNORE),
     (None, digested(deployment(0)), True, PROGRESS),  # the running reconcile's own apply, seen by the watch first
     # what a user must hear of soon, or what the operator must repair
     (None, digested(deployment(0)), False, SOON),  # a child appeared outside a run
@@ -71,8 +79,8 @@ FAILING = {**deployment(0), "status": {**deployment(0)["status"], "conditions": 
     (pod(), pod(unschedulable="0/3 nodes are available: pod has unbound immediate PersistentVolumeClaims."), False, PROGRESS),  # VolumePending
     (pod("Running", node="n1", ready=True), pod("Running", node="n1"), False, SOON),  # a serving replica stopped serving
     (digested(deployment(1)), digested(deployment(0)), False, SOON),  # the Deployment is no longer complete
-    (claim("Pending"), claim("Lost"), False, SOON),
     (claim("Pending"), claim("Pending", "d2"), False, SOON),
+    (RWX_PENDING_ON_A_DISK, {**RWX_PENDING_ON_A_DISK, "status": {"phase": "Bound"}}, False, SOON),  # CacheAccessModeUnsupported clears
 ])
 def test_child_event_urgency(old, new, running, expected) -> None:
     assert child_event_urgency(old, new, owner_running=running) == expected
