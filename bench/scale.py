@@ -283,6 +283,11 @@ def run_operator(api, kubeconfig: str, namespace: str, count: int, timeout: floa
                 labels = dict(part.split("=", 1) for part in name[name.index("{") + 1:-1].split(","))
                 label = f'{labels["verb"].strip(chr(34))} {labels["kind"].strip(chr(34))}'
                 by_request[label] = by_request.get(label, 0.0) + (value - base.get(name, 0.0)) / count
+        child_events = {}
+        for name, value in converged.items():
+            if name.startswith("qwen_operator_child_events_total{"):
+                labels = dict(part.split("=", 1) for part in name[name.index("{") + 1:-1].split(","))
+                child_events[f'{labels["kind"].strip(chr(34))} {labels["judged"].strip(chr(34))}'] = round((value - base.get(name, 0.0)) / count, 2)
         triggers = {name.split('trigger="')[1].rstrip('"}'): (value - base.get(name, 0.0)) / count
                     for name, value in converged.items() if name.startswith("qwen_operator_reconcile_triggers_total{")}
         # Steady state: nothing changes; the resync judges everything every `resync` seconds.
@@ -304,6 +309,7 @@ def run_operator(api, kubeconfig: str, namespace: str, count: int, timeout: floa
             "status_only_reconciles_per_resource": status_only / count,
             "reconciles_per_resource_by_trigger": {k: round(v, 2) for k, v in sorted(triggers.items()) if v},
             "requests_per_resource": requests / count,
+            "child_events_per_resource_by_kind_and_urgency": dict(sorted(child_events.items())),
             "requests_per_resource_by_verb_and_kind": {k: round(v, 2) for k, v in sorted(by_request.items()) if round(v, 2)},
             "steady_seconds": steady_wall, "steady_reconciles": steady_reconciles,
             "steady_reads_per_minute": 60 * reads / steady_wall, "steady_writes_per_minute": 60 * writes / steady_wall,

@@ -150,7 +150,7 @@ class Controller:
         if not owner[1] or not self.serves(owner[0]):
             return
         urgency = child_event_urgency(old, new, owner_running=self.queue.running(owner))
-        log.debug("%s/%s: %s %s changed: judged %s", *owner, (new or old or {}).get("kind"), (new or old or {}).get("metadata", {}).get("name"), urgency)
+        metrics.CHILD_EVENTS.labels((new or old or {}).get("kind") or "", urgency).inc()
         if urgency == IGNORE:
             self._still_judged(owner, old, new)
             return

@@ -23,6 +23,12 @@ STATUS_ONLY_RECONCILES = Counter(
     "qwen_operator_status_only_reconciles_total",
     "Reconciles that found every child as a previous run left it (but for its status), so built and compared nothing and only judged the status.",
 )
+CHILD_EVENTS = Counter(
+    "qwen_operator_child_events_total",
+    "Changes of children and pods seen by the watches, by kind and by how soon they had their owner judged: "
+    "now (a rollout completed), soon (drift, a problem), progress (a step of a rollout, within 30 s), ignore (nothing the verdict reads).",
+    ["kind", "judged"],
+)
 RESYNCS_UNCHANGED = Counter(
     "qwen_operator_resyncs_unchanged_total",
     "Resyncs that found a resource's inputs as its last run read them, so it was not run again (the verdict stands).",
