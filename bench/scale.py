@@ -84,6 +84,18 @@ def total(samples: dict[str, float], prefix: str, verbs: set[str] | None = None)
     return sum(v for k, v in samples.items() if k.startswith(prefix) and (verbs is None or any(f'verb="{x}"' in k for x in verbs)))
 
 
+def per_resource_by_labels(before: dict[str, float], after: dict[str, float], metric: str, labels: tuple[str, ...], count: int) -> dict[str, float]:
+    """How much a counter grew per resource, by the values of some of its labels ("apply Deployment"), rounded;
+    label sets that did not grow are left out."""
+    grown: dict[str, float] = {}
+    for name, value in after.items():
+        if name.startswith(metric + "{"):
+            found = dict(part.split("=", 1) for part in name[name.index("{") + 1:-1].split(","))
+            key = " ".join(found[label].strip('"') for label in labels)
+            grown[key] = grown.get(key, 0.0) + (value - before.get(name, 0.0)) / count
+    return {k: round(v, 2) for k, v in sorted(grown.items()) if round(v, 2)}
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))] if ordered else float("nan")
@@ -268,7 +280,7 @@ def run_operator(api, kubeconfig: str, namespace: str, count: int, timeout: floa
         finally:
             watch.__exit__()
         all_ready = max(ready_at.values()) - start if len(ready_at) == count else float("nan")
-        components = cpu_spent(components_before, {**component_cpu(CLUSTER_ENV["QWEN_CLUSTER_DIR"]), "operator": cpu_seconds(pid)})
+        components = cpu_spent(components_before, component_cpu(CLUSTER_ENV["QWEN_CLUSTER_DIR"]))
         components["operator"] = round(cpu_seconds(pid) - cpu_before, 1)
         events = events_by_reason(api, namespace)
         time.sleep(5)  # the last events drain
@@ -277,19 +289,9 @@ def run_operator(api, kubeconfig: str, namespace: str, count: int, timeout: floa
         reconciles = total(converged, "qwen_operator_reconciles_total{") - total(base, "qwen_operator_reconciles_total{")
         requests = total(converged, "qwen_operator_api_requests_total{") - total(base, "qwen_operator_api_requests_total{")
         status_only = total(converged, "qwen_operator_status_only_reconciles_total") - total(base, "qwen_operator_status_only_reconciles_total")
-        by_request = {}
-        for name, value in converged.items():
-            if name.startswith("qwen_operator_api_requests_total{"):
-                labels = dict(part.split("=", 1) for part in name[name.index("{") + 1:-1].split(","))
-                label = f'{labels["verb"].strip(chr(34))} {labels["kind"].strip(chr(34))}'
-                by_request[label] = by_request.get(label, 0.0) + (value - base.get(name, 0.0)) / count
-        child_events = {}
-        for name, value in converged.items():
-            if name.startswith("qwen_operator_child_events_total{"):
-                labels = dict(part.split("=", 1) for part in name[name.index("{") + 1:-1].split(","))
-                child_events[f'{labels["kind"].strip(chr(34))} {labels["judged"].strip(chr(34))}'] = round((value - base.get(name, 0.0)) / count, 2)
-        triggers = {name.split('trigger="')[1].rstrip('"}'): (value - base.get(name, 0.0)) / count
-                    for name, value in converged.items() if name.startswith("qwen_operator_reconcile_triggers_total{")}
+        by_request = per_resource_by_labels(base, converged, "qwen_operator_api_requests_total", ("verb", "kind"), count)
+        child_events = per_resource_by_labels(base, converged, "qwen_operator_child_events_total", ("kind", "judged"), count)
+        triggers = per_resource_by_labels(base, converged, "qwen_operator_reconcile_triggers_total", ("trigger",), count)
         # Steady state: nothing changes; the resync judges everything every `resync` seconds.
         cpu_steady_start, steady_start_wall = cpu_seconds(pid), time.monotonic()
         time.sleep(steady_seconds)
@@ -307,10 +309,10 @@ def run_operator(api, kubeconfig: str, namespace: str, count: int, timeout: floa
             "cpu_ms_per_resource": 1000 * (cpu_converged - cpu_before) / count,
             "reconciles_per_resource": reconciles / count, "requests_per_reconcile": requests / max(reconciles, 1),
             "status_only_reconciles_per_resource": status_only / count,
-            "reconciles_per_resource_by_trigger": {k: round(v, 2) for k, v in sorted(triggers.items()) if v},
+            "reconciles_per_resource_by_trigger": triggers,
             "requests_per_resource": requests / count,
-            "child_events_per_resource_by_kind_and_urgency": dict(sorted(child_events.items())),
-            "requests_per_resource_by_verb_and_kind": {k: round(v, 2) for k, v in sorted(by_request.items()) if round(v, 2)},
+            "child_events_per_resource_by_kind_and_urgency": child_events,
+            "requests_per_resource_by_verb_and_kind": by_request,
             "steady_seconds": steady_wall, "steady_reconciles": steady_reconciles,
             "steady_reads_per_minute": 60 * reads / steady_wall, "steady_writes_per_minute": 60 * writes / steady_wall,
             "steady_cpu_fraction": steady_cpu / steady_wall,

@@ -149,12 +149,13 @@ class Controller:
     def _child_changed(self, owner: Key, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
         if not owner[1] or not self.serves(owner[0]):
             return
+        kind = (new or old or {}).get("kind") or ""
         urgency = child_event_urgency(old, new, owner_running=self.queue.running(owner))
-        metrics.CHILD_EVENTS.labels((new or old or {}).get("kind") or "", urgency).inc()
+        metrics.CHILD_EVENTS.labels(kind, urgency).inc()
         if urgency == IGNORE:
             self._still_judged(owner, old, new)
             return
-        self._note_trigger(owner, (new or old or {}).get("kind") or "")
+        self._note_trigger(owner, kind)
         if urgency == NOW:
             self.queue.add(owner)  # the event that makes the resource Ready: judged now, not after the burst
         elif urgency == PROGRESS:
@@ -400,8 +401,7 @@ def child_event_urgency(old: dict[str, Any] | None, new: dict[str, Any] | None, 
     if old is None or new is None or old.get(SPEC_DIGEST) != new.get(SPEC_DIGEST):
         return SOON
     if kind == "Deployment":
-        desired = (new.get("spec") or {}).get("replicas", 1)
-        no_longer_complete = status_lib.rollout_complete(old, desired) and not status_lib.rollout_complete(new, desired)
+        no_longer_complete = deployment_complete(old) and not deployment_complete(new)
         failing = status_lib.deployment_failure(old) is not None or status_lib.deployment_failure(new) is not None
         return SOON if no_longer_complete or failing else PROGRESS
     if kind == "PersistentVolumeClaim":
@@ -415,14 +415,16 @@ def child_event_urgency(old: dict[str, Any] | None, new: dict[str, Any] | None, 
     return SOON
 
 
+def deployment_complete(deployment: dict[str, Any] | None) -> bool:
+    """A Deployment whose status says that its current spec runs on every replica it asks for."""
+    if deployment is None or deployment.get("kind") != "Deployment":
+        return False
+    return status_lib.rollout_complete(deployment, (deployment.get("spec") or {}).get("replicas", 1))
+
+
 def rollout_just_completed(old: dict[str, Any] | None, new: dict[str, Any] | None) -> bool:
     """A Deployment whose status now says, and before did not, that its current spec runs on every replica."""
-    def complete(deployment: dict[str, Any] | None) -> bool:
-        if deployment is None or deployment.get("kind") != "Deployment":
-            return False
-        return status_lib.rollout_complete(deployment, (deployment.get("spec") or {}).get("replicas", 1))
-
-    return complete(new) and not complete(old)
+    return deployment_complete(new) and not deployment_complete(old)
 
 
 def _what_matters(body: dict[str, Any]) -> tuple[Any, ...]:
