@@ -234,6 +234,15 @@ def listening(node: RealNode, address: str, port: int = API_PORT) -> bool:
         return s.connect_ex((node.check_address(address), port)) == 0
 
 
+def wait_for_service_to_route(node: RealNode, address: str, port: int = API_PORT, timeout: float = 30) -> float:
+    """Seconds until a Service address accepts connections. Ready says the pods are ready; the endpoints
+    controller and then kube-proxy (iptables, at most one sync a second) follow it, and until kube-proxy has
+    the endpoint its rule refuses the connection. A test that talks to a Service just after Ready waits here."""
+    started = time.monotonic()
+    wait_until(lambda: listening(node, address, port), timeout, f"the Service {address}:{port} to route to a ready pod", interval=0.2)
+    return time.monotonic() - started
+
+
 @dataclass
 class SteadyClients:
     """Threads that send completions to one address back to back and count what failed, and how."""

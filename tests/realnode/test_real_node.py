@@ -38,6 +38,7 @@ from realnode_support import (
     server_status,
     service_address,
     standin_spec,
+    wait_for_service_to_route,
     write_figure,
 )
 
@@ -127,6 +128,7 @@ def test_ready_comes_from_the_real_probes_after_the_model_loads(k8s, node, chat)
 
 def test_the_api_key_guards_v1_through_the_service_and_health_and_metrics_stay_open(k8s, node, chat):
     address = service_address(k8s, chat["namespace"], "chat")
+    write_figure("ready_to_service_routing_seconds", round(wait_for_service_to_route(node, address), 1))
     assert http_call(node, address, "GET", "/v1/models")[0] == 401
     status, body = http_call(node, address, "GET", "/v1/models", token=API_KEY)
     assert status == 200 and [m["id"] for m in json.loads(body)["data"]] == [SERVED_NAME]
@@ -200,6 +202,7 @@ def test_a_rolling_update_under_steady_load_fails_no_request(k8s, node, workspac
     wait_until(lambda: ready_condition(k8s, namespace, "rolling").get("status") == "True", 120, "rolling Ready with 2 replicas")
     old_pods = {p.metadata.uid for p in qwen_pods(k8s, namespace, "rolling")}
     address = service_address(k8s, namespace, "rolling")
+    wait_for_service_to_route(node, address)
     started = time.monotonic()
     with SteadyClients(node, address) as clients:
         time.sleep(2)

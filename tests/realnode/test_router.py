@@ -38,6 +38,7 @@ from realnode_support import (
     real_node_or_skip,
     service_address,
     standin_spec,
+    wait_for_service_to_route,
     write_figure,
 )
 
@@ -75,6 +76,7 @@ def routed(cluster, k8s, node, tmp_path_factory):
         create_qwen(k8s, namespace, NAME, spec)
         wait_until(lambda: condition(k8s, namespace, "Ready").get("status") == "True", 180,
                    f"{NAME} Ready; last: {condition(k8s, namespace, 'Ready')}; Routing: {condition(k8s, namespace, 'Routing')}")
+        wait_for_service_to_route(node, service_address(k8s, namespace, NAME))
         yield namespace
     finally:
         delete_qwen(k8s, namespace, NAME)
