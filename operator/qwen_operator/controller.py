@@ -12,8 +12,8 @@ watch-fed caches (cache.py) and runs the one reconcile; a steady state reads not
   appearing or clearing, once that burst of events has been quiet for CHILD_EVENT_QUIET (at most
   CHILD_EVENT_MAX_WAIT after it began); a normal step of a rollout (a Deployment's counts, a pod
   scheduled or started, a claim bound) within PROGRESS_WAIT, folded into any run that comes
-  first. A resource's start then costs two runs: the one that applies, and the one that finds it
-  Ready.
+  first (and within half the start's age once it is older: progress_wait). A resource's start then
+  costs two runs: the one that applies, and the one that finds it Ready.
 - The status a reconcile compares with is the one the operator last wrote, so a watch that has
   not yet delivered that write never causes a second one.
 
@@ -58,6 +58,10 @@ CACHE_SYNC_RETRY_SECONDS = 0.5
 # in the status; its end, the rollout complete, is judged at once).
 NOW, SOON, PROGRESS, IGNORE = "now", "soon", "progress", "ignore"
 PROGRESS_WAIT = 30.0
+# A long start's steps are judged less often as it goes on: within half its age so far (a start 4 minutes old
+# shows a step at most 2 minutes late), never sooner than PROGRESS_WAIT nor later than PROGRESS_MAX_WAIT.
+PROGRESS_MAX_WAIT = 120.0
+PROGRESS_WAIT_PER_SECOND_OF_START = 0.5
 # Children whose status the reconcile never reads: a change of their status alone (a PodDisruptionBudget's
 # healthy count, a Service's load balancer) cannot move the verdict.
 STATUS_UNREAD_KINDS = frozenset({"Service", "ConfigMap", "PodDisruptionBudget", "NetworkPolicy", "ServiceAccount", "Role", "RoleBinding",
@@ -83,6 +87,7 @@ class Controller:
         # and comparing them, and only judge the status.
         self.in_sync: dict[Key, tuple[Any, Any, dict[tuple[str, str], str]]] = {}
         self.last_run: dict[Key, float] = {}  # monotonic time each resource's last run ended
+        self.rollout_began: dict[Key, float] = {}  # monotonic time of the apply that began a start or rollout not yet Ready
         self.triggers: dict[Key, str] = {}  # what first queued each queued resource (the trigger metric)
         # Per resource: everything its last successful run read (reconcile_inputs). The resync runs a resource
         # again only when this differs, as a missed event would make it.
@@ -144,6 +149,7 @@ class Controller:
             self.in_sync.pop((namespace, name), None)
             self.last_run.pop((namespace, name), None)
             self.last_inputs.pop((namespace, name), None)
+            self.rollout_began.pop((namespace, name), None)
         self.forget(namespace, name)
 
     def _child_changed(self, owner: Key, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
@@ -159,7 +165,9 @@ class Controller:
         if urgency == NOW:
             self.queue.add(owner)  # the event that makes the resource Ready: judged now, not after the burst
         elif urgency == PROGRESS:
-            self.queue.add_lazily(owner, PROGRESS_WAIT)
+            with self._lock:
+                began = self.rollout_began.get(owner)
+            self.queue.add_lazily(owner, progress_wait(time.monotonic() - began if began is not None else 0.0))
         else:
             self.queue.add_after_quiet(owner, CHILD_EVENT_QUIET, CHILD_EVENT_MAX_WAIT)
 
@@ -290,6 +298,10 @@ class Controller:
                     self.in_sync[key] = (body["metadata"].get("generation"), caps, {**versions, **applied})
                 else:
                     self.in_sync.pop(key, None)
+                if result.ready[0] == "True":
+                    self.rollout_began.pop(key, None)
+                elif result.applied or result.recreated:
+                    self.rollout_began[key] = time.monotonic()
             outcome = result.outcome
             metrics.set_resource_ready(namespace, name, *result.ready)
             if result.applied or result.pruned or result.status_written:
@@ -374,6 +386,12 @@ def post_event(api: KubeApi, body: dict[str, Any], type_: str, reason: str, mess
         api.create(kinds.EVENT, meta["namespace"], event)
     except KubeError as error:
         log.warning("could not post event %s on %s/%s: %s", reason, meta["namespace"], meta["name"], error)
+
+
+def progress_wait(seconds_since_rollout_began: float) -> float:
+    """How soon a normal step of a start or rollout this old is judged (PROGRESS): PROGRESS_WAIT at first, then
+    half the start's age, at most PROGRESS_MAX_WAIT. Ready, when the rollout completes, is judged at once anyway."""
+    return min(PROGRESS_MAX_WAIT, max(PROGRESS_WAIT, seconds_since_rollout_began * PROGRESS_WAIT_PER_SECOND_OF_START))
 
 
 def child_event_urgency(old: dict[str, Any] | None, new: dict[str, Any] | None, owner_running: bool = False) -> str:

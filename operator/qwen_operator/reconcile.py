@@ -68,6 +68,7 @@ class CapabilityCache:
     def __init__(self, api: KubeApi, ttl: float = 30.0):
         self._api, self._ttl = api, ttl
         self._value: Capabilities | None = None
+        self._logged: Capabilities | None = None
         self._at = 0.0
 
     def forget(self) -> None:
@@ -77,7 +78,17 @@ class CapabilityCache:
     def get(self) -> Capabilities:
         if self._value is None or time.monotonic() - self._at > self._ttl:
             served = self._api.served_resources("monitoring.coreos.com/v1") or set()
-            self._value = Capabilities(prometheus_operator={"servicemonitors", "prometheusrules"} <= served)
+            found = Capabilities(prometheus_operator={"servicemonitors", "prometheusrules"} <= served)
+            if found != self._logged:
+                # A fact about the cluster, said once here: each resource's Monitoring condition says it too, but
+                # an Event per resource would repeat it a thousand times on a fleet.
+                if found.prometheus_operator:
+                    log.info("the monitoring.coreos.com/v1 API is served: ServiceMonitors and PrometheusRules are made")
+                else:
+                    log.warning("the monitoring.coreos.com/v1 API (Prometheus Operator CRDs) is not served: no ServiceMonitor or "
+                                "PrometheusRule is made, and Monitoring is False (PrometheusOperatorMissing) where the spec asks for them")
+                self._logged = found
+            self._value = found
             self._at = time.monotonic()
         return self._value
 
@@ -457,7 +468,6 @@ def reconcile(body: dict[str, Any], api: KubeApi, config: OperatorConfig, capabi
     rolling_out = spec is not None and model is not None and observation.blocking is None and not snapshot.children_in_sync
     if rolling_out:
         desired = keep_immutable_fields(desired_children(owner, spec, model, config, caps), live)
-        live += names_taken(api, owner, desired, live)
         actions = plan(desired, live, owner)
         if needs_reference_check(previous_status, owner.generation, bool(actions.apply)):
             observation.blocking = check_references(api, owner, spec, read_secrets=config.read_secrets)
@@ -466,12 +476,24 @@ def reconcile(body: dict[str, Any], api: KubeApi, config: OperatorConfig, capabi
                 rolling_out = False  # nothing is rolled out while a reference is missing
     live_by_key = {key(obj): obj for obj in live}
     if rolling_out:
-        observation.conflicts = actions.conflicts
-        if actions.conflicts:
-            result.outcome = "conflict"
+        desired_by_key = {key(obj): obj for obj in desired}
         for manifest in actions.apply:
             log.info("%s/%s: applying %s %s: %s", owner.namespace, owner.name, manifest["kind"], manifest["metadata"]["name"], actions.reasons[key(manifest)])
-            problem = apply_child(api, manifest, live_by_key.get(key(manifest)), spec, result, snapshot.remember)
+            current = live_by_key.get(key(manifest))
+            if current is None:
+                made, holder = create_child(api, manifest, result, snapshot.remember)
+                if made:
+                    continue
+                if holder is not None:
+                    # The name is held by an object the caches do not show: someone else's (a NameConflict, never
+                    # touched), or rarely this resource's own, made by a run the watch has not delivered yet.
+                    live_by_key[key(manifest)] = holder
+                    again = plan(keep_immutable_fields([desired_by_key[key(manifest)]], [holder]), [holder], owner)
+                    actions.conflicts.extend(again.conflicts)
+                    if not again.apply:
+                        continue
+                    manifest, current = again.apply[0], holder
+            problem = apply_child(api, manifest, current, spec, result, snapshot.remember)
             if problem is not None:
                 result.outcome = "apply_error"
                 result.retry_after = APPLY_RETRY_SECONDS
@@ -482,6 +504,9 @@ def reconcile(body: dict[str, Any], api: KubeApi, config: OperatorConfig, capabi
             log.info("%s/%s: deleting %s %s: %s", owner.namespace, owner.name, manifest["kind"], manifest["metadata"]["name"], actions.reasons[key(manifest)])
             api.delete(kind_of(manifest), owner.namespace, manifest["metadata"]["name"], manifest["metadata"].get("uid"))
             result.pruned.append("/".join(key(manifest)))
+        observation.conflicts = actions.conflicts
+        if actions.conflicts:
+            result.outcome = "conflict"
         result.in_sync = not (actions.apply or actions.delete or actions.conflicts)
         result.in_sync_once_applied = (bool(actions.apply) and not (actions.delete or actions.conflicts or result.recreated)
                                        and result.retry_after is None and len(result.written) == len(actions.apply))
@@ -536,10 +561,7 @@ def apply_child(api: KubeApi, manifest: dict[str, Any], live: dict[str, Any] | N
         # Hand replicas over before the apply that leaves them out, or they would reset to 1.
         api.apply(hpa_handover(live), field_manager=HPA_HANDOVER_MANAGER)
     def apply_and_record(done: list[str]) -> None:
-        written = api.apply(manifest)
-        done.append(f"{kind}/{name}")
-        result.written[(kind, name)] = written
-        remember(written)
+        record_written(result, done, api.apply(manifest), remember)
 
     try:
         apply_and_record(result.applied)
@@ -567,23 +589,35 @@ def apply_child(api: KubeApi, manifest: dict[str, Any], live: dict[str, Any] | N
     return status_lib.Problem("ApplyFailed", f"{kind} {name} could not be applied: {first_error.message}"[:1000])
 
 
-def names_taken(api: KubeApi, owner: Owner, desired: list[dict[str, Any]], live: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Objects without the operator's labels that hold the name of a desired child not listed as live.
+def create_child(api: KubeApi, manifest: dict[str, Any], result: ReconcileResult,
+                 remember: Callable[[dict[str, Any]], None]) -> tuple[bool, dict[str, Any] | None]:
+    """Makes a child the caches do not show, with an apply that can only create: an object that holds the name
+    (one without the operator's labels is invisible to its watches) is never changed by it. (True, None) when
+    made; else (False, the object that holds the name, read once), or (False, None) when nothing holds it and the
+    refusal was about the manifest: the caller's ordinary apply then reports it.
 
-    Only children not found by label are read (on creation, or when someone else made an object of
-    that name), so a steady state makes no extra reads.
-    """
-    listed = {key(obj) for obj in live}
-    found = []
-    for manifest in desired:
-        if key(manifest) in listed:
-            continue
-        obj = api.get(kind_of(manifest), owner.namespace, manifest["metadata"]["name"])
-        if obj is not None:
-            obj.setdefault("apiVersion", manifest["apiVersion"])
-            obj.setdefault("kind", manifest["kind"])
-            found.append(obj)
-    return found
+    One request where a read before each create took two, and no window between the read and the write."""
+    kind, name = key(manifest)
+    try:
+        written = api.apply(manifest, create_only=True)
+    except KubeError as error:
+        if error.transient:
+            raise
+        holder = api.get(kind_of(manifest), manifest["metadata"]["namespace"], name)
+        if holder is not None:
+            holder.setdefault("apiVersion", manifest["apiVersion"])
+            holder.setdefault("kind", kind)
+        return False, holder
+    record_written(result, result.applied, written, remember)
+    return True, None
+
+
+def record_written(result: ReconcileResult, done: list[str], written: dict[str, Any], remember: Callable[[dict[str, Any]], None]) -> None:
+    """A child as the API server answered its apply: in the run's result, and in the caches (remember)."""
+    kind, name = key(written)
+    done.append(f"{kind}/{name}")
+    result.written[(kind, name)] = written
+    remember(written)
 
 
 def observe(owner: Owner, spec: QwenInferenceSpec, model: ResolvedModel | None, caps: Capabilities,
@@ -625,9 +659,12 @@ def observe(owner: Owner, spec: QwenInferenceSpec, model: ResolvedModel | None, 
         observation.monitoring_condition = ("True", "Configured", "ServiceMonitor and PrometheusRule are applied")
     else:
         observation.monitoring_condition = (
-            "False", "PrometheusOperatorMissing",
+            "False", CLUSTER_WIDE_MONITORING_REASON,
             "the monitoring.coreos.com/v1 API (Prometheus Operator CRDs) is not served, so no ServiceMonitor or PrometheusRule was made; the rest works",
         )
+
+
+CLUSTER_WIDE_MONITORING_REASON = "PrometheusOperatorMissing"
 
 
 def event_for(condition: dict[str, Any]) -> tuple[str, str, str] | None:
@@ -635,7 +672,9 @@ def event_for(condition: dict[str, Any]) -> tuple[str, str, str] | None:
 
     The steps of a normal start or rollout (ReplicasNotReady, ModelDownloading, RollingOut, ...) and the states a
     user chose or expects (Monitoring Disabled or Configured, Autoscaling active) are in the status and get no
-    Event: at one Event per step, a fleet's rollout cost the API server more Event writes than child writes."""
+    Event: at one Event per step, a fleet's rollout cost the API server more Event writes than child writes.
+    Nor does a cluster without the Prometheus Operator: one fact for the whole fleet, which the operator's log
+    says once (CapabilityCache) and each resource's Monitoring condition says too."""
     type_, status, reason, message = condition["type"], condition["status"], condition["reason"], condition["message"]
     if type_ == status_lib.READY:
         if status == "True":
@@ -644,7 +683,7 @@ def event_for(condition: dict[str, Any]) -> tuple[str, str, str] | None:
     if type_ == status_lib.DEGRADED and status == "True":
         return ("Warning", reason, message)
     if type_ in (status_lib.MONITORING, status_lib.AUTOSCALING):
-        return ("Warning", reason, message) if status == "False" and reason != "Disabled" else None
+        return ("Warning", reason, message) if status == "False" and reason not in ("Disabled", CLUSTER_WIDE_MONITORING_REASON) else None
     if type_ == status_lib.ROUTING:
         return ("Warning", reason, message) if status == "False" and reason not in status_lib.ROUTING_PROGRESS_REASONS else None
     return None

@@ -17,6 +17,7 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from conftest import REPO, wait_until
+from qwen_operator.k8s.client import KubeApi, KubeError
 from qwen_resources import GROUP, PLURAL, VERSION, condition, create, events_for, get, live_pods, patch_spec, qwi, wait_condition, wait_ready
 
 pytestmark = pytest.mark.cluster
@@ -120,6 +121,29 @@ def test_objects_made_by_someone_else_are_never_adopted_changed_or_deleted(opera
     time.sleep(5)  # garbage collection would have run by now
     assert core.read_namespaced_service("taken", namespace).spec.selector == users_labels
     assert apps.read_namespaced_deployment("taken", namespace).metadata.uid == deployment.metadata.uid
+
+
+def test_an_apply_that_may_only_create_never_changes_an_existing_object(k8s, namespace):
+    """The operator makes a child its caches do not show with KubeApi.apply(create_only=True): on the real API
+    server it creates when the name is free, and is refused (409) without a change when anyone holds the name."""
+    api = KubeApi(k8s, "qwen-operator-test")
+    core = client.CoreV1Api(k8s)
+    users = core.create_namespaced_config_map(namespace, {"metadata": {"name": "users"}, "data": {"owner": "a person"}})
+
+    def config_map(name: str) -> dict:
+        return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "namespace": namespace}, "data": {"owner": "the operator"}}
+
+    with pytest.raises(KubeError) as refusal:
+        api.apply(config_map("users"), create_only=True)
+    assert refusal.value.status == 409 and not refusal.value.transient
+    after = core.read_namespaced_config_map("users", namespace)
+    assert after.data == {"owner": "a person"} and after.metadata.resource_version == users.metadata.resource_version
+
+    made = api.apply(config_map("made"), create_only=True)
+    assert made["data"] == {"owner": "the operator"} and made["metadata"]["resourceVersion"] != "1"
+    assert [(m["manager"], m["operation"]) for m in made["metadata"]["managedFields"]] == [("qwen-operator-test", "Apply")]
+    with pytest.raises(KubeError):  # and once made, not again
+        api.apply(config_map("made"), create_only=True)
 
 
 # 4. An empty API key disables authentication while reporting Ready.

@@ -77,3 +77,23 @@ def test_a_steady_state_makes_no_api_reads_and_no_writes(cluster, k8s, namespace
     finally:
         stop_operator(operator)
     assert "Traceback" not in operator.log_text()
+
+
+def test_making_a_resource_reads_no_child_by_name_and_applies_each_child_once(cluster, k8s, namespace, tmp_path):
+    """A child the caches do not show is made by an apply that can only create (refused if the name is taken):
+    no GET before it, one request per child."""
+    install_crds(cluster)
+    operator = start_operator(cluster, tmp_path / "operator.log", "--namespace", namespace, resync=3600)
+    try:
+        gets_before = operator.requests({"get"})
+        applies_before = operator.requests_by_kind({"apply"})
+        create(k8s, namespace, "fresh", {})
+        wait_ready(k8s, namespace, "fresh")
+        applies = {kind: n - applies_before.get(kind, 0.0) for kind, n in operator.requests_by_kind({"apply"}).items()}
+        assert operator.requests({"get"}) == gets_before, operator.requests_by_kind({"get"})
+        made = {kind: n for kind, n in applies.items() if n}
+        assert made and all(n == 1 for n in made.values()), made
+        assert {"Deployment", "Service", "PersistentVolumeClaim"} <= set(made), made
+    finally:
+        stop_operator(operator)
+    assert "Traceback" not in operator.log_text()

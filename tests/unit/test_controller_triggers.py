@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from qwen_operator.controller import IGNORE, NOW, PROGRESS, SOON, child_event_urgency, rollout_just_completed
+from qwen_operator.controller import IGNORE, NOW, PROGRESS, SOON, child_event_urgency, progress_wait, rollout_just_completed
 
 
 def deployment(ready: int, replicas: int = 1, generation: int = 1, observed: int = 1, kind: str = "Deployment") -> dict:
@@ -103,3 +103,8 @@ def test_the_managed_resources_gauge_moves_only_the_counts_a_change_touches() ->
     metrics.set_resource_ready("gauge-test", "b", None)
     assert gauge().get(("True", "Ready"), 0) == before.get(("True", "Ready"), 0)
     assert gauge().get(("False", "ReplicasNotReady"), 0) == before[("False", "ReplicasNotReady")] - 2
+
+
+@pytest.mark.parametrize("age, wait", [(0, 30.0), (10, 30.0), (60, 30.0), (90, 45.0), (200, 100.0), (240, 120.0), (3600, 120.0)])
+def test_a_long_starts_steps_are_judged_within_half_its_age_between_30_s_and_2_min(age, wait):
+    assert progress_wait(age) == wait

@@ -266,7 +266,8 @@ def cond(type_, status, reason):
         (cond("Degraded", "False", "AsExpected"), None),
         (cond("Monitoring", "False", "Disabled"), None),  # the user turned it off
         (cond("Monitoring", "True", "Configured"), None),
-        (cond("Monitoring", "False", "PrometheusOperatorMissing"), "Warning"),
+        (cond("Monitoring", "False", "PrometheusOperatorMissing"), None),  # the cluster's, not the resource's: logged once
+        (cond("Monitoring", "False", "ApplyFailed"), "Warning"),
         (cond("Autoscaling", "Unknown", "Pending"), None),
         (cond("Autoscaling", "False", "FailedGetPodsMetric"), "Warning"),
         (cond("Routing", "False", "NoEngineReady"), None),

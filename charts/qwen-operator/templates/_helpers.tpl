@@ -75,8 +75,8 @@ It renders a YAML list with a leading newline: use it as `... | trim | nindent 2
   resources: ["qweninferences/finalizers"]
   verbs: ["update"]
 # The children: listed and watched by the operator's caches (label selector managed-by), applied,
-# pruned; read by name before the first apply (an object of that name made by someone else is a
-# NameConflict, never taken over); a cache claim the spec names is read by name.
+# pruned; made by an apply that can only create, and read by name when it is refused (an object of
+# that name made by someone else is a NameConflict, never taken over); a cache claim the spec names is read by name.
 - apiGroups: ["apps"]
   resources: ["deployments"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]

@@ -97,6 +97,9 @@ class KubeError(Exception):
 RequestObserver = Callable[[str, str, int], None]  # (verb, kind, http status)
 
 
+NO_STORED_OBJECT_HAS_THIS_VERSION = "1"
+
+
 class KubeApi:
     def __init__(self, api_client: k8s_client.ApiClient, field_manager: str, observe: RequestObserver | None = None, timeout: float = 30.0):
         self._api = api_client
@@ -211,10 +214,16 @@ class KubeApi:
     def field_manager(self) -> str:
         return self._field_manager
 
-    def apply(self, manifest: dict[str, Any], field_manager: str | None = None, force: bool = True) -> dict[str, Any]:
-        """Server-side apply, by default with forced ownership under the operator's field manager."""
+    def apply(self, manifest: dict[str, Any], field_manager: str | None = None, force: bool = True, create_only: bool = False) -> dict[str, Any]:
+        """Server-side apply, by default with forced ownership under the operator's field manager.
+
+        create_only: the apply may make the object but never change one that exists, whoever made it: it
+        carries a resourceVersion no stored object has (etcd's first write is revision 2), so the API server
+        refuses it with 409 Conflict when the name is taken, and ignores it when it creates the object."""
         kind = kind_of(manifest)
         meta = manifest["metadata"]
+        if create_only:
+            manifest = {**manifest, "metadata": {**meta, "resourceVersion": NO_STORED_OBJECT_HAS_THIS_VERSION}}
         query = [("fieldManager", field_manager or self._field_manager), ("force", "true" if force else "false")]
         return self._request("apply", kind, "PATCH", kind.path(meta.get("namespace"), meta["name"]), query,
                              body=manifest, content_type="application/apply-patch+yaml")
