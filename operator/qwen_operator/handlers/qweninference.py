@@ -28,7 +28,7 @@ from qwen_operator import metrics
 from qwen_operator.reconcile import CapabilityCache
 
 RESYNC_SECONDS = float(os.environ.get("QWEN_OPERATOR_RESYNC_SECONDS", "60"))
-WORKERS = int(os.environ.get("QWEN_OPERATOR_WORKERS", "8"))
+WORKERS = int(os.environ.get("QWEN_OPERATOR_WORKERS", "2"))
 
 log = logging.getLogger("qwen_operator")
 
