@@ -404,8 +404,9 @@ def child_event_urgency(old: dict[str, Any] | None, new: dict[str, Any] | None, 
     PROGRESS: the steps of a start or rollout going as it should: a Deployment's counts, a pod appearing, waiting
     for its volume, downloading or loading the model, becoming ready or going away, a child that appears while its
     owner's run is in progress (that run's own apply, which the watch delivered before the API's answer). Judged
-    within PROGRESS_WAIT, or by any earlier run; the status shows the step by then.
-    IGNORE: a change of a child's status the verdict does not read (a claim bound, a Service's or PDB's status)."""
+    within progress_wait, or by any earlier run; the status shows the step by then.
+    IGNORE: a change of a child's status the verdict does not read (a claim bound, a Service's or PDB's status, an
+    HPA's current metrics)."""
     if rollout_just_completed(old, new):
         return NOW
     obj = new or old or {}
@@ -422,6 +423,9 @@ def child_event_urgency(old: dict[str, Any] | None, new: dict[str, Any] | None, 
         no_longer_complete = deployment_complete(old) and not deployment_complete(new)
         failing = status_lib.deployment_failure(old) is not None or status_lib.deployment_failure(new) is not None
         return SOON if no_longer_complete or failing else PROGRESS
+    if kind == "HorizontalPodAutoscaler":
+        # Its current metrics move at every sync (15 s) under load; the status reads only what it decided.
+        return IGNORE if hpa_verdict(old) == hpa_verdict(new) else SOON
     if kind == "PersistentVolumeClaim":
         # The status reads a claim only for why it stays Pending (cache_claim_problem); its binding steps are otherwise
         # invisible (pods waiting for it say so themselves).
@@ -431,6 +435,13 @@ def child_event_urgency(old: dict[str, Any] | None, new: dict[str, Any] | None, 
     if kind in STATUS_UNREAD_KINDS:
         return IGNORE
     return SOON
+
+
+def hpa_verdict(hpa: dict[str, Any]) -> tuple[Any, ...]:
+    """What the status reads of an HPA's status: the replicas it wants and its conditions' words."""
+    status = hpa.get("status") or {}
+    conditions = tuple((c.get("type"), c.get("status"), c.get("reason"), c.get("message")) for c in status.get("conditions") or [])
+    return status.get("desiredReplicas"), conditions
 
 
 def deployment_complete(deployment: dict[str, Any] | None) -> bool:

@@ -15,12 +15,13 @@ from typing import Any
 from qwen_operator.api.models import QwenInferenceSpec
 from qwen_operator.builders import common
 from qwen_operator.builders.common import Owner
+from qwen_operator.builders.deployment import AGENT_CONTAINER_NAME
 from qwen_operator.catalog import ResolvedModel, gpu_memory_need
 
 READY, PROGRESSING, DEGRADED, AUTOSCALING, MONITORING = "Ready", "Progressing", "Degraded", "Autoscaling", "Monitoring"
 ROUTING = "Routing"
 SERVER_CONTAINER = "vllm"
-SIDECAR_CONTAINERS = ("health-agent",)  # init containers that keep running beside vLLM (builders/deployment.py)
+SIDECAR_CONTAINERS = (AGENT_CONTAINER_NAME,)  # init containers that keep running beside vLLM
 # A pod whose container restarted this often without becoming ready is called crash looping even
 # before the kubelet reports CrashLoopBackOff.
 CRASH_LOOP_RESTARTS = 3
@@ -116,7 +117,7 @@ def pod_problems(pods: list[dict[str, Any]]) -> tuple[Problem | None, Problem | 
                 crash = crash or Problem(
                     hang[0],
                     f"container {container['name']} in pod {name} was restarted by its deep health check ({hang[1]}); "
-                    f"see kubectl logs {name} -c health-agent and kubectl logs {name} -c {container['name']} --previous",
+                    f"see kubectl logs {name} -c {AGENT_CONTAINER_NAME} and kubectl logs {name} -c {container['name']} --previous",
                 )
             elif waiting.get("reason") == "CrashLoopBackOff" or (restarts >= CRASH_LOOP_RESTARTS and not container.get("ready")):
                 last = container.get("lastState", {}).get("terminated") or {}

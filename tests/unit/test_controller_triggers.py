@@ -45,6 +45,15 @@ def claim(phase: str | None, digest: str = "d1") -> dict:
     return {"kind": "PersistentVolumeClaim", "metadata": {"name": "q-cache"}, "_specDigest": digest, "status": {"phase": phase} if phase else {}}
 
 
+def hpa(desired: int, waiting: int, active: tuple[str, str] = ("True", "ValidMetricFound")) -> dict:
+    """An HPA on queue depth as the cache holds it: the replicas it wants, the average waiting it saw, its conditions."""
+    return digested({"kind": "HorizontalPodAutoscaler", "metadata": {"name": "q"}, "status": {
+        "desiredReplicas": desired, "currentReplicas": desired,
+        "currentMetrics": [{"type": "Pods", "pods": {"metric": {"name": "vllm:num_requests_waiting"}, "current": {"averageValue": str(waiting)}}}],
+        "conditions": [{"type": "AbleToScale", "status": "True", "reason": "ReadyForNewScale", "message": "recommended size matches current size"},
+                       {"type": "ScalingActive", "status": active[0], "reason": active[1], "message": "the HPA was able to calculate a replica count"}]}})
+
+
 RWX_PENDING_ON_A_DISK = {"kind": "PersistentVolumeClaim", "_specDigest": "d1", "spec": {"accessModes": ["ReadWriteMany"]}, "status": {"phase": "Pending"},
                          "metadata": {"name": "q-cache", "annotations": {"volume.kubernetes.io/storage-provisioner": "ebs.csi.aws.com"}}}
 FAILING = {**deployment(0), "status": {**deployment(0)["status"], "conditions": [{"type": "ReplicaFailure", "status": "True", "reason": "FailedCreate", "message": "quota"}]}}
@@ -65,6 +74,7 @@ FAILING = {**deployment(0), "status": {**deployment(0)["status"], "conditions": 
      {**digested({"kind": "Service", "metadata": {"name": "q"}}), "status": {"loadBalancer": {"ingress": [{"ip": "192.0.2.1"}]}}}, False, IGNORE),
     (digested({"kind": "PodDisruptionBudget", "metadata": {"name": "q"}, "status": {"currentHealthy": 1}}),
      digested({"kind": "PodDisruptionBudget", "metadata": {"name": "q"}, "status": {"currentHealthy": 2}}), False, IGNORE),
+    (hpa(2, 5), hpa(2, 9), False, IGNORE),  # the HPA's current metric moved; it still wants 2 replicas
     (None, digested(deployment(0)), True, PROGRESS),  # the running reconcile's own apply, seen by the watch first
     # what a user must hear of soon, or what the operator must repair
     (None, digested(deployment(0)), False, SOON),  # a child appeared outside a run
@@ -78,6 +88,8 @@ FAILING = {**deployment(0), "status": {**deployment(0)["status"], "conditions": 
     (pod(node="n1"), pod("Running", node="n1"), False, PROGRESS),  # loading the model on its first start: a step
     (pod(), pod(unschedulable="0/3 nodes are available: pod has unbound immediate PersistentVolumeClaims."), False, PROGRESS),  # VolumePending
     (pod("Running", node="n1", ready=True), pod("Running", node="n1"), False, SOON),  # a serving replica stopped serving
+    (hpa(2, 5), hpa(3, 9), False, SOON),  # the HPA wants another replica: the status's desiredReplicas
+    (hpa(2, 5), hpa(2, 5, active=("False", "FailedGetPodsMetric")), False, SOON),  # and its conditions: Autoscaling
     (digested(deployment(1)), digested(deployment(0)), False, SOON),  # the Deployment is no longer complete
     (claim("Pending"), claim("Pending", "d2"), False, SOON),
     (RWX_PENDING_ON_A_DISK, {**RWX_PENDING_ON_A_DISK, "status": {"phase": "Bound"}}, False, SOON),  # CacheAccessModeUnsupported clears
