@@ -14,9 +14,10 @@ scheduling and container state, nodes their GPU labels.
 from __future__ import annotations
 
 import hashlib
-import json
 import zlib
 from typing import Any, Callable
+
+import orjson
 
 from qwen_operator.builders.common import MANAGED_BY
 from qwen_operator.k8s import client as kinds
@@ -90,7 +91,7 @@ def slim_child(obj: dict[str, Any]) -> dict[str, Any]:
             slim[key] = obj[key]
     packed = {k: obj[k] for k in ("spec", "data", "rules", "subsets", "roleRef", "subjects") if k in obj}
     if packed:
-        slim[PACKED] = zlib.compress(json.dumps(packed, separators=(",", ":"), sort_keys=True).encode(), 1)
+        slim[PACKED] = zlib.compress(orjson.dumps(packed, option=orjson.OPT_SORT_KEYS), 1)
     if obj.get("status"):
         slim["status"] = _slim_deployment_status(obj["status"]) if obj.get("kind") == "Deployment" else obj["status"]
     # What the status reads without unpacking (a status-only run never unpacks): a Deployment's replicas and rollout
@@ -101,8 +102,8 @@ def slim_child(obj: dict[str, Any]) -> dict[str, Any]:
     if obj.get("kind") == "Deployment" or "replicas" in (obj.get("spec") or {}):
         slim[REPLICAS_MANAGERS] = _replicas_managers(obj["metadata"])
     digest = hashlib.blake2b(slim.get(PACKED, b""), digest_size=12)
-    digest.update(json.dumps([{k: v for k, v in slim["metadata"].items() if k != "resourceVersion"}, slim.get("spec"), slim.get(REPLICAS_MANAGERS),
-                              slim.get("apiVersion"), slim.get("kind")], sort_keys=True, separators=(",", ":")).encode())
+    digest.update(orjson.dumps([{k: v for k, v in slim["metadata"].items() if k != "resourceVersion"}, slim.get("spec"), slim.get(REPLICAS_MANAGERS),
+                                slim.get("apiVersion"), slim.get("kind")], option=orjson.OPT_SORT_KEYS))
     slim[SPEC_DIGEST] = digest.hexdigest()
     return slim
 
@@ -111,7 +112,7 @@ def expand(slim: dict[str, Any]) -> dict[str, Any]:
     """The child with its packed fields unpacked (a fresh dict: callers may change it)."""
     full = {k: v for k, v in slim.items() if k not in (PACKED, REVISION, SPEC_DIGEST)}
     if PACKED in slim:
-        full.update(json.loads(zlib.decompress(slim[PACKED])))
+        full.update(orjson.loads(zlib.decompress(slim[PACKED])))
     return full
 
 

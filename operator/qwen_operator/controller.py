@@ -12,8 +12,10 @@ watch-fed caches (cache.py) and runs the one reconcile; a steady state reads not
   appearing or clearing, once that burst of events has been quiet for CHILD_EVENT_QUIET (at most
   CHILD_EVENT_MAX_WAIT after it began); a normal step of a rollout (a Deployment's counts, a pod
   scheduled or started, a claim bound) within PROGRESS_WAIT, folded into any run that comes
-  first (and within half the start's age once it is older: progress_wait). A resource's start then
-  costs two runs: the one that applies, and the one that finds it Ready.
+  first (and within half the start's age once it is older: progress_wait). A child that appears
+  while its owner's run applies is that run's own create when its resourceVersion is what the run
+  wrote (the watch may deliver it before the API's answer): nothing more to judge. A resource's
+  start then costs two runs: the one that applies, and the one that finds it Ready.
 - The status a reconcile compares with is the one the operator last wrote, so a watch that has
   not yet delivered that write never causes a second one.
 
@@ -27,11 +29,12 @@ Failures are kept per resource:
 
 from __future__ import annotations
 
-import copy
 import logging
 import threading
 import time
 from typing import Any
+
+import orjson
 
 from qwen_operator import metrics
 from qwen_operator import status as status_lib
@@ -88,6 +91,10 @@ class Controller:
         self.in_sync: dict[Key, tuple[Any, Any, dict[tuple[str, str], str]]] = {}
         self.last_run: dict[Key, float] = {}  # monotonic time each resource's last run ended
         self.rollout_began: dict[Key, float] = {}  # monotonic time of the apply that began a start or rollout not yet Ready
+        # Children that appeared while their owner's run was applying (mostly that run's own creates, which the watch
+        # can deliver before the API's answer): (kind, name, resourceVersion), checked against the run's writes at its end.
+        self.running: set[Key] = set()
+        self.appeared_during_run: dict[Key, set[tuple[str, str, str]]] = {}
         self.triggers: dict[Key, str] = {}  # what first queued each queued resource (the trigger metric)
         # Per resource: everything its last successful run read (reconcile_inputs). The resync runs a resource
         # again only when this differs, as a missed event would make it.
@@ -131,9 +138,9 @@ class Controller:
 
     def observed(self, body: dict[str, Any]) -> None:
         """kopf saw this QwenInference (added, changed, listed): keep it, and queue it unless only its status changed."""
-        # A copy (kopf's nested dicts are its own), without the managedFields the reconcile never reads: they are
-        # most of a body's size, and a copy of every resource is kept.
-        body = copy.deepcopy({**body, "metadata": {k: v for k, v in body["metadata"].items() if k != "managedFields"}})
+        # A copy (kopf's nested dicts are its own; orjson's round trip is cheaper than deepcopy), without the
+        # managedFields the reconcile never reads: they are most of a body's size, and a copy of every resource is kept.
+        body = orjson.loads(orjson.dumps({**body, "metadata": {k: v for k, v in body["metadata"].items() if k != "managedFields"}}))
         meta = body["metadata"]
         key = (meta["namespace"], meta["name"])
         with self._lock:
@@ -156,6 +163,12 @@ class Controller:
         if not owner[1] or not self.serves(owner[0]):
             return
         kind = (new or old or {}).get("kind") or ""
+        if old is None and new is not None:
+            with self._lock:
+                if owner in self.running:
+                    self.appeared_during_run.setdefault(owner, set()).add((kind, new["metadata"]["name"], new["metadata"].get("resourceVersion", "")))
+                    metrics.CHILD_EVENTS.labels(kind, "during_run").inc()
+                    return
         urgency = child_event_urgency(old, new, owner_running=self.queue.running(owner))
         metrics.CHILD_EVENTS.labels(kind, urgency).inc()
         if urgency == IGNORE:
@@ -275,6 +288,7 @@ class Controller:
             caps = self.capabilities.get()
             reads_before = self.api.reads_by_this_thread()
             with self._lock:
+                self.running.add(key)
                 self.last_inputs.pop(key, None)
                 children_in_sync = self.in_sync.get(key) == (body["metadata"].get("generation"), caps, versions)
             snapshot = Snapshot(
@@ -286,6 +300,7 @@ class Controller:
             if children_in_sync:
                 metrics.STATUS_ONLY_RECONCILES.inc()
             result = reconcile(body, self.api, self.config, self.capabilities, lambda *event: post_event(self.api, body, *event), snapshot)
+            self._judge_what_appeared_during_run(key, result.written)
             with self._lock:
                 if result.status is not None:
                     self.statuses[key] = result.status
@@ -340,10 +355,25 @@ class Controller:
             raise Retry(str(error)) from None
         finally:
             with self._lock:
+                # A run that stopped before judging what appeared meanwhile is run again (retry) and sees it then.
+                self.running.discard(key)
+                self.appeared_during_run.pop(key, None)
                 if key in self.bodies:
                     self.last_run[key] = time.monotonic()
             metrics.RECONCILES.labels(outcome).inc()
             metrics.RECONCILE_DURATION.observe(time.monotonic() - started)
+
+    def _judge_what_appeared_during_run(self, key: Key, written: dict[tuple[str, str], dict[str, Any]]) -> None:
+        """A child that appeared while the run applied is judged like a progress step, unless it is exactly what the
+        run wrote (same resourceVersion): the run's own create, which it has recorded already. From here on, a child
+        that appears is judged as any event is."""
+        with self._lock:
+            self.running.discard(key)
+            appeared = self.appeared_during_run.pop(key, set())
+        others = not_written_by_the_run(appeared, written)
+        if others:
+            self._note_trigger(key, others[0][0])
+            self.queue.add_lazily(key, PROGRESS_WAIT)
 
     def _report(self, body: dict[str, Any] | None, reason: str, message: str) -> None:
         """Best effort: put a failure the reconcile itself could not record into the status."""
@@ -386,6 +416,13 @@ def post_event(api: KubeApi, body: dict[str, Any], type_: str, reason: str, mess
         api.create(kinds.EVENT, meta["namespace"], event)
     except KubeError as error:
         log.warning("could not post event %s on %s/%s: %s", reason, meta["namespace"], meta["name"], error)
+
+
+def not_written_by_the_run(appeared: set[tuple[str, str, str]], written: dict[tuple[str, str], dict[str, Any]]) -> list[tuple[str, str]]:
+    """Of the children that appeared during a run ((kind, name, resourceVersion)), those that are not exactly what
+    the run wrote, sorted."""
+    return sorted((kind, name) for kind, name, version in appeared
+                  if ((written.get((kind, name)) or {}).get("metadata") or {}).get("resourceVersion") != version)
 
 
 def progress_wait(seconds_since_rollout_began: float) -> float:

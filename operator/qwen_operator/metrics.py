@@ -26,7 +26,8 @@ STATUS_ONLY_RECONCILES = Counter(
 CHILD_EVENTS = Counter(
     "qwen_operator_child_events_total",
     "Changes of children and pods seen by the watches, by kind and by how soon they had their owner judged: "
-    "now (a rollout completed), soon (drift, a problem), progress (a step of a rollout, within 30 s), ignore (nothing the verdict reads).",
+    "now (a rollout completed), soon (drift, a problem), progress (a step of a rollout, within 30 s to 2 min), ignore (nothing the verdict "
+    "reads), during_run (appeared while the owner's run applied: judged at its end unless the run wrote it).",
     ["kind", "judged"],
 )
 RESYNCS_UNCHANGED = Counter(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from qwen_operator.controller import IGNORE, NOW, PROGRESS, SOON, child_event_urgency, progress_wait, rollout_just_completed
+from qwen_operator.controller import IGNORE, NOW, PROGRESS, SOON, child_event_urgency, not_written_by_the_run, progress_wait, rollout_just_completed
 
 
 def deployment(ready: int, replicas: int = 1, generation: int = 1, observed: int = 1, kind: str = "Deployment") -> dict:
@@ -120,3 +120,13 @@ def test_the_managed_resources_gauge_moves_only_the_counts_a_change_touches() ->
 @pytest.mark.parametrize("age, wait", [(0, 30.0), (10, 30.0), (60, 30.0), (90, 45.0), (200, 100.0), (240, 120.0), (3600, 120.0)])
 def test_a_long_starts_steps_are_judged_within_half_its_age_between_30_s_and_2_min(age, wait):
     assert progress_wait(age) == wait
+
+
+def test_a_child_that_appeared_during_its_owners_run_is_judged_unless_the_run_wrote_exactly_it():
+    written = {("Service", "q"): {"metadata": {"name": "q", "resourceVersion": "41"}},
+               ("Deployment", "q"): {"metadata": {"name": "q", "resourceVersion": "40"}}}
+    appeared = {("Service", "q", "41"),  # the run's own create, delivered by the watch before the API's answer
+                ("Deployment", "q", "39"),  # a version the run did not write
+                ("ConfigMap", "q-dashboard", "42")}  # a child the run did not write at all
+    assert not_written_by_the_run(appeared, written) == [("ConfigMap", "q-dashboard"), ("Deployment", "q")]
+    assert not_written_by_the_run({("Service", "q", "41")}, written) == []
