@@ -163,7 +163,7 @@ class Controller:
         if not owner[1] or not self.serves(owner[0]):
             return
         kind = (new or old or {}).get("kind") or ""
-        if old is None and new is not None:
+        if old is None and new is not None and kind != "Pod":  # a child the run may have created (pods it never does)
             with self._lock:
                 if owner in self.running:
                     self.appeared_during_run.setdefault(owner, set()).add((kind, new["metadata"]["name"], new["metadata"].get("resourceVersion", "")))
