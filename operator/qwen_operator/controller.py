@@ -91,9 +91,11 @@ class Controller:
         self.in_sync: dict[Key, tuple[Any, Any, dict[tuple[str, str], str]]] = {}
         self.last_run: dict[Key, float] = {}  # monotonic time each resource's last run ended
         self.rollout_began: dict[Key, float] = {}  # monotonic time of the apply that began a start or rollout not yet Ready
-        # Children that appeared while their owner's run was applying (mostly that run's own creates, which the watch
-        # can deliver before the API's answer): (kind, name, resourceVersion), checked against the run's writes at its end.
-        self.running: set[Key] = set()
+        # The resources whose run is between its start and the judgement of its writes (a narrower window than the
+        # queue's running(): it ends before the run's status bookkeeping), and the children that appeared in it
+        # (mostly that run's own creates, which the watch can deliver before the API's answer): (kind, name,
+        # resourceVersion), checked against the run's writes at its end.
+        self.applying: set[Key] = set()
         self.appeared_during_run: dict[Key, set[tuple[str, str, str]]] = {}
         self.triggers: dict[Key, str] = {}  # what first queued each queued resource (the trigger metric)
         # Per resource: everything its last successful run read (reconcile_inputs). The resync runs a resource
@@ -165,7 +167,7 @@ class Controller:
         kind = (new or old or {}).get("kind") or ""
         if old is None and new is not None and kind != "Pod":  # a child the run may have created (pods it never does)
             with self._lock:
-                if owner in self.running:
+                if owner in self.applying:
                     self.appeared_during_run.setdefault(owner, set()).add((kind, new["metadata"]["name"], new["metadata"].get("resourceVersion", "")))
                     metrics.CHILD_EVENTS.labels(kind, "during_run").inc()
                     return
@@ -288,7 +290,7 @@ class Controller:
             caps = self.capabilities.get()
             reads_before = self.api.reads_by_this_thread()
             with self._lock:
-                self.running.add(key)
+                self.applying.add(key)
                 self.last_inputs.pop(key, None)
                 children_in_sync = self.in_sync.get(key) == (body["metadata"].get("generation"), caps, versions)
             snapshot = Snapshot(
@@ -356,7 +358,7 @@ class Controller:
         finally:
             with self._lock:
                 # A run that stopped before judging what appeared meanwhile is run again (retry) and sees it then.
-                self.running.discard(key)
+                self.applying.discard(key)
                 self.appeared_during_run.pop(key, None)
                 if key in self.bodies:
                     self.last_run[key] = time.monotonic()
@@ -368,7 +370,7 @@ class Controller:
         run wrote (same resourceVersion): the run's own create, which it has recorded already. From here on, a child
         that appears is judged as any event is."""
         with self._lock:
-            self.running.discard(key)
+            self.applying.discard(key)
             appeared = self.appeared_during_run.pop(key, set())
         others = not_written_by_the_run(appeared, written)
         if others:
