@@ -10,12 +10,13 @@ watch-fed caches (cache.py) and runs the one reconcile; a steady state reads not
 - A child's or pod's event queues its owner by how much it can change the verdict
   (child_event_urgency): a completed rollout at once; a change of a child's spec, or a problem
   appearing or clearing, once that burst of events has been quiet for CHILD_EVENT_QUIET (at most
-  CHILD_EVENT_MAX_WAIT after it began); a normal step of a rollout (a Deployment's counts, a pod
-  scheduled or started, a claim bound) within PROGRESS_WAIT, folded into any run that comes
-  first (and within half the start's age once it is older: progress_wait). A child that appears
-  while its owner's run applies is that run's own create when its resourceVersion is what the run
-  wrote (the watch may deliver it before the API's answer): nothing more to judge. A resource's
-  start then costs two runs: the one that applies, and the one that finds it Ready.
+  CHILD_EVENT_MAX_WAIT after it began). The counts on the way (a Deployment's replicas, a pod
+  made, scheduled, started) run nothing: the next run shows them. A pod in a step a user waits on
+  (its volume binding, the model downloading or loading) runs nothing either, but stays unjudged:
+  the resync shows the step once it has lasted a resync period, unless a run came first. A child
+  that appears while its owner's run applies is that run's own create when its resourceVersion is
+  what the run wrote (the watch may deliver it before the API's answer): nothing more to judge. A
+  resource's start then costs two runs: the one that applies, and the one that finds it Ready.
 - The status a reconcile compares with is the one the operator last wrote, so a watch that has
   not yet delivered that write never causes a second one.
 
@@ -32,7 +33,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -56,19 +57,24 @@ PERSISTENT_FAILURES = 5  # transient failures in a row (about 15 s of backoff) b
 CHILD_EVENT_QUIET = 1.0
 CHILD_EVENT_MAX_WAIT = 10.0
 CACHE_SYNC_RETRY_SECONDS = 0.5
-# How a child's or pod's event queues its owner (child_event_urgency): at once, after its burst (SOON), or
-# folded into the next run within PROGRESS_WAIT (PROGRESS: a normal step of a rollout, which changes only counts
-# in the status; its end, the rollout complete, is judged at once).
-NOW, SOON, PROGRESS, IGNORE = "now", "soon", "progress", "ignore"
+# How a child's or pod's event queues its owner (child_event_urgency): at once, after its burst (SOON), folded into
+# the next run within PROGRESS_WAIT (PROGRESS), left for the resync to judge (STEP), or not at all (IGNORE).
+NOW, SOON, PROGRESS, STEP, IGNORE = "now", "soon", "progress", "step", "ignore"
 PROGRESS_WAIT = 30.0
-# A long start's steps are judged less often as it goes on: within half its age so far (a start 4 minutes old
-# shows a step at most 2 minutes late), never sooner than PROGRESS_WAIT nor later than PROGRESS_MAX_WAIT.
-PROGRESS_MAX_WAIT = 120.0
-PROGRESS_WAIT_PER_SECOND_OF_START = 0.5
 # Children whose status the reconcile never reads: a change of their status alone (a PodDisruptionBudget's
 # healthy count, a Service's load balancer) cannot move the verdict.
 STATUS_UNREAD_KINDS = frozenset({"Service", "ConfigMap", "PodDisruptionBudget", "NetworkPolicy", "ServiceAccount", "Role", "RoleBinding",
                                  "ServiceMonitor", "PrometheusRule"})
+
+
+class ReconcileInputs(NamedTuple):
+    """What a run read (Controller.reconcile_inputs): the same inputs give the same verdict."""
+    resource: tuple[Any, ...]  # _what_matters
+    annotations: tuple[tuple[str, str], ...]
+    capabilities: Any
+    children: frozenset[tuple[str, str, int]]  # (kind, name, content revision)
+    pods: frozenset[tuple[str, int]]  # (name, content revision)
+    node_labels: tuple[tuple[str, tuple[tuple[str, str], ...]], ...]  # the nodes its pods run on
 
 
 class Controller:
@@ -90,7 +96,6 @@ class Controller:
         # and comparing them, and only judge the status.
         self.in_sync: dict[Key, tuple[Any, Any, dict[tuple[str, str], str]]] = {}
         self.last_run: dict[Key, float] = {}  # monotonic time each resource's last run ended
-        self.rollout_began: dict[Key, float] = {}  # monotonic time of the apply that began a start or rollout not yet Ready
         # The resources whose run is between its start and the judgement of its writes (a narrower window than the
         # queue's running(): it ends before the run's status bookkeeping), and the children that appeared in it
         # (mostly that run's own creates, which the watch can deliver before the API's answer): (kind, name,
@@ -100,7 +105,7 @@ class Controller:
         self.triggers: dict[Key, str] = {}  # what first queued each queued resource (the trigger metric)
         # Per resource: everything its last successful run read (reconcile_inputs). The resync runs a resource
         # again only when this differs, as a missed event would make it.
-        self.last_inputs: dict[Key, tuple[Any, ...]] = {}
+        self.last_inputs: dict[Key, ReconcileInputs] = {}
         self._lock = threading.Lock()
         self.caches = ChildCaches(api, CHILD_KINDS, MONITORING_KINDS, self._child_changed, relist_seconds, namespaces=self.namespaces)
         self.resync_seconds = resync_seconds
@@ -158,7 +163,6 @@ class Controller:
             self.in_sync.pop((namespace, name), None)
             self.last_run.pop((namespace, name), None)
             self.last_inputs.pop((namespace, name), None)
-            self.rollout_began.pop((namespace, name), None)
         self.forget(namespace, name)
 
     def _child_changed(self, owner: Key, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
@@ -176,28 +180,40 @@ class Controller:
         if urgency == IGNORE:
             self._still_judged(owner, old, new)
             return
+        if urgency == STEP:
+            return  # left unjudged: the resync runs the owner if the pod is still in it a resync period after the last run
         self._note_trigger(owner, kind)
         if urgency == NOW:
             self.queue.add(owner)  # the event that makes the resource Ready: judged now, not after the burst
         elif urgency == PROGRESS:
-            with self._lock:
-                began = self.rollout_began.get(owner)
-            self.queue.add_lazily(owner, progress_wait(time.monotonic() - began if began is not None else 0.0))
+            self.queue.add_lazily(owner, PROGRESS_WAIT)
         else:
             self.queue.add_after_quiet(owner, CHILD_EVENT_QUIET, CHILD_EVENT_MAX_WAIT)
 
     def _still_judged(self, owner: Key, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
-        """A change that cannot move the verdict: the owner's last run's inputs take the new revision, so the
-        resync does not run it for this change either."""
-        if old is None or new is None:
-            return
-        child_kind, child_name = new["kind"], new["metadata"]["name"]
+        """A change the verdict need not show now: the owner's last run's inputs take the new revision, so the
+        resync does not run it for this change either. A pod's new revision replaces whichever of it was judged
+        (a step it passed through unjudged is over), and the labels of a node it was scheduled to join them."""
+        obj = new or old
+        assert obj is not None
+        kind, name = obj["kind"], obj["metadata"]["name"]
         with self._lock:
             inputs = self.last_inputs.get(owner)
-            if inputs is None or (child_kind, child_name, old[REVISION]) not in inputs[3]:
+            if inputs is None:
                 return
-            children = (inputs[3] - {(child_kind, child_name, old[REVISION])}) | {(child_kind, child_name, new[REVISION])}
-            self.last_inputs[owner] = (*inputs[:3], children, *inputs[4:])
+            if kind == "Pod":
+                pods = {pod: revision for pod, revision in inputs.pods if pod != name}
+                if new is not None:
+                    pods[name] = new[REVISION]
+                judged_labels = dict(inputs.node_labels)
+                nodes = {(p["spec"].get("nodeName") or "") for p in self.caches.pods_of(owner)} - {""}
+                node_labels = tuple((node, judged_labels[node] if node in judged_labels else self._node_labels(node)) for node in sorted(nodes))
+                self.last_inputs[owner] = inputs._replace(pods=frozenset(pods.items()), node_labels=node_labels)
+                return
+            if old is None or new is None or (kind, name, old[REVISION]) not in inputs.children:
+                return
+            children = (inputs.children - {(kind, name, old[REVISION])}) | {(kind, name, new[REVISION])}
+            self.last_inputs[owner] = inputs._replace(children=children)
 
     def enqueue(self, namespace: str, name: str, delay: float = 0.0, trigger: str = "resource") -> None:
         self._note_trigger((namespace, name), trigger)
@@ -250,18 +266,19 @@ class Controller:
             return False
         return last_inputs == self.reconcile_inputs(key, body, caps if caps is not None else self.capabilities.get())
 
-    def reconcile_inputs(self, key: Key, body: dict[str, Any], caps: Any) -> tuple[Any, ...]:
+    def reconcile_inputs(self, key: Key, body: dict[str, Any], caps: Any) -> ReconcileInputs:
         """Everything a reconcile of this resource reads: its spec and annotations, the cluster's
         capabilities, the content revision of each child and pod, and the labels of the nodes its pods run on."""
         children = frozenset((c["kind"], c["metadata"]["name"], c[REVISION]) for c in self.caches.children_of(key, packed=True))
         pods = self.caches.pods_of(key)
         pod_versions = frozenset((p["metadata"]["name"], p[REVISION]) for p in pods)
-        node_labels = []
-        for node_name in sorted({p["spec"].get("nodeName") or "" for p in pods} - {""}):
-            node = self.caches.node(node_name)
-            node_labels.append((node_name, tuple(sorted(((node or {}).get("metadata", {}).get("labels") or {}).items()))))
+        node_labels = tuple((node, self._node_labels(node)) for node in sorted({p["spec"].get("nodeName") or "" for p in pods} - {""}))
         annotations = tuple(sorted((body["metadata"].get("annotations") or {}).items()))
-        return _what_matters(body), annotations, caps, children, pod_versions, tuple(node_labels)
+        return ReconcileInputs(_what_matters(body), annotations, caps, children, pod_versions, node_labels)
+
+    def _node_labels(self, node_name: str) -> tuple[tuple[str, str], ...]:
+        node = self.caches.node(node_name)
+        return tuple(sorted(((node or {}).get("metadata", {}).get("labels") or {}).items()))
 
     # One run
 
@@ -315,10 +332,6 @@ class Controller:
                     self.in_sync[key] = (body["metadata"].get("generation"), caps, {**versions, **applied})
                 else:
                     self.in_sync.pop(key, None)
-                if result.ready[0] == "True":
-                    self.rollout_began.pop(key, None)
-                elif result.applied or result.recreated:
-                    self.rollout_began[key] = time.monotonic()
             outcome = result.outcome
             metrics.set_resource_ready(namespace, name, *result.ready)
             if result.applied or result.pruned or result.status_written:
@@ -427,12 +440,6 @@ def not_written_by_the_run(appeared: set[tuple[str, str, str]], written: dict[tu
                   if ((written.get((kind, name)) or {}).get("metadata") or {}).get("resourceVersion") != version)
 
 
-def progress_wait(seconds_since_rollout_began: float) -> float:
-    """How soon a normal step of a start or rollout this old is judged (PROGRESS): PROGRESS_WAIT at first, then
-    half the start's age, at most PROGRESS_MAX_WAIT. Ready, when the rollout completes, is judged at once anyway."""
-    return min(PROGRESS_MAX_WAIT, max(PROGRESS_WAIT, seconds_since_rollout_began * PROGRESS_WAIT_PER_SECOND_OF_START))
-
-
 def child_event_urgency(old: dict[str, Any] | None, new: dict[str, Any] | None, owner_running: bool = False) -> str:
     """How soon a child's or pod's event needs its owner judged again.
 
@@ -440,12 +447,14 @@ def child_event_urgency(old: dict[str, Any] | None, new: dict[str, Any] | None, 
     SOON: a child changed or deleted (drift is repaired at once); a Deployment no longer complete, or failing, or
     its failure cleared; a pod that was ready and is not, or that crash-loops or cannot be scheduled, or no longer
     does; a claim neither pending nor bound.
-    PROGRESS: the steps of a start or rollout going as it should: a Deployment's counts, a pod appearing, waiting
-    for its volume, downloading or loading the model, becoming ready or going away, a child that appears while its
-    owner's run is in progress (that run's own apply, which the watch delivered before the API's answer). Judged
-    within progress_wait, or by any earlier run; the status shows the step by then.
+    PROGRESS: a child that appears while its owner's run is in progress (most likely that run's own apply, which the
+    watch delivered before the API's answer): judged within PROGRESS_WAIT, or by any earlier run.
+    STEP: a pod in a step of its start a user waits on (its volume binding, the model downloading or loading): no run
+    of its own; the resync shows the step once it has lasted a resync period (a shorter one is not worth a run).
     IGNORE: a change of a child's status the verdict does not read (a claim bound, a Service's or PDB's status, an
-    HPA's current metrics)."""
+    HPA's current metrics), or reads only as counts on the way (a Deployment's replicas; a pod made, scheduled,
+    started, ready or gone): the next run shows them, and a start ends in a completed rollout (NOW) or a problem
+    (SOON) anyway."""
     if rollout_just_completed(old, new):
         return NOW
     obj = new or old or {}
@@ -453,7 +462,9 @@ def child_event_urgency(old: dict[str, Any] | None, new: dict[str, Any] | None, 
     if kind == "Pod":
         problems = [status_lib.pod_problems([p])[:2] for p in (old, new) if p is not None]
         lost_readiness = old is not None and new is not None and status_lib.is_ready(old) and not status_lib.is_ready(new)
-        return SOON if lost_readiness or any(p != (None, None) for p in problems) else PROGRESS
+        if lost_readiness or any(p != (None, None) for p in problems):
+            return SOON
+        return STEP if new is not None and pod_step(new) is not None else IGNORE
     if old is None and new is not None and owner_running:
         return PROGRESS
     if old is None or new is None or old.get(SPEC_DIGEST) != new.get(SPEC_DIGEST):
@@ -461,7 +472,7 @@ def child_event_urgency(old: dict[str, Any] | None, new: dict[str, Any] | None, 
     if kind == "Deployment":
         no_longer_complete = deployment_complete(old) and not deployment_complete(new)
         failing = status_lib.deployment_failure(old) is not None or status_lib.deployment_failure(new) is not None
-        return SOON if no_longer_complete or failing else PROGRESS
+        return SOON if no_longer_complete or failing else IGNORE
     if kind == "HorizontalPodAutoscaler":
         # Its current metrics move at every sync (15 s) under load; the status reads only what it decided.
         return IGNORE if hpa_verdict(old) == hpa_verdict(new) else SOON
@@ -474,6 +485,12 @@ def child_event_urgency(old: dict[str, Any] | None, new: dict[str, Any] | None, 
     if kind in STATUS_UNREAD_KINDS:
         return IGNORE
     return SOON
+
+
+def pod_step(pod: dict[str, Any]) -> str | None:
+    """The step of its start a pod is in, as the status would name it: VolumePending, ModelDownloading, ModelLoading."""
+    step = status_lib.pod_problems([pod])[2]
+    return step.reason if step is not None else None
 
 
 def hpa_verdict(hpa: dict[str, Any]) -> tuple[Any, ...]:

@@ -97,3 +97,25 @@ def test_making_a_resource_reads_no_child_by_name_and_applies_each_child_once(cl
     finally:
         stop_operator(operator)
     assert "Traceback" not in operator.log_text()
+
+
+def test_a_start_costs_two_runs_the_one_that_applies_and_the_one_that_finds_it_ready(cluster, k8s, namespace, tmp_path):
+    """The counts on the way (a Deployment's replicas; a pod made, scheduled, started, ready) run nothing, nor does a
+    short step (a claim binding): the resync, which would show a step that lasts, is an hour here."""
+    install_crds(cluster)
+    operator = start_operator(cluster, tmp_path / "operator.log", "--namespace", namespace, resync=3600)
+    try:
+        before = reconciles(operator)
+        names = [f"start-{i}" for i in range(4)]
+        for name in names:
+            create(k8s, namespace, name, {})
+        for name in names:
+            wait_ready(k8s, namespace, name)
+        time.sleep(5)  # the rollouts' last events drain
+        runs = reconciles(operator) - before
+        by_trigger = {k: v for k, v in operator.metrics().items() if k.startswith("qwen_operator_reconcile_triggers_total")}
+        print(f"\n{len(names)} starts -> {runs:.0f} reconciles: {by_trigger}")
+        assert runs <= 2 * len(names), by_trigger
+    finally:
+        stop_operator(operator)
+    assert "Traceback" not in operator.log_text()

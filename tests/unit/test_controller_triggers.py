@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from qwen_operator.controller import IGNORE, NOW, PROGRESS, SOON, child_event_urgency, not_written_by_the_run, progress_wait, rollout_just_completed
+from qwen_operator.controller import IGNORE, NOW, PROGRESS, SOON, STEP, child_event_urgency, not_written_by_the_run, pod_step, rollout_just_completed
 
 
 def deployment(ready: int, replicas: int = 1, generation: int = 1, observed: int = 1, kind: str = "Deployment") -> dict:
@@ -61,13 +61,13 @@ FAILING = {**deployment(0), "status": {**deployment(0)["status"], "conditions": 
 
 @pytest.mark.parametrize(("old", "new", "running", "expected"), [
     (digested(deployment(0)), digested(deployment(1)), False, NOW),
-    # the steps of a rollout going as it should: folded into the next run
-    (digested(deployment(0, observed=0)), digested(deployment(0)), False, PROGRESS),
-    (None, pod(), False, PROGRESS),
-    (pod(), pod(node="n1"), False, PROGRESS),
-    (pod(node="n1"), pod("Running", node="n1", ready=True), False, PROGRESS),
-    (pod("Running", node="n1", ready=True), None, False, PROGRESS),
-    # what the verdict does not read: nothing runs (the resync's record takes the new revision)
+    # the counts on the way of a rollout going as it should, and what the verdict does not read: nothing runs (the
+    # resync's record takes the new revision); the next run shows the counts
+    (digested(deployment(0, observed=0)), digested(deployment(0)), False, IGNORE),
+    (None, pod(), False, IGNORE),
+    (pod(), pod(node="n1"), False, IGNORE),
+    (pod(node="n1"), pod("Running", node="n1", ready=True), False, IGNORE),
+    (pod("Running", node="n1", ready=True), None, False, IGNORE),
     (claim("Pending"), claim("Bound"), False, IGNORE),
     (claim("Pending"), claim("Lost"), False, IGNORE),
     ({**digested({"kind": "Service", "metadata": {"name": "q"}}), "status": {}},
@@ -85,8 +85,10 @@ FAILING = {**deployment(0), "status": {**deployment(0)["status"], "conditions": 
     (pod(), pod(unschedulable="0/3 nodes are available: 3 Insufficient nvidia.com/gpu."), False, SOON),
     (pod("Running", node="n1"), pod("Running", node="n1", waiting="CrashLoopBackOff", restarts=3), False, SOON),
     (pod("Running", node="n1", waiting="CrashLoopBackOff", restarts=3), pod("Running", node="n1", ready=True, restarts=3), False, SOON),
-    (pod(node="n1"), pod("Running", node="n1"), False, PROGRESS),  # loading the model on its first start: a step
-    (pod(), pod(unschedulable="0/3 nodes are available: pod has unbound immediate PersistentVolumeClaims."), False, PROGRESS),  # VolumePending
+    # a step of a start a user waits on: no run of its own, left for the resync to show if it lasts
+    (pod(node="n1"), pod("Running", node="n1"), False, STEP),  # loading the model on its first start
+    (pod(), pod(unschedulable="0/3 nodes are available: pod has unbound immediate PersistentVolumeClaims."), False, STEP),  # VolumePending
+    (pod("Running", node="n1"), pod("Running", node="n1", ready=True), False, IGNORE),  # loaded and ready: the Deployment says when all are
     (pod("Running", node="n1", ready=True), pod("Running", node="n1"), False, SOON),  # a serving replica stopped serving
     (hpa(2, 5), hpa(3, 9), False, SOON),  # the HPA wants another replica: the status's desiredReplicas
     (hpa(2, 5), hpa(2, 5, active=("False", "FailedGetPodsMetric")), False, SOON),  # and its conditions: Autoscaling
@@ -117,9 +119,15 @@ def test_the_managed_resources_gauge_moves_only_the_counts_a_change_touches() ->
     assert gauge().get(("False", "ReplicasNotReady"), 0) == before[("False", "ReplicasNotReady")] - 2
 
 
-@pytest.mark.parametrize("age, wait", [(0, 30.0), (10, 30.0), (60, 30.0), (90, 45.0), (200, 100.0), (240, 120.0), (3600, 120.0)])
-def test_a_long_starts_steps_are_judged_within_half_its_age_between_30_s_and_2_min(age, wait):
-    assert progress_wait(age) == wait
+@pytest.mark.parametrize("pod_, step", [
+    (pod(), None),
+    (pod(unschedulable="0/3 nodes are available: pod has unbound immediate PersistentVolumeClaims."), "VolumePending"),
+    (pod("Running", node="n1"), "ModelLoading"),
+    (pod("Running", node="n1", ready=True), None),
+    (pod(unschedulable="0/3 nodes are available: 3 Insufficient nvidia.com/gpu."), None),  # a problem, not a step
+])
+def test_the_step_a_pod_is_in_is_named_as_the_status_names_it(pod_, step):
+    assert pod_step(pod_) == step
 
 
 def test_a_child_that_appeared_during_its_owners_run_is_judged_unless_the_run_wrote_exactly_it():
