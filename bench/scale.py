@@ -368,6 +368,8 @@ def main() -> int:
     parser.add_argument("--counts", default="100,1000", help="comma-separated N (default 100,1000; 5000 takes about an hour)")
     parser.add_argument("--steady", type=float, default=60.0, help="steady-state window in seconds (default 60)")
     parser.add_argument("--resync", type=float, default=60.0, help="operator resync seconds (default 60, the operator's default)")
+    parser.add_argument("--timeout", type=float, default=None,
+                        help="seconds each run waits for every resource to be Ready (default 120 + N); the figures then cover those Ready by then")
     parser.add_argument("--no-floor", action="store_true", help="the operator alone (its cost, without the time ratio): for N=5000 on a short budget")
     args = parser.parse_args()
     counts = [int(c) for c in args.counts.split(",")]
@@ -376,7 +378,7 @@ def main() -> int:
     for count in counts:
         nodes = math.ceil(count / PODS_PER_NODE) + 1
         env = {**CLUSTER_ENV, "QWEN_GPU_POOLS": f"NVIDIA-L4:{nodes}", "QWEN_GPUS_PER_NODE": str(PODS_PER_NODE + 10)}
-        timeout = 120 + 1.0 * count
+        timeout = args.timeout if args.timeout is not None else 120 + 1.0 * count
         floor = None
         if not args.no_floor:
             # Each run gets a control plane of its own, made for it: a cluster still deleting the floor's 1,000
@@ -402,6 +404,9 @@ def main() -> int:
               f"{o['rss_mib']:>7.0f} | {o['cpu_ms_per_resource']:>10.1f} | {o['reconciles_per_resource']:>14.2f} | {o['requests_per_reconcile']:>13.2f} | "
               f"{o['steady_reads_per_minute']:>16.1f} | {o['steady_writes_per_minute']:>17.1f} | {100 * o['steady_cpu_fraction']:>9.2f}%")
     for row in rows:
+        for name in ("floor", "operator"):
+            if row[name] is not None and row[name]["ready"] < row["count"]:
+                print(f"N={row['count']}: the {name} run had {row[name]['ready']} of {row['count']} Ready when its wait ended (--timeout)")
         by_trigger = ", ".join(f"{k} {v:.2f}" for k, v in row["operator"]["reconciles_per_resource_by_trigger"].items())
         print(f"N={row['count']}: reconciles per resource by what queued them: {by_trigger}; "
               f"of the {row['operator']['reconciles_per_resource']:.2f}, {row['operator']['status_only_reconciles_per_resource']:.2f} only judged the status "

@@ -186,7 +186,7 @@ def test_the_operators_own_metrics_count_what_it_did(operator, k8s, namespace):
     assert grew("qwen_operator_api_requests_total", verb="apply", kind="Deployment") >= 1
     assert grew("qwen_operator_api_requests_total", verb="apply", kind="Service") >= 1
     assert grew("qwen_operator_api_requests_total", verb="patch_status", kind="QwenInference") >= 2
-    # The caches' watches are counted too; the QwenInferences themselves are never read back (kopf's watch feeds them).
+    # The watches are counted too; the QwenInferences themselves are never read back (the controller's informer feeds them).
     assert grew("qwen_operator_api_requests_total", verb="get", kind="QwenInference") == 0
     assert total(after, "qwen_operator_api_requests_total", verb="watch") >= 1
     codes = {l["code"] for l, _ in samples(after, "qwen_operator_api_requests_total")}
