@@ -33,7 +33,7 @@ MODES = {"default": [], "namespaced": NAMESPACED_MODE, "selector": SELECTOR_MODE
 # (nothing is PUT); server-side apply is a PATCH, and one that creates needs `create` too.
 APPLIED = {"get", "list", "watch", "create", "patch", "delete"}
 NAMESPACED_GRANTS = {
-    ("inference.qwenops.io", "qweninferences"): {"get", "list", "watch", "patch"},
+    ("inference.qwenops.io", "qweninferences"): {"list", "watch"},  # the informer; writes go to status and scale only
     ("inference.qwenops.io", "qweninferences/status"): {"patch"},
     ("inference.qwenops.io", "qweninferences/scale"): {"patch"},
     ("inference.qwenops.io", "qweninferences/finalizers"): {"update"},
@@ -56,12 +56,11 @@ NAMESPACED_GRANTS = {
     ("", "events"): {"create"},
 }
 CLUSTER_SCOPED_GRANTS = {
-    ("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"},
     ("", "nodes"): {"list", "watch"},
 }
 CLUSTER_MODE_GRANTS = NAMESPACED_GRANTS | CLUSTER_SCOPED_GRANTS
 NAMESPACED_MODE_ROLE_GRANTS = NAMESPACED_GRANTS
-NAMESPACED_MODE_CLUSTER_ROLE_GRANTS = CLUSTER_SCOPED_GRANTS | {("", "namespaces"): {"list", "watch"}}
+NAMESPACED_MODE_CLUSTER_ROLE_GRANTS = CLUSTER_SCOPED_GRANTS
 
 
 @pytest.fixture(scope="session")

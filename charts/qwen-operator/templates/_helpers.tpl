@@ -38,8 +38,8 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- end -}}
 
 {{/*
-The operator's RBAC rules, kept in this one place. Everything the operator (its reconcile and
-kopf) reads or writes is listed here with exactly the verbs it uses; no wildcards, no `update`
+The operator's RBAC rules, kept in this one place. Everything the operator (its informers and
+reconcile) reads or writes is listed here with exactly the verbs it uses; no wildcards, no `update`
 (nothing is ever PUT: children are server-side applied, which is a PATCH, and a PATCH that creates
 needs `create` too). tests/integration/test_helm_install.py runs the operator under these rules.
 
@@ -58,10 +58,11 @@ It renders a YAML list with a leading newline: use it as `... | trim | nindent 2
 {{- fail (printf "qwen-operator.rbacRules: scope must be all, namespaced or cluster, not %q" .scope) -}}
 {{- end -}}
 {{- if $namespaced }}
-# The QwenInference resources: watched and read fresh by kopf and the reconcile; kopf patches them.
+# The QwenInference resources: listed and watched by the operator's informer; the operator writes only
+# their status and scale subresources.
 - apiGroups: ["inference.qwenops.io"]
   resources: ["qweninferences"]
-  verbs: ["get", "list", "watch", "patch"]
+  verbs: ["list", "watch"]
 - apiGroups: ["inference.qwenops.io"]
   resources: ["qweninferences/status"]
   verbs: ["patch"]
@@ -118,23 +119,18 @@ It renders a YAML list with a leading newline: use it as `... | trim | nindent 2
   resources: ["secrets"]
   verbs: ["get"]
 {{- end }}
-# Events about each QwenInference (the reconcile's and kopf's, core/v1, created only).
+# Events about each QwenInference (core/v1, created only).
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]
 {{- end }}
 {{- if $cluster }}
-# kopf's resource scan (and discovery of optional integrations) watches the CRDs.
-- apiGroups: ["apiextensions.k8s.io"]
-  resources: ["customresourcedefinitions"]
-  verbs: ["list", "watch"]
 # The GPU capability check reads the compute capability labels of the nodes its pods run on.
 - apiGroups: [""]
   resources: ["nodes"]
   verbs: ["list", "watch"]
-{{- if or (eq .scope "cluster") (and (eq .scope "all") .namespaceSelector) }}
-# kopf watches the namespaces it was given by name (namespaced mode); with watchNamespaceSelector
-# the operator watches the namespaces whose labels match it.
+{{- if and (eq .scope "all") .namespaceSelector }}
+# With watchNamespaceSelector the operator watches the namespaces whose labels match it.
 - apiGroups: [""]
   resources: ["namespaces"]
   verbs: ["list", "watch"]
