@@ -221,8 +221,8 @@ class Controller:
                 if new is not None:
                     pods[name] = new[REVISION]
                 judged_labels = dict(inputs.node_labels)
-                nodes = {(p["spec"].get("nodeName") or "") for p in self.caches.pods_of(owner)} - {""}
-                node_labels = tuple((node, judged_labels[node] if node in judged_labels else self._node_labels(node)) for node in sorted(nodes))
+                node_labels = tuple((node, judged_labels[node] if node in judged_labels else self._node_labels(node))
+                                    for node in _nodes_of(self.caches.pods_of(owner)))
                 self.last_inputs[owner] = inputs._replace(pods=frozenset(pods.items()), node_labels=node_labels)
                 return
             if old is None or new is None or (kind, name, old[REVISION]) not in inputs.children:
@@ -287,7 +287,7 @@ class Controller:
         children = frozenset((c["kind"], c["metadata"]["name"], c[REVISION]) for c in self.caches.children_of(key, packed=True))
         pods = self.caches.pods_of(key)
         pod_versions = frozenset((p["metadata"]["name"], p[REVISION]) for p in pods)
-        node_labels = tuple((node, self._node_labels(node)) for node in sorted({p["spec"].get("nodeName") or "" for p in pods} - {""}))
+        node_labels = tuple((node, self._node_labels(node)) for node in _nodes_of(pods))
         annotations = tuple(sorted((body["metadata"].get("annotations") or {}).items()))
         return ReconcileInputs(_what_matters(body), annotations, caps, children, pod_versions, node_labels)
 
@@ -531,6 +531,11 @@ def _what_matters(body: dict[str, Any]) -> tuple[Any, ...]:
     """What of a QwenInference can change its reconcile (not the status the operator writes)."""
     meta = body["metadata"]
     return meta.get("generation"), meta.get("uid"), meta.get("deletionTimestamp"), body.get("spec")
+
+
+def _nodes_of(pods: list[dict[str, Any]]) -> list[str]:
+    """The nodes these pods are scheduled to, sorted."""
+    return sorted({p["spec"].get("nodeName") or "" for p in pods} - {""})
 
 
 def _slim_resource(resource: dict[str, Any]) -> dict[str, Any]:
