@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import shutil
 import subprocess
@@ -86,6 +87,32 @@ def _cluster_lock():
         yield
 
 
+@contextlib.contextmanager
+def monitoring_crds_lock(*, exclusive: bool):
+    """The Prometheus Operator CRDs are cluster-wide, and modules on other xdist workers install and remove
+    them: a test that needs them holds this shared for its whole run, a test that removes them holds it
+    exclusively, so no test loses them in its middle."""
+    CLUSTER_DIR.parent.mkdir(parents=True, exist_ok=True)
+    with open(CLUSTER_DIR.parent / f".{CLUSTER_DIR.name}.monitoring-crds.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        yield
+
+
+def prometheus_operator_crd_files() -> list[Path]:
+    """The CRDs shipped in the pinned prometheus-operator release (its Go module, via the module proxy)."""
+    version = next(line.split("=", 1)[1].strip() for line in (REPO / "hack" / "versions.env").read_text().splitlines()
+                   if line.startswith("PROMETHEUS_OPERATOR_VERSION="))
+    download = subprocess.run(["go", "mod", "download", "-json", f"github.com/prometheus-operator/prometheus-operator@{version}"],
+                              capture_output=True, text=True, timeout=900, check=True)
+    files = sorted((Path(json.loads(download.stdout)["Dir"]) / "example" / "prometheus-operator-crd").glob("monitoring.coreos.com_*.yaml"))
+    assert any(f.name == "monitoring.coreos.com_servicemonitors.yaml" for f in files), files
+    return files
+
+
+def monitoring_crd_names(files: list[Path]) -> list[str]:
+    return [f"{f.name.removeprefix('monitoring.coreos.com_').removesuffix('.yaml')}.monitoring.coreos.com" for f in files]
+
+
 def _real_node_running() -> bool:
     try:
         os.kill(int((CLUSTER_DIR / "pids" / "kubelet").read_text()), 0)
@@ -150,6 +177,19 @@ def k8s(cluster: Cluster):
     from kubernetes import client, config
 
     return config.new_client_from_config(config_file=cluster.kubeconfig)
+
+
+@pytest.fixture
+def prometheus_operator_crds(cluster: Cluster) -> Any:
+    """The pinned release's ServiceMonitor and PrometheusRule CRDs (and their siblings), installed and
+    held for the test (monitoring_crds_lock). They are left installed: the tests that need them absent
+    remove them themselves, under the exclusive lock."""
+    files = prometheus_operator_crd_files()
+    with monitoring_crds_lock(exclusive=False):
+        for file in files:
+            cluster.kubectl("apply", "--server-side", "--force-conflicts", "--field-manager", "qwen-tests", "-f", str(file))
+        cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", *[f"crd/{n}" for n in monitoring_crd_names(files)])
+        yield
 
 
 @pytest.fixture

@@ -238,16 +238,6 @@ def can_i(cluster: Cluster, release: Release, verb: str, resource: str, namespac
     return result.stdout.strip() == "yes"
 
 
-def prometheus_operator_crd_files(kinds: tuple[str, ...] = ("servicemonitors", "prometheusrules")) -> list[Path]:
-    """CRDs of the pinned prometheus-operator release (its Go module, from the module proxy)."""
-    version = next(line.split("=", 1)[1].strip() for line in (REPO / "hack" / "versions.env").read_text().splitlines()
-                   if line.startswith("PROMETHEUS_OPERATOR_VERSION="))
-    download = subprocess.run(["go", "mod", "download", "-json", f"github.com/prometheus-operator/prometheus-operator@{version}"],
-                              capture_output=True, text=True, timeout=900, check=True)
-    crd_dir = Path(json.loads(download.stdout)["Dir"]) / "example" / "prometheus-operator-crd"
-    return [crd_dir / f"monitoring.coreos.com_{kind}.yaml" for kind in kinds]
-
-
 def other_operators_of_this_session() -> list[str]:
     """Command lines of `qwen-operator run` processes this pytest process started, such as the
     session-scoped `operator` fixture of conftest (cluster-admin, every namespace). While one runs,

@@ -33,7 +33,6 @@ from support_helm import (
     helm_binary,
     other_operators_of_this_session,
     lease_holder,
-    prometheus_operator_crd_files,
     set_cluster_role_rules,
     start_chart_operator,
     without_verb,
@@ -97,22 +96,6 @@ def chart_operators() -> Iterator[list[ChartOperator]]:
         stop_operator(operator)
     for operator in running:
         assert "Traceback" not in operator.log_text(), operator.log_text()[-5000:]
-
-
-@pytest.fixture
-def prometheus_operator_crds(cluster: Cluster) -> Iterator[None]:
-    """The ServiceMonitor and PrometheusRule CRDs, so the operator makes those children too;
-    removed afterwards unless they were there before."""
-    files = prometheus_operator_crd_files()
-    names = [f"{f.name.removeprefix('monitoring.coreos.com_').removesuffix('.yaml')}.monitoring.coreos.com" for f in files]
-    already = {n for n in names if cluster.kubectl("get", "crd", n, "-o", "name", check=False).returncode == 0}
-    for file in files:
-        cluster.kubectl("apply", "--server-side", "--force-conflicts", "--field-manager", "qwen-tests", "-f", str(file))
-    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", *[f"crd/{n}" for n in names])
-    yield
-    added = [n for n in names if n not in already]
-    if added:
-        cluster.kubectl("delete", "crd", *added, "--wait=true", "--timeout=120s")
 
 
 def wait_ready(k8s, operator: ChartOperator, namespace: str, name: str, timeout: float = 60) -> None:

@@ -6,16 +6,14 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from conftest import REPO, wait_until
+from conftest import monitoring_crd_names, monitoring_crds_lock, prometheus_operator_crd_files, wait_until
 from qwen_resources import GROUP, PLURAL, VERSION, condition, create, get, patch_spec, wait_condition
 
 pytestmark = pytest.mark.cluster
@@ -29,30 +27,18 @@ ALERTS = {
 }
 
 
-def pinned(name: str) -> str:
-    for line in (REPO / "hack" / "versions.env").read_text().splitlines():
-        if line.startswith(f"{name}="):
-            return line.split("=", 1)[1].strip()
-    raise KeyError(name)
-
-
-def prometheus_operator_crd_files() -> list[Path]:
-    """The CRDs shipped in the pinned prometheus-operator release (its Go module, via the module proxy)."""
-    module = f"github.com/prometheus-operator/prometheus-operator@{pinned('PROMETHEUS_OPERATOR_VERSION')}"
-    download = subprocess.run(["go", "mod", "download", "-json", module], capture_output=True, text=True, timeout=900, check=True)
-    files = sorted((Path(json.loads(download.stdout)["Dir"]) / "example" / "prometheus-operator-crd").glob("monitoring.coreos.com_*.yaml"))
-    assert any(f.name == "monitoring.coreos.com_servicemonitors.yaml" for f in files), files
-    return files
-
-
-def crd_names(files: list[Path]) -> list[str]:
-    return [f"{f.name.removeprefix('monitoring.coreos.com_').removesuffix('.yaml')}.monitoring.coreos.com" for f in files]
-
-
 def remove_prometheus_operator_crds(cluster) -> None:
     names = [line.split("/", 1)[1] for line in cluster.kubectl("get", "crd", "-o", "name").stdout.split() if line.endswith(".monitoring.coreos.com")]
     if names:
         cluster.kubectl("delete", "crd", *names, "--wait=true", "--timeout=120s")
+
+
+@pytest.fixture
+def without_prometheus_operator_crds(cluster) -> Any:
+    """No monitoring.coreos.com CRDs, and none installed by another worker's test while this test runs."""
+    with monitoring_crds_lock(exclusive=True):
+        remove_prometheus_operator_crds(cluster)
+        yield
 
 
 def monitoring_object(k8s, namespace: str, plural: str, name: str) -> dict[str, Any] | None:
@@ -64,8 +50,7 @@ def monitoring_object(k8s, namespace: str, plural: str, name: str) -> dict[str, 
         raise
 
 
-def test_without_prometheus_operator_crds_monitoring_is_false_and_the_rest_works(operator, cluster, k8s, namespace):
-    remove_prometheus_operator_crds(cluster)
+def test_without_prometheus_operator_crds_monitoring_is_false_and_the_rest_works(operator, cluster, k8s, namespace, without_prometheus_operator_crds):
     create(k8s, namespace, "plain", {})
     missing = wait_condition(k8s, namespace, "plain", "Monitoring", "False", "PrometheusOperatorMissing", timeout=CAPABILITY_TTL_SECONDS + 30)
     assert "monitoring.coreos.com/v1" in missing["message"]
@@ -77,9 +62,8 @@ def test_without_prometheus_operator_crds_monitoring_is_false_and_the_rest_works
     assert json.loads(text)["panels"]
 
 
-def test_installing_the_crds_brings_the_service_monitor_and_rule_and_removing_them_is_noticed(operator, cluster, k8s, namespace):
+def test_installing_the_crds_brings_the_service_monitor_and_rule_and_removing_them_is_noticed(operator, cluster, k8s, namespace, without_prometheus_operator_crds):
     files = prometheus_operator_crd_files()
-    remove_prometheus_operator_crds(cluster)
     name = "watched"
     create(k8s, namespace, name, {})
     wait_condition(k8s, namespace, name, "Monitoring", "False", "PrometheusOperatorMissing", timeout=CAPABILITY_TTL_SECONDS + 30)
@@ -89,7 +73,7 @@ def test_installing_the_crds_brings_the_service_monitor_and_rule_and_removing_th
     try:
         for f in files:
             cluster.kubectl("apply", "--server-side", "--force-conflicts", "--field-manager", "qwen-tests", "-f", str(f))
-        cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", *[f"crd/{n}" for n in crd_names(files)])
+        cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", *[f"crd/{n}" for n in monitoring_crd_names(files)])
         budget = CAPABILITY_TTL_SECONDS + 2 * operator.resync_seconds + 15
         monitor = wait_until(lambda: monitoring_object(k8s, namespace, "servicemonitors", name), budget, "the ServiceMonitor")
         rule = wait_until(lambda: monitoring_object(k8s, namespace, "prometheusrules", name), budget, "the PrometheusRule")

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import subprocess
 import uuid
-from pathlib import Path
 
 import pytest
 import yaml
@@ -274,19 +273,7 @@ def _read_claim(core, namespace: str, name: str) -> dict | None:
 # ---- monitoring objects a real Prometheus selects -----------------------------------------------
 
 
-def prometheus_operator_crds(cluster) -> None:
-    """The pinned prometheus-operator release's CRDs (its Go module), applied if missing; never removed here."""
-    versions = dict(line.split("=", 1) for line in (REPO / "hack" / "versions.env").read_text().splitlines() if "=" in line and not line.startswith("#"))
-    module = f"github.com/prometheus-operator/prometheus-operator@{versions['PROMETHEUS_OPERATOR_VERSION']}"
-    download = subprocess.run(["go", "mod", "download", "-json", module], capture_output=True, text=True, timeout=900, check=True)
-    folder = Path(json.loads(download.stdout)["Dir"]) / "example" / "prometheus-operator-crd"
-    for name in ("servicemonitors", "prometheusrules"):
-        cluster.kubectl("apply", "--server-side", "--field-manager", "qwen-tests", "-f", str(folder / f"monitoring.coreos.com_{name}.yaml"))
-    cluster.kubectl("wait", "--for=condition=Established", "crd/servicemonitors.monitoring.coreos.com", "crd/prometheusrules.monitoring.coreos.com", "--timeout=60s")
-
-
-def test_monitoring_objects_match_a_selector_that_requires_a_release_label(operator, cluster, k8s, namespace):
-    prometheus_operator_crds(cluster)
+def test_monitoring_objects_match_a_selector_that_requires_a_release_label(operator, cluster, k8s, namespace, prometheus_operator_crds):
     create(k8s, namespace, "watched", {"model": {"name": BF16_SMALL, "maxModelLen": 8192}, "monitoring": {"labels": {"release": "kps"}}})
     create(k8s, namespace, "unlabelled", {"model": {"name": BF16_SMALL, "maxModelLen": 8192}})
     for name in ("watched", "unlabelled"):
