@@ -8,8 +8,10 @@ the smallest correct version of client-go's reflector + store:
 - the watch asks for bookmarks, so a quiet stream still advances its resourceVersion;
 - 410 Gone (the resourceVersion is too old), a broken stream or an error: list again, and report
   the objects that changed or vanished meanwhile, so no event is lost;
-- a full relist every relist_seconds guards against a missed event, at the cost of one paginated
-  list of the kind (the operator's own children only);
+- a full relist about every relist_seconds guards against a missed event, at the cost of one paginated
+  list of the kind (the operator's own children only). The period is jittered, as client-go jitters its
+  resyncs: an operator's informers start together, and lists that coincide stack their pages' garbage
+  into one peak of memory, which the heap keeps. Pages are small (100 objects) for the same reason;
 - objects are kept slim (slim(obj) keeps only what the reconcile reads), and an update whose slim
   form is unchanged (a resourceVersion bump, managedFields) is not reported.
 
@@ -20,6 +22,7 @@ new None on delete); it must be quick (the controller only queues a key).
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 from typing import Any, Callable
@@ -44,7 +47,7 @@ class Informer:
     def __init__(self, api: KubeApi, kind: Kind, *, label_selector: str | None = None, namespace: str | None = None,
                  slim: Callable[[dict[str, Any]], dict[str, Any]] = lambda obj: obj, on_change: OnChange | None = None,
                  index: Callable[[dict[str, Any]], Any] | None = None, metadata_only: bool = False,
-                 page_size: int = 500, watch_seconds: int = 300, relist_seconds: float = 600.0):
+                 page_size: int = 100, watch_seconds: int = 300, relist_seconds: float = 600.0):
         self.api, self.kind = api, kind
         self.label_selector, self.namespace = label_selector, namespace
         self.slim, self.on_change = slim, on_change or (lambda old, new: None)
@@ -157,12 +160,16 @@ class Informer:
         self.lists += 1
         return version
 
+    def _relist_period(self) -> float:
+        return self.relist_seconds * random.uniform(0.8, 1.2)
+
     def _run(self) -> None:
         version, listed_at, failures = "", 0.0, 0
+        period = self.relist_seconds
         while not self._stopped.is_set():
             try:
-                if not version or time.monotonic() - listed_at > self.relist_seconds:
-                    version, listed_at = self._list(), time.monotonic()
+                if not version or time.monotonic() - listed_at > period:
+                    version, listed_at, period = self._list(), time.monotonic(), self._relist_period()
                     self.synced.set()
                 for event in self.api.watch(self.kind, self.namespace, self._query(), version, self.watch_seconds, metadata_only=self.metadata_only):
                     if self._stopped.is_set():
@@ -183,7 +190,7 @@ class Informer:
                     else:
                         self._upsert(obj)
                     version = new_version or version
-                    if time.monotonic() - listed_at > self.relist_seconds:
+                    if time.monotonic() - listed_at > period:
                         break
                 failures = 0
             except KubeError as error:
