@@ -36,6 +36,7 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
+from typing import Callable
 
 from kubernetes import client, config
 from kubernetes.watch.watch import iter_resp_lines
@@ -106,9 +107,10 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def rss_mib(pid: int) -> float:
+def rss_mib(pid: int, field: str = "VmRSS") -> float:
+    """Resident memory now (VmRSS), or its high-water mark since the process started (VmHWM)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
     return float("nan")
 
@@ -160,9 +162,13 @@ class ReadyWatch:
             except Exception:  # noqa: BLE001 - a dropped watch is resumed
                 time.sleep(0.5)
 
-    def wait(self, count: int, timeout: float) -> dict[str, float]:
-        deadline = time.monotonic() + timeout
+    def wait(self, count: int, timeout: float, every: Callable[[], None] = lambda: None, period: float = 10.0) -> dict[str, float]:
+        """Until `count` are ready or the timeout; calls every() each `period` seconds meanwhile."""
+        deadline, next_call = time.monotonic() + timeout, 0.0
         while len(self.ready_at) < count and time.monotonic() < deadline:
+            if time.monotonic() >= next_call:
+                every()
+                next_call = time.monotonic() + period
             time.sleep(0.2)
         return dict(self.ready_at)
 
@@ -275,8 +281,10 @@ def run_operator(api, kubeconfig: str, namespace: str, count: int, timeout: floa
             custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
             created[name] = time.monotonic()
 
+        # The operator's memory over the run, with how many were Ready then: where in a start it grows.
+        rss_timeline: list[tuple[float, float, int]] = []
         try:
-            ready_at = watch.wait(count, timeout)
+            ready_at = watch.wait(count, timeout, lambda: rss_timeline.append((round(time.monotonic() - start, 1), round(rss_mib(pid), 1), len(watch.ready_at))))
         finally:
             watch.__exit__()
         all_ready = max(ready_at.values()) - start if len(ready_at) == count else float("nan")
@@ -305,7 +313,7 @@ def run_operator(api, kubeconfig: str, namespace: str, count: int, timeout: floa
         return {
             "ready": len(ready_at), "all_ready_s": all_ready,
             "p50_s": statistics.median(latencies) if latencies else float("nan"), "p95_s": percentile(latencies, 0.95), "p99_s": percentile(latencies, 0.99),
-            "rss_mib": rss_converged, "rss_mib_after_steady": rss_mib(pid),
+            "rss_mib": rss_converged, "rss_mib_after_steady": rss_mib(pid), "rss_mib_peak": rss_mib(pid, "VmHWM"), "rss_timeline_s_mib_ready": rss_timeline,
             "cpu_ms_per_resource": 1000 * (cpu_converged - cpu_before) / count,
             "reconciles_per_resource": reconciles / count, "requests_per_reconcile": requests / max(reconciles, 1),
             "status_only_reconciles_per_resource": status_only / count,
@@ -411,6 +419,13 @@ def main() -> int:
         print(f"N={row['count']}: reconciles per resource by what queued them: {by_trigger}; "
               f"of the {row['operator']['reconciles_per_resource']:.2f}, {row['operator']['status_only_reconciles_per_resource']:.2f} only judged the status "
               "(every child as a previous run left it: nothing built or compared)")
+        if "rss_mib_peak" in row["operator"]:
+            print(f"N={row['count']}: operator RSS {row['operator']['rss_mib']:.0f} MiB converged, {row['operator']['rss_mib_after_steady']:.0f} MiB "
+                  f"after the steady window, {row['operator']['rss_mib_peak']:.0f} MiB at its peak (VmHWM)")
+            timeline = row["operator"].get("rss_timeline_s_mib_ready") or []
+            shown = timeline[::max(1, math.ceil(len(timeline) / 12))]
+            print(f"N={row['count']}: operator RSS while converging (s after the first create: MiB, Ready): "
+                  + ", ".join(f"{t:.0f}: {m:.0f}, {r}" for t, m, r in shown))
     return 0
 
 
