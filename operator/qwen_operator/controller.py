@@ -35,6 +35,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import zlib
 from typing import Any, NamedTuple
 
 import orjson
@@ -91,7 +92,7 @@ class Controller:
         if namespace_selector:
             self.selected_namespaces = Informer(api, kinds.NAMESPACE, label_selector=namespace_selector, metadata_only=True,
                                                 slim=_namespace_name, on_change=self._namespace_changed, relist_seconds=relist_seconds)
-        self.bodies: dict[Key, dict[str, Any]] = {}  # the watched QwenInferences, from the resource informers
+        self.bodies: dict[Key, dict[str, Any]] = {}  # the watched QwenInferences, from the resource informers (_slim_resource: spec and status packed)
         self.statuses: dict[Key, dict[str, Any]] = {}  # the status this operator last wrote, per resource
         # Per resource: (generation, capabilities, {child: spec digest}) when a reconcile last found every
         # child as desired. While the children stay so (their status may move), the next runs skip building
@@ -159,10 +160,9 @@ class Controller:
         self.observed(new)
 
     def observed(self, body: dict[str, Any]) -> None:
-        """A QwenInference was seen (added, changed, listed): keep it, and queue it unless only its status changed."""
-        # A copy the reconcile may change freely (the informer's objects are its own; orjson's round trip is cheaper
-        # than deepcopy), without the informer's revision mark.
-        body = orjson.loads(orjson.dumps({k: v for k, v in body.items() if k != REVISION}))
+        """A QwenInference was seen (added, changed, listed; slim, spec and status packed): keep it, and queue it
+        unless only its status changed. Kept as the informer gave it, one copy per resource: a run reconciles a copy
+        of its own (unpacked_resource)."""
         meta = body["metadata"]
         key = (meta["namespace"], meta["name"])
         with self._lock:
@@ -311,8 +311,9 @@ class Controller:
             if not self.caches.synced() or (self.selected_namespaces is not None and not self.selected_namespaces.synced.is_set()):
                 raise Retry("the caches have not listed yet", CACHE_SYNC_RETRY_SECONDS)  # never hold a worker
             with self._lock:
-                body = self.bodies.get(key)
+                kept = self.bodies.get(key)
                 previous_status = self.statuses.get(key)
+            body = unpacked_resource(kept) if kept is not None else None
             if body is None or body["metadata"].get("deletionTimestamp"):
                 outcome = "gone"
                 self.forget(namespace, name)
@@ -357,7 +358,7 @@ class Controller:
                 # may not have seen, also queued the resource, so it runs again whatever these say. A run that
                 # read the API (a Secret or claim the spec names, a child of its name made by someone else)
                 # depended on more than the caches: the resync keeps running it.
-                inputs = self.reconcile_inputs(key, body, caps)
+                inputs = self.reconcile_inputs(key, kept, caps)  # the kept body the run's copy was made of: no second spec kept
                 with self._lock:
                     self.last_inputs[key] = inputs
             if result.requeue_after is not None and result.retry_after is None:
@@ -527,10 +528,10 @@ def rollout_just_completed(old: dict[str, Any] | None, new: dict[str, Any] | Non
     return deployment_complete(new) and not deployment_complete(old)
 
 
-def _what_matters(body: dict[str, Any]) -> tuple[Any, ...]:
-    """What of a QwenInference can change its reconcile (not the status the operator writes)."""
-    meta = body["metadata"]
-    return meta.get("generation"), meta.get("uid"), meta.get("deletionTimestamp"), body.get("spec")
+def _what_matters(kept: dict[str, Any]) -> tuple[Any, ...]:
+    """What of a kept QwenInference can change its reconcile (not the status the operator writes)."""
+    meta = kept["metadata"]
+    return meta.get("generation"), meta.get("uid"), meta.get("deletionTimestamp"), kept.get(PACKED_SPEC)
 
 
 def _nodes_of(pods: list[dict[str, Any]]) -> list[str]:
@@ -538,9 +539,31 @@ def _nodes_of(pods: list[dict[str, Any]]) -> list[str]:
     return sorted({p["spec"].get("nodeName") or "" for p in pods} - {""})
 
 
+# A kept QwenInference's spec and status, packed (sorted-key JSON, zlib): as dicts they took about 10 KB per resource
+# (most of a resource's memory at rest), packed under 1 KB. Equal specs pack to equal bytes, which _what_matters compares.
+PACKED_SPEC, PACKED_STATUS = "_packedSpec", "_packedStatus"
+PACKED_FIELDS = (("spec", PACKED_SPEC), ("status", PACKED_STATUS))
+
+
 def _slim_resource(resource: dict[str, Any]) -> dict[str, Any]:
-    """A QwenInference without its managedFields, which the reconcile never reads: they are most of its size."""
-    return {**resource, "metadata": {k: v for k, v in resource["metadata"].items() if k != "managedFields"}}
+    """A QwenInference as kept between runs: without its managedFields, which the reconcile never reads (most of its
+    size), and with its spec and status packed."""
+    kept = {k: v for k, v in resource.items() if k not in ("spec", "status")}
+    kept["metadata"] = {k: v for k, v in resource["metadata"].items() if k != "managedFields"}
+    for field, packed in PACKED_FIELDS:
+        if field in resource:
+            kept[packed] = zlib.compress(orjson.dumps(resource[field], option=orjson.OPT_SORT_KEYS), 1)
+    return kept
+
+
+def unpacked_resource(kept: dict[str, Any]) -> dict[str, Any]:
+    """The QwenInference a run reconciles: a fresh copy of a kept one (the run may change it freely), spec and status
+    unpacked, without the informer's revision mark."""
+    body = orjson.loads(orjson.dumps({k: v for k, v in kept.items() if k not in (REVISION, PACKED_SPEC, PACKED_STATUS)}))
+    for field, packed in PACKED_FIELDS:
+        if packed in kept:
+            body[field] = orjson.loads(zlib.decompress(kept[packed]))
+    return body
 
 
 def _namespace_name(namespace: dict[str, Any]) -> dict[str, Any]:

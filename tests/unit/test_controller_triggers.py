@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from qwen_operator.controller import IGNORE, NOW, PROGRESS, SOON, STEP, child_event_urgency, not_written_by_the_run, pod_step, rollout_just_completed
+from qwen_operator.controller import (
+    IGNORE, NOW, PROGRESS, SOON, STEP, _slim_resource, _what_matters, child_event_urgency, not_written_by_the_run, pod_step, rollout_just_completed,
+    unpacked_resource,
+)
+from qwen_operator.k8s.informer import REVISION
 
 
 def deployment(ready: int, replicas: int = 1, generation: int = 1, observed: int = 1, kind: str = "Deployment") -> dict:
@@ -138,3 +142,29 @@ def test_a_child_that_appeared_during_its_owners_run_is_judged_unless_the_run_wr
                 ("ConfigMap", "q-dashboard", "42")}  # a child the run did not write at all
     assert not_written_by_the_run(appeared, written) == [("ConfigMap", "q-dashboard"), ("Deployment", "q")]
     assert not_written_by_the_run({("Service", "q", "41")}, written) == []
+
+
+def _resource(spec: dict, status: dict, resource_version: str = "7") -> dict:
+    return {"apiVersion": "inference.qwenops.io/v1alpha1", "kind": "QwenInference",
+            "metadata": {"name": "a", "namespace": "n", "uid": "u1", "generation": 2, "resourceVersion": resource_version,
+                         "managedFields": [{"manager": "kubectl", "fieldsV1": {"f:spec": {}}}]},
+            "spec": spec, "status": status}
+
+
+def test_a_kept_resource_is_packed_and_a_run_gets_it_back_whole_as_a_copy_of_its_own() -> None:
+    resource = _resource({"model": {"name": "Qwen/Qwen3-0.6B-FP8"}, "replicas": 2}, {"conditions": [{"type": "Ready", "status": "True"}]})
+    kept = _slim_resource(resource)
+    assert "spec" not in kept and "status" not in kept and "managedFields" not in kept["metadata"]
+    body = unpacked_resource({**kept, REVISION: 3})
+    assert body == {**resource, "metadata": {k: v for k, v in resource["metadata"].items() if k != "managedFields"}}
+    body["spec"]["replicas"] = 5
+    body["metadata"]["labels"] = {"changed": "by the run"}
+    assert unpacked_resource(kept)["spec"]["replicas"] == 2 and "labels" not in kept["metadata"]
+
+
+def test_what_matters_of_a_kept_resource_moves_with_its_spec_and_not_with_its_status() -> None:
+    spec = {"model": {"name": "Qwen/Qwen3-0.6B-FP8"}, "replicas": 2, "router": {"policy": "cache_aware", "replicas": 2}}
+    same_spec_keys_reordered = {"router": {"replicas": 2, "policy": "cache_aware"}, "replicas": 2, "model": {"name": "Qwen/Qwen3-0.6B-FP8"}}
+    before = _slim_resource(_resource(spec, {}))
+    assert _what_matters(_slim_resource(_resource(same_spec_keys_reordered, {"ready": "1/1"}, resource_version="8"))) == _what_matters(before)
+    assert _what_matters(_slim_resource(_resource({**spec, "replicas": 3}, {}))) != _what_matters(before)
