@@ -15,7 +15,7 @@ import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from conftest import REPO, wait_until
+from conftest import REPO, install_crds, wait_until
 from qwen_operator.api.crd import CRD_NAME
 from qwen_operator.api.models import API_VERSION, GROUP, KIND, PLURAL, VERSION, QwenInferenceSpec
 
@@ -27,8 +27,7 @@ BAD_REQUEST = 400  # strict field validation (unknown fields) fails while decodi
 
 @pytest.fixture(scope="module")
 def crd_installed(cluster) -> None:
-    cluster.kubectl("apply", "--server-side", "--force-conflicts", "--field-manager", "qwen-tests", "-f", str(REPO / "crds"))
-    cluster.kubectl("wait", "--for=condition=Established", f"crd/{CRD_NAME}", "--timeout=60s")
+    install_crds(cluster)  # waits by polling: `kubectl wait` fails at once on a CRD that has no conditions yet
 
 
 @pytest.fixture(scope="module")
