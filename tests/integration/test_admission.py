@@ -15,7 +15,7 @@ import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from conftest import REPO, install_crds, wait_until
+from conftest import install_crds, wait_until
 from qwen_operator.api.crd import CRD_NAME
 from qwen_operator.api.models import API_VERSION, GROUP, KIND, PLURAL, VERSION, QwenInferenceSpec
 
