@@ -79,23 +79,24 @@ CLUSTER_DIR = Path(os.environ.get("QWEN_CLUSTER_DIR") or Path.home() / ".cache" 
 
 
 @contextlib.contextmanager
-def _cluster_lock():
-    """Held while bringing the cluster (or its node) up: xdist workers ask at the same time."""
+def _host_lock(name: str, *, exclusive: bool = True):
+    """A file lock beside the cluster directory, shared by every xdist worker (and every run) on this host."""
     CLUSTER_DIR.parent.mkdir(parents=True, exist_ok=True)
-    with open(CLUSTER_DIR.parent / f".{CLUSTER_DIR.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with open(CLUSTER_DIR.parent / f".{CLUSTER_DIR.name}{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
         yield
 
 
-@contextlib.contextmanager
+def _cluster_lock():
+    """Held while bringing the cluster (or its node) up: xdist workers ask at the same time."""
+    return _host_lock("")
+
+
 def monitoring_crds_lock(*, exclusive: bool):
     """The Prometheus Operator CRDs are cluster-wide, and modules on other xdist workers install and remove
     them: a test that needs them holds this shared for its whole run, a test that removes them holds it
     exclusively, so no test loses them in its middle."""
-    CLUSTER_DIR.parent.mkdir(parents=True, exist_ok=True)
-    with open(CLUSTER_DIR.parent / f".{CLUSTER_DIR.name}.monitoring-crds.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
-        yield
+    return _host_lock(".monitoring-crds", exclusive=exclusive)
 
 
 def prometheus_operator_crd_files() -> list[Path]:
@@ -186,9 +187,7 @@ def prometheus_operator_crds(cluster: Cluster) -> Any:
     remove them themselves, under the exclusive lock."""
     files = prometheus_operator_crd_files()
     with monitoring_crds_lock(exclusive=False):
-        for file in files:
-            cluster.kubectl("apply", "--server-side", "--force-conflicts", "--field-manager", "qwen-tests", "-f", str(file))
-        cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", *[f"crd/{n}" for n in monitoring_crd_names(files)])
+        install_prometheus_operator_crds(cluster, files)
         yield
 
 
@@ -301,14 +300,32 @@ def free_loopback_port() -> int:
         return s.getsockname()[1]
 
 
-def install_crds(cluster: Cluster) -> None:
-    cluster.kubectl("apply", "--server-side", "--force-conflicts", "--field-manager", "qwen-tests", "-f", str(REPO / "crds"))
+def apply_crds(cluster: Cluster, paths: list[Path], names: list[str]) -> None:
+    """Applies CRD manifests and waits until every named CRD is Established."""
+    for path in paths:
+        cluster.kubectl("apply", "--server-side", "--force-conflicts", "--field-manager", "qwen-tests", "-f", str(path))
+    wait_crds_established(cluster, names)
+
+
+def wait_crds_established(cluster: Cluster, names: list[str]) -> None:
+    """A poll, not `kubectl wait --for=condition=Established`: that fails at once on a CRD created a moment ago,
+    which has no conditions yet."""
+    jsonpath = '{.status.conditions[?(@.type=="Established")].status}'
 
     def established() -> bool:
-        jsonpath = '{.status.conditions[?(@.type=="Established")].status}'
-        return cluster.kubectl("get", "crd", "qweninferences.inference.qwenops.io", "-o", f"jsonpath={jsonpath}").stdout == "True"
+        return all(cluster.kubectl("get", "crd", name, "-o", f"jsonpath={jsonpath}").stdout == "True" for name in names)
 
-    wait_until(established, 60, "the QwenInference CRD to be established")
+    wait_until(established, 60, f"CRDs {', '.join(names)} to be established")
+
+
+def install_crds(cluster: Cluster) -> None:
+    """The QwenInference CRD, applied and Established."""
+    apply_crds(cluster, [REPO / "crds"], ["qweninferences.inference.qwenops.io"])
+
+
+def install_prometheus_operator_crds(cluster: Cluster, files: list[Path]) -> None:
+    """The pinned prometheus-operator release's CRDs (prometheus_operator_crd_files), applied and Established."""
+    apply_crds(cluster, files, monitoring_crd_names(files))
 
 
 def start_operator(cluster: Cluster, log_path: Path, *args: str, resync: float = 3.0) -> RunningOperator:

@@ -12,7 +12,7 @@ import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from conftest import REPO, wait_until
+from conftest import REPO, wait_crds_established, wait_until
 
 pytestmark = pytest.mark.cluster
 
@@ -140,7 +140,7 @@ CEL_CRD = textwrap.dedent(
 
 def test_crd_with_a_cel_rule_refuses_an_invalid_object(cluster, namespace):
     cluster.apply(CEL_CRD)
-    cluster.kubectl("wait", "--for=condition=Established", "crd/widgets.celtest.qwenops.io", "--timeout=30s")
+    wait_crds_established(cluster, ["widgets.celtest.qwenops.io"])
     good = "apiVersion: celtest.qwenops.io/v1\nkind: Widget\nmetadata: {name: good}\nspec: {min: 1, max: 2}\n"
     bad = "apiVersion: celtest.qwenops.io/v1\nkind: Widget\nmetadata: {name: bad}\nspec: {min: 3, max: 2}\n"
     wait_until(lambda: cluster.kubectl("apply", "-n", namespace, "-f", "-", input=good, check=False).returncode == 0, 30, "the Widget API to serve")

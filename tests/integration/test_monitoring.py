@@ -13,7 +13,7 @@ import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from conftest import monitoring_crd_names, monitoring_crds_lock, prometheus_operator_crd_files, wait_until
+from conftest import install_prometheus_operator_crds, monitoring_crds_lock, prometheus_operator_crd_files, wait_until
 from qwen_resources import GROUP, PLURAL, VERSION, condition, create, get, patch_spec, wait_condition
 
 pytestmark = pytest.mark.cluster
@@ -71,9 +71,7 @@ def test_installing_the_crds_brings_the_service_monitor_and_rule_and_removing_th
 
     installed = time.monotonic()
     try:
-        for f in files:
-            cluster.kubectl("apply", "--server-side", "--force-conflicts", "--field-manager", "qwen-tests", "-f", str(f))
-        cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", *[f"crd/{n}" for n in monitoring_crd_names(files)])
+        install_prometheus_operator_crds(cluster, files)
         budget = CAPABILITY_TTL_SECONDS + 2 * operator.resync_seconds + 15
         monitor = wait_until(lambda: monitoring_object(k8s, namespace, "servicemonitors", name), budget, "the ServiceMonitor")
         rule = wait_until(lambda: monitoring_object(k8s, namespace, "prometheusrules", name), budget, "the PrometheusRule")
