@@ -71,9 +71,7 @@ def main() -> int:
     sh(str(REPO / "hack/cluster.sh"), "up")
     cluster_up_seconds = time.monotonic() - t0
     kubeconfig = sh(str(REPO / "hack/cluster.sh"), "kubeconfig")
-    kubectl = str(REPO / ".venv/bin/kubectl")
-    sh(kubectl, "--kubeconfig", kubeconfig, "apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
-    sh(kubectl, "--kubeconfig", kubeconfig, "wait", "--for=condition=Established", "crd/qweninferences.inference.qwenops.io", "--timeout=60s")
+    sh(str(REPO / "hack/cluster.sh"), "crds")
     api = config.new_client_from_config(config_file=kubeconfig)
     core, custom = client.CoreV1Api(api), client.CustomObjectsApi(api)
 

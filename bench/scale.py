@@ -353,16 +353,7 @@ def fresh_cluster(env: dict[str, str]):
     try:
         sh(str(REPO / "hack/cluster.sh"), "up", env=env)
         kubeconfig = sh(str(REPO / "hack/cluster.sh"), "kubeconfig", env=env)
-        kubectl = str(REPO / ".venv/bin/kubectl")
-        sh(kubectl, "--kubeconfig", kubeconfig, "apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
-        for attempt in range(3):  # on an API server just up, the CRD just applied may not be found yet: wait fails at once
-            try:
-                sh(kubectl, "--kubeconfig", kubeconfig, "wait", "--for=condition=Established", "crd/qweninferences.inference.qwenops.io", "--timeout=60s")
-                break
-            except subprocess.CalledProcessError:
-                if attempt == 2:
-                    raise
-                time.sleep(2)
+        sh(str(REPO / "hack/cluster.sh"), "crds", env=env)
         api = config.new_client_from_config(config_file=kubeconfig)
         api.configuration.connection_pool_maxsize = 8
         yield api, kubeconfig

@@ -9,6 +9,7 @@
 #   hack/cluster.sh node-up     start (or reuse) only the real node, beside a running control plane
 #   hack/cluster.sh node-down   stop only the real node and undo its host changes
 #   hack/cluster.sh kubeconfig  print the kubeconfig path
+#   hack/cluster.sh crds        apply the QwenInference CRD (crds/) and wait until it is Established
 #
 # Settings (environment):
 #   QWEN_CLUSTER_DIR   where certificates, data, logs and the kubeconfig live (~/.cache/qwen-operator/cluster)
@@ -334,6 +335,18 @@ status() {
   fi
 }
 
+# The CRD, applied and waited for with a poll: `kubectl wait --for=condition=Established` fails at once on a CRD
+# created a moment ago, which has no conditions yet.
+install_crds() {
+  local crd=qweninferences.inference.qwenops.io established='{.status.conditions[?(@.type=="Established")].status}'
+  kc apply --server-side --force-conflicts -f "$REPO_DIR/crds/" >/dev/null
+  for _ in $(seq 120); do
+    [[ $(kc get crd "$crd" -o "jsonpath=$established" 2>/dev/null) == True ]] && { echo "crd/$crd established"; return 0; }
+    sleep 0.5
+  done
+  die "crd/$crd was not Established within 60 s"
+}
+
 # shellcheck source=real-node.sh
 source "$HACK_DIR/real-node.sh"
 
@@ -344,5 +357,6 @@ case "${1:-}" in
   node-down) real_node_down ;;
   status) status ;;
   kubeconfig) echo "$KUBECONFIG_FILE" ;;
-  *) echo "usage: $0 up|down|status|kubeconfig|node-up|node-down" >&2; exit 2 ;;
+  crds) install_crds ;;
+  *) echo "usage: $0 up|down|status|kubeconfig|crds|node-up|node-down" >&2; exit 2 ;;
 esac

@@ -39,8 +39,7 @@ export KUBECONFIG
 kubectl get nodes -L nvidia.com/gpu.product -L nvidia.com/gpu.count
 
 say "2. The QwenInference CRD"
-kubectl apply --server-side --force-conflicts -f "$REPO_DIR/crds/" >/dev/null
-kubectl wait --for=condition=Established crd/qweninferences.inference.qwenops.io --timeout=60s
+"$REPO_DIR/hack/cluster.sh" crds
 
 say "3. The operator (qwen-operator run --all-namespaces), in the background"
 stop_operator
