@@ -81,6 +81,16 @@ def _slim_deployment_status(status: dict[str, Any]) -> dict[str, Any]:
     return {**status, "conditions": conditions} if conditions else status
 
 
+def pack(value: Any) -> bytes:
+    """A value as kept at rest: sorted-key JSON, zlib-compressed. Equal values pack to equal bytes."""
+    return zlib.compress(orjson.dumps(value, option=orjson.OPT_SORT_KEYS), 1)
+
+
+def unpack(packed: bytes) -> Any:
+    """The value pack() kept: a fresh copy, which callers may change."""
+    return orjson.loads(zlib.decompress(packed))
+
+
 def slim_child(obj: dict[str, Any]) -> dict[str, Any]:
     """A child as the reconcile needs it; spec and data packed (expand() gives them back)."""
     if obj.get("kind") == "PersistentVolumeClaim":
@@ -91,7 +101,7 @@ def slim_child(obj: dict[str, Any]) -> dict[str, Any]:
             slim[key] = obj[key]
     packed = {k: obj[k] for k in ("spec", "data", "rules", "subsets", "roleRef", "subjects") if k in obj}
     if packed:
-        slim[PACKED] = zlib.compress(orjson.dumps(packed, option=orjson.OPT_SORT_KEYS), 1)
+        slim[PACKED] = pack(packed)
     if obj.get("status"):
         slim["status"] = _slim_deployment_status(obj["status"]) if obj.get("kind") == "Deployment" else obj["status"]
     # What the status reads without unpacking (a status-only run never unpacks): a Deployment's replicas and rollout
@@ -112,7 +122,7 @@ def expand(slim: dict[str, Any]) -> dict[str, Any]:
     """The child with its packed fields unpacked (a fresh dict: callers may change it)."""
     full = {k: v for k, v in slim.items() if k not in (PACKED, REVISION, SPEC_DIGEST)}
     if PACKED in slim:
-        full.update(orjson.loads(zlib.decompress(slim[PACKED])))
+        full.update(unpack(slim[PACKED]))
     return full
 
 

@@ -35,7 +35,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import zlib
 from typing import Any, NamedTuple
 
 import orjson
@@ -47,7 +46,7 @@ from qwen_operator.config import OperatorConfig
 from qwen_operator.k8s import client as kinds
 from qwen_operator.k8s.client import KubeApi, KubeError
 from qwen_operator.k8s.informer import REVISION, Informer
-from qwen_operator.cache import SPEC_DIGEST, ChildCaches, slim_child
+from qwen_operator.cache import SPEC_DIGEST, ChildCaches, pack, slim_child, unpack
 from qwen_operator.reconcile import CHILD_KINDS, MONITORING_KINDS, CapabilityCache, Snapshot, now_rfc3339, owner_of, reconcile
 from qwen_operator.workqueue import Retry, WorkQueue
 
@@ -539,7 +538,7 @@ def _nodes_of(pods: list[dict[str, Any]]) -> list[str]:
     return sorted({p["spec"].get("nodeName") or "" for p in pods} - {""})
 
 
-# A kept QwenInference's spec and status, packed (sorted-key JSON, zlib): as dicts they took about 10 KB per resource
+# A kept QwenInference's spec and status, packed (cache.pack): as dicts they took about 10 KB per resource
 # (most of a resource's memory at rest), packed under 1 KB. Equal specs pack to equal bytes, which _what_matters compares.
 PACKED_SPEC, PACKED_STATUS = "_packedSpec", "_packedStatus"
 PACKED_FIELDS = (("spec", PACKED_SPEC), ("status", PACKED_STATUS))
@@ -552,7 +551,7 @@ def _slim_resource(resource: dict[str, Any]) -> dict[str, Any]:
     kept["metadata"] = {k: v for k, v in resource["metadata"].items() if k != "managedFields"}
     for field, packed in PACKED_FIELDS:
         if field in resource:
-            kept[packed] = zlib.compress(orjson.dumps(resource[field], option=orjson.OPT_SORT_KEYS), 1)
+            kept[packed] = pack(resource[field])
     return kept
 
 
@@ -562,7 +561,7 @@ def unpacked_resource(kept: dict[str, Any]) -> dict[str, Any]:
     body = orjson.loads(orjson.dumps({k: v for k, v in kept.items() if k not in (REVISION, PACKED_SPEC, PACKED_STATUS)}))
     for field, packed in PACKED_FIELDS:
         if packed in kept:
-            body[field] = orjson.loads(zlib.decompress(kept[packed]))
+            body[field] = unpack(kept[packed])
     return body
 
 
