@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import gc
 import logging
 import os
 import socket
@@ -95,6 +96,23 @@ def limit_malloc_arenas(arenas: int = 2) -> bool:
     return bool(mallopt(m_arena_max, arenas))
 
 
+YOUNG_GC_THRESHOLD = 10_000
+
+
+def settle_gc(young_threshold: int = YOUNG_GC_THRESHOLD) -> None:
+    """Python's cyclic garbage collector, set for this process: a heap of import-time modules, then caches of plain
+    dicts and lists that reference counting frees (the operator makes few reference cycles). Called once the imports
+    are done: every object alive then moves to the permanent generation (gc.freeze), so a full collection no longer
+    walks kopf, pydantic and the Kubernetes client; and a young collection runs every 10,000 net allocations of
+    containers instead of 700, since parsing one watch event allocates hundreds. Measured with gc.callbacks at 300
+    resources made at once (bench/scale.py): 0.61 s of the operator's CPU in the collector, 0.45 s frozen, 0.18 s
+    frozen with this threshold."""
+    gc.collect()
+    gc.freeze()
+    _, middle, old = gc.get_threshold()
+    gc.set_threshold(young_threshold, middle, old)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "agent":
@@ -153,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
 
         elector.keep_renewing(lost)
     started.set()
+    settle_gc()
     try:
         kopf.run(
             standalone=True,  # one active replica is the Lease's job, not kopf peering's
