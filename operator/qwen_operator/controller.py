@@ -46,7 +46,7 @@ from qwen_operator.config import OperatorConfig
 from qwen_operator.k8s import client as kinds
 from qwen_operator.k8s.client import KubeApi, KubeError
 from qwen_operator.k8s.informer import REVISION, Informer
-from qwen_operator.cache import SPEC_DIGEST, ChildCaches, pack, slim_child, unpack
+from qwen_operator.cache import SPEC_DIGEST, ChildCaches, pack, spec_digest, unpack
 from qwen_operator.reconcile import CHILD_KINDS, MONITORING_KINDS, CapabilityCache, Snapshot, now_rfc3339, owner_of, reconcile
 from qwen_operator.workqueue import Retry, WorkQueue
 
@@ -343,7 +343,7 @@ class Controller:
                 elif result.in_sync_once_applied:
                     # The children as the API answered the applies (the cache holds those answers): the next run,
                     # which an applied child's first event queues, judges the status alone.
-                    applied = {child_key: slim_child(written)[SPEC_DIGEST] for child_key, written in result.written.items()}
+                    applied = {child_key: spec_digest(written) for child_key, written in result.written.items()}
                     self.in_sync[key] = (body["metadata"].get("generation"), caps, {**versions, **applied})
                 else:
                     self.in_sync.pop(key, None)
@@ -544,7 +544,7 @@ PACKED_SPEC, PACKED_STATUS = "_packedSpec", "_packedStatus"
 PACKED_FIELDS = (("spec", PACKED_SPEC), ("status", PACKED_STATUS))
 
 
-def _slim_resource(resource: dict[str, Any]) -> dict[str, Any]:
+def _slim_resource(resource: dict[str, Any], previous: dict[str, Any] | None = None) -> dict[str, Any]:
     """A QwenInference as kept between runs: without its managedFields, which the reconcile never reads (most of its
     size), and with its spec and status packed."""
     kept = {k: v for k, v in resource.items() if k not in ("spec", "status")}
@@ -565,5 +565,5 @@ def unpacked_resource(kept: dict[str, Any]) -> dict[str, Any]:
     return body
 
 
-def _namespace_name(namespace: dict[str, Any]) -> dict[str, Any]:
+def _namespace_name(namespace: dict[str, Any], previous: dict[str, Any] | None = None) -> dict[str, Any]:
     return {"metadata": {"name": namespace["metadata"]["name"], "resourceVersion": namespace["metadata"].get("resourceVersion", "")}}

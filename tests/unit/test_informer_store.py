@@ -109,3 +109,37 @@ def test_a_deployments_rollout_counter_and_status_leave_its_spec_digest() -> Non
     assert progressed["status"]["conditions"] == [{"type": "Available", "status": "True"}]
     assert slim_child(deployment(ours, {}, replicas=2))[SPEC_DIGEST] != created[SPEC_DIGEST]
     assert slim_child(deployment({"qwenops.io/desired-hash": "def"}, {}))[SPEC_DIGEST] != created[SPEC_DIGEST]
+
+
+def test_a_child_whose_digest_stays_reuses_the_packed_bytes_of_its_previous_version_and_a_changed_one_is_packed_anew() -> None:
+    from qwen_operator.cache import PACKED, SPEC_DIGEST, expand, slim_child, spec_digest
+
+    def deployment(replicas: int, ready: int) -> dict:
+        return {"apiVersion": "apps/v1", "kind": "Deployment",
+                "metadata": {"name": "q", "namespace": "ns", "generation": replicas, "resourceVersion": str(10 * replicas + ready)},
+                "spec": {"replicas": replicas, "template": {"spec": {"containers": [{"name": "vllm", "image": "v", "args": ["--port", "8000"]}]}}},
+                "status": {"readyReplicas": ready}}
+
+    created = slim_child(deployment(1, 0))
+    assert spec_digest(deployment(1, 0)) == created[SPEC_DIGEST]
+    ready = slim_child(deployment(1, 1), created)
+    assert ready[PACKED] is created[PACKED]  # the same spec: not compressed again
+    assert ready["status"] == {"readyReplicas": 1}
+    scaled = slim_child(deployment(2, 1), ready)
+    assert scaled[PACKED] is not ready[PACKED] and scaled[PACKED] != ready[PACKED]
+    assert expand(scaled)["spec"]["replicas"] == 2 and expand(ready)["spec"]["replicas"] == 1
+    assert scaled == slim_child(deployment(2, 1))  # the same as packed without a previous version
+
+
+def test_the_informer_hands_slim_the_version_it_keeps() -> None:
+    seen: list[dict | None] = []
+
+    def slim(obj: dict, previous: dict | None) -> dict:
+        seen.append(previous)
+        return slim_pod(obj)
+
+    informer = Informer(None, kinds.POD, slim=slim)  # type: ignore[arg-type]
+    informer._upsert(pod("1", "Pending"))
+    informer._upsert(pod("2", "Running"))
+    assert seen[0] is None
+    assert seen[1] is not None and seen[1]["status"]["phase"] == "Pending" and seen[1]["metadata"]["resourceVersion"] == "1"

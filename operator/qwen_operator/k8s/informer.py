@@ -12,7 +12,7 @@ the smallest correct version of client-go's reflector + store:
   list of the kind (the operator's own children only). The period is jittered, as client-go jitters its
   resyncs: an operator's informers start together, and lists that coincide stack their pages' garbage
   into one peak of memory, which the heap keeps. Pages are small (100 objects) for the same reason;
-- objects are kept slim (slim(obj) keeps only what the reconcile reads), and an update whose slim
+- objects are kept slim (slim(obj, previous) keeps only what the reconcile reads), and an update whose slim
   form is unchanged (a resourceVersion bump, managedFields) is not reported.
 
 on_change(old, new) is called from the informer's thread for every real change (old None on add,
@@ -36,6 +36,13 @@ Key = tuple[str, str]  # (namespace, name); namespace "" for cluster-scoped obje
 # changes (a resourceVersion bump with the same slim form keeps it). Equal revisions: the reader saw the same thing.
 REVISION = "_revision"
 OnChange = Callable[[dict[str, Any] | None, dict[str, Any] | None], None]
+# slim(obj, previous): what is kept of obj; previous is the kept version before it (None for a new object), which a
+# slim may reuse parts of.
+Slim = Callable[[dict[str, Any], dict[str, Any] | None], dict[str, Any]]
+
+
+def keep_whole(obj: dict[str, Any], previous: dict[str, Any] | None = None) -> dict[str, Any]:
+    return obj
 
 
 def object_key(obj: dict[str, Any]) -> Key:
@@ -45,7 +52,7 @@ def object_key(obj: dict[str, Any]) -> Key:
 
 class Informer:
     def __init__(self, api: KubeApi, kind: Kind, *, label_selector: str | None = None, namespace: str | None = None,
-                 slim: Callable[[dict[str, Any]], dict[str, Any]] = lambda obj: obj, on_change: OnChange | None = None,
+                 slim: Slim = keep_whole, on_change: OnChange | None = None,
                  index: Callable[[dict[str, Any]], Any] | None = None, metadata_only: bool = False,
                  page_size: int = 100, watch_seconds: int = 300, relist_seconds: float = 600.0):
         self.api, self.kind = api, kind
@@ -101,10 +108,12 @@ class Informer:
     def _upsert(self, raw: dict[str, Any], notify: bool = True, unless_older: bool = False) -> None:
         if "kind" not in raw:  # a list's items carry no kind; slim may look at it
             raw = {**raw, "apiVersion": self.kind.api_version, "kind": self.kind.kind}
-        obj = self.slim(raw)
+        key = object_key(raw)
+        with self._lock:
+            previous = self._objects.get(key)
+        obj = self.slim(raw, previous)
         obj.setdefault("apiVersion", self.kind.api_version)
         obj.setdefault("kind", self.kind.kind)
-        key = object_key(obj)
         with self._lock:
             old = self._objects.get(key)
             if unless_older and old is not None and _older(obj, old):
