@@ -52,6 +52,7 @@ CHILD_KINDS: tuple[Kind, ...] = (
     kinds.SERVICE_ACCOUNT, kinds.ROLE, kinds.ROLE_BINDING,
 )
 MONITORING_KINDS: tuple[Kind, ...] = (kinds.SERVICE_MONITOR, kinds.PROMETHEUS_RULE)
+MONITORING_KIND_NAMES = frozenset(k.kind for k in MONITORING_KINDS)
 FP8_NATIVE_MIN_CC = (8, 9)
 
 
@@ -494,12 +495,16 @@ def reconcile(body: dict[str, Any], api: KubeApi, config: OperatorConfig, capabi
                         continue
                     manifest, current = again.apply[0], holder
             problem = apply_child(api, manifest, current, spec, result, snapshot.remember)
-            if problem is not None:
-                result.outcome = "apply_error"
-                result.retry_after = APPLY_RETRY_SECONDS
+            if problem is None:
+                continue
+            result.outcome = "apply_error"
+            result.retry_after = APPLY_RETRY_SECONDS
+            if manifest["kind"] in MONITORING_KIND_NAMES:
+                observation.monitoring_failures.append(problem)
+                capabilities.forget()  # the Prometheus Operator CRDs may have gone: discover again
+                caps = capabilities.get()
+            else:
                 observation.apply_failures.append(problem)
-                if manifest["kind"] in {k.kind for k in MONITORING_KINDS}:
-                    capabilities.forget()  # the Prometheus Operator CRDs may have gone: discover again
         for manifest in actions.delete:
             log.info("%s/%s: deleting %s %s: %s", owner.namespace, owner.name, manifest["kind"], manifest["metadata"]["name"], actions.reasons[key(manifest)])
             api.delete(kind_of(manifest), owner.namespace, manifest["metadata"]["name"], manifest["metadata"].get("uid"))
@@ -652,16 +657,20 @@ def observe(owner: Owner, spec: QwenInferenceSpec, model: ResolvedModel | None, 
                 observation.warnings.append(memory)
     observation.cache_claim = next((c for c in snapshot.children if c.get("kind") == "PersistentVolumeClaim"
                                     and c["metadata"]["name"] == common.cache_claim_name(owner)), None)
-    wants_monitoring = spec.monitoring.service_monitor or spec.monitoring.prometheus_rule
-    if not wants_monitoring:
-        observation.monitoring_condition = ("False", "Disabled", "spec.monitoring turns the ServiceMonitor and PrometheusRule off")
-    elif caps.prometheus_operator:
-        observation.monitoring_condition = ("True", "Configured", "ServiceMonitor and PrometheusRule are applied")
-    else:
-        observation.monitoring_condition = (
-            "False", CLUSTER_WIDE_MONITORING_REASON,
-            "the monitoring.coreos.com/v1 API (Prometheus Operator CRDs) is not served, so no ServiceMonitor or PrometheusRule was made; the rest works",
-        )
+    observation.monitoring_condition = monitoring_condition(spec, caps, observation.monitoring_failures)
+
+
+def monitoring_condition(spec: QwenInferenceSpec, caps: Capabilities, failures: list[status_lib.Problem]) -> tuple[str, str, str]:
+    """The Monitoring condition (status, reason, message). A ServiceMonitor or PrometheusRule the API refused is
+    said here and only here: monitoring is not serving, so Ready and Degraded stay as the pods make them."""
+    if not (spec.monitoring.service_monitor or spec.monitoring.prometheus_rule):
+        return ("False", "Disabled", "spec.monitoring turns the ServiceMonitor and PrometheusRule off")
+    if not caps.prometheus_operator:
+        return ("False", CLUSTER_WIDE_MONITORING_REASON,
+                "the monitoring.coreos.com/v1 API (Prometheus Operator CRDs) is not served, so no ServiceMonitor or PrometheusRule was made; the rest works")
+    if failures:
+        return ("False", failures[0].reason, f"{failures[0].message}; serving is not affected")
+    return ("True", "Configured", "ServiceMonitor and PrometheusRule are applied")
 
 
 CLUSTER_WIDE_MONITORING_REASON = "PrometheusOperatorMissing"

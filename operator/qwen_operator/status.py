@@ -74,6 +74,9 @@ class Observation:
     blocking: Problem | None = None  # a spec/reference problem: nothing new was rolled out
     conflicts: list[Problem] = field(default_factory=list)  # children whose names someone else's objects hold
     apply_failures: list[Problem] = field(default_factory=list)  # children the API refused to bring to the desired state
+    # ServiceMonitors and PrometheusRules the API refused: a Monitoring problem, never a serving one (Ready and
+    # Degraded do not move when, say, someone removes the Prometheus Operator CRDs under a running fleet).
+    monitoring_failures: list[Problem] = field(default_factory=list)
     warnings: list[Problem] = field(default_factory=list)  # e.g. FP8 on a weight-only GPU
     # The model cache PVC the operator made (None when it makes none), its StorageClass (None when unknown),
     # and the Events about the PVC (ProvisioningFailed carries the provisioner's refusal): see cache_claim_problem.

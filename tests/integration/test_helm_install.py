@@ -223,7 +223,8 @@ def test_namespaced_mode_reconciles_only_the_watched_namespace(cluster, k8s, ins
     assert "status" not in get(k8s, other_namespace, SAMPLE_NAME)
     assert not deployment_exists(k8s, other_namespace, SAMPLE_NAME)
     assert f"{other_namespace}/" not in operator.log_text()
-    assert conditions(k8s, namespace, SAMPLE_NAME)["Degraded"]["status"] == "False"
+    degraded = conditions(k8s, namespace, SAMPLE_NAME)["Degraded"]
+    assert degraded["status"] == "False", degraded
     assert operator.rbac_denials() == []
 
 

@@ -106,12 +106,21 @@ def test_installing_the_crds_brings_the_service_monitor_and_rule_and_removing_th
         wait_until(lambda: monitoring_object(k8s, namespace, "prometheusrules", name) is None, 2 * operator.resync_seconds + 10, "the PrometheusRule to be pruned")
         assert monitoring_object(k8s, namespace, "servicemonitors", name) is not None
         assert condition(k8s, namespace, name, "Monitoring")["status"] == "True"
+        serving = serving_conditions(k8s, namespace, name)
+        assert [status for status, _, _ in serving] == ["True", "False"], serving
     finally:
         # Other tests expect a cluster without these CRDs.
         remove_prometheus_operator_crds(cluster)
-    # The operator notices the API going away too (within its discovery TTL), and keeps serving.
+    # The operator notices the API going away too (within its discovery TTL), and keeps serving: the ServiceMonitor's
+    # deletion (the CRD took it) runs a reconcile whose apply the API refuses, and that is a Monitoring matter only.
     wait_condition(k8s, namespace, name, "Monitoring", "False", "PrometheusOperatorMissing", timeout=CAPABILITY_TTL_SECONDS + 2 * operator.resync_seconds + 15)
-    wait_condition(k8s, namespace, name, "Ready", "True")
+    after = serving_conditions(k8s, namespace, name)
+    assert after == serving, f"Ready or Degraded moved when the CRDs went: before {serving}, after {after}"
+
+
+def serving_conditions(k8s, namespace: str, name: str) -> list[tuple[str, str, str]]:
+    """Ready's and Degraded's (status, reason, lastTransitionTime): a flip and back shows in the time."""
+    return [(c["status"], c["reason"], c["lastTransitionTime"]) for c in (condition(k8s, namespace, name, t) for t in ("Ready", "Degraded"))]
 
 
 SAMPLE = re.compile(r'^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(?P<labels>.*)\})?$')

@@ -10,7 +10,8 @@ from qwen_operator.builders.common import Owner
 from qwen_operator.catalog import resolve_model
 from qwen_operator.config import OperatorConfig
 from qwen_operator.reconcile import (
-    DESIRED_HASH_ANNOTATION, Capabilities, desired_children, event_for, events_for, hpa_handover, is_subset, owns_replicas, plan, with_desired_hash,
+    DESIRED_HASH_ANNOTATION, Capabilities, desired_children, event_for, events_for, hpa_handover, is_subset, monitoring_condition, owns_replicas, plan,
+    with_desired_hash,
 )
 
 OWNER = Owner(name="chat", namespace="team-a", uid="uid-1", generation=3)
@@ -355,3 +356,33 @@ def test_failure_status_keeps_counts_and_says_why():
     assert by_type["Progressing"] == next(c for c in healthy["conditions"] if c["type"] == "Progressing")
     assert failed["readyReplicas"] == 1 and status_lib.status_changed(healthy, failed)
     assert not status_lib.status_changed(failed, status_lib.failure_status(OWNER, failed, status_lib.Problem("APIUnavailable", "503 x5"), LATER))
+
+
+REFUSED_MONITOR = status_lib.Problem("ApplyFailed", "ServiceMonitor chat could not be applied: the server could not find the requested resource")
+
+
+@pytest.mark.parametrize(
+    "monitoring, caps, failures, expected",
+    [
+        ({}, Capabilities(prometheus_operator=True), [], ("True", "Configured")),
+        ({"serviceMonitor": False, "prometheusRule": False}, Capabilities(prometheus_operator=True), [], ("False", "Disabled")),
+        ({}, Capabilities(prometheus_operator=False), [], ("False", "PrometheusOperatorMissing")),
+        # Refused while the API is served: said, with a Warning Event (event_for), on Monitoring alone.
+        ({}, Capabilities(prometheus_operator=True), [REFUSED_MONITOR], ("False", "ApplyFailed")),
+        # Refused because the CRDs went (discovery, asked again after the refusal, no longer serves them): the fleet-wide fact.
+        ({}, Capabilities(prometheus_operator=False), [REFUSED_MONITOR], ("False", "PrometheusOperatorMissing")),
+    ],
+)
+def test_monitoring_condition(monitoring, caps, failures, expected):
+    spec = QwenInferenceSpec.model_validate({"model": {"name": "Qwen/Qwen3-0.6B-FP8"}, "monitoring": monitoring})
+    status, reason, message = monitoring_condition(spec, caps, failures)
+    assert (status, reason) == expected
+    assert (REFUSED_MONITOR.message in message) == (expected[1] == "ApplyFailed")
+
+
+def test_a_refused_service_monitor_moves_neither_ready_nor_degraded():
+    observation = status_lib.Observation(desired_replicas=1, deployment=deployment(1, 1), monitoring_failures=[REFUSED_MONITOR],
+                                         monitoring_condition=("False", "ApplyFailed", REFUSED_MONITOR.message))
+    found = conditions(observation)
+    assert (found["Ready"]["status"], found["Degraded"]["status"], found["Monitoring"]["status"]) == ("True", "False", "False")
+    assert event_for(found["Monitoring"]) == ("Warning", "ApplyFailed", REFUSED_MONITOR.message)
