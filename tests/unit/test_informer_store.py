@@ -143,3 +143,22 @@ def test_the_informer_hands_slim_the_version_it_keeps() -> None:
     informer._upsert(pod("2", "Running"))
     assert seen[0] is None
     assert seen[1] is not None and seen[1]["status"]["phase"] == "Pending" and seen[1]["metadata"]["resourceVersion"] == "1"
+
+
+def test_an_object_at_the_kept_resource_version_is_not_slimmed_again_nor_reported() -> None:
+    slimmed, changes = [], []
+
+    def counting_slim(obj: dict, previous: dict | None = None) -> dict:
+        slimmed.append(obj["metadata"]["resourceVersion"])
+        return slim_pod(obj, previous)
+
+    informer = Informer(None, kinds.POD, slim=counting_slim, on_change=lambda old, new: changes.append(new))  # type: ignore[arg-type]
+    informer._upsert(pod("3", "Running"))
+    kept = informer.get("ns", "p")
+    informer._upsert(pod("3", "Running"))  # a relist, or the watch echoing what store() kept
+    assert slimmed == ["3"] and len(changes) == 1
+    assert informer.get("ns", "p") is kept
+    recreated = pod("3", "Pending")
+    recreated["metadata"]["uid"] = "another-object"  # same name and version string, another object: not the same state
+    informer._upsert(recreated)
+    assert slimmed == ["3", "3"] and informer.get("ns", "p")["status"]["phase"] == "Pending" and len(changes) == 2

@@ -13,7 +13,8 @@ the smallest correct version of client-go's reflector + store:
   resyncs: an operator's informers start together, and lists that coincide stack their pages' garbage
   into one peak of memory, which the heap keeps. Pages are small (100 objects) for the same reason;
 - objects are kept slim (slim(obj, previous) keeps only what the reconcile reads), and an update whose slim
-  form is unchanged (a resourceVersion bump, managedFields) is not reported.
+  form is unchanged (a resourceVersion bump, managedFields) is not reported. An object at the resourceVersion
+  already kept is not even slimmed: at 5,000 resources the relists' objects are nearly all unchanged.
 
 on_change(old, new) is called from the informer's thread for every real change (old None on add,
 new None on delete); it must be quick (the controller only queues a key).
@@ -111,6 +112,10 @@ class Informer:
         key = object_key(raw)
         with self._lock:
             previous = self._objects.get(key)
+        if previous is not None and _same_version(raw, previous):
+            # Kept already (a relist of an unchanged object, or the watch echoing a write store() kept): a
+            # resourceVersion names one state of one object, so there is nothing to slim, compare or report.
+            return
         obj = self.slim(raw, previous)
         obj.setdefault("apiVersion", self.kind.api_version)
         obj.setdefault("kind", self.kind.kind)
@@ -220,6 +225,12 @@ class Informer:
 def _without_version(obj: dict[str, Any]) -> dict[str, Any]:
     meta = {k: v for k, v in obj["metadata"].items() if k != "resourceVersion"}
     return {**{k: v for k, v in obj.items() if k != REVISION}, "metadata": meta}
+
+
+def _same_version(raw: dict[str, Any], kept: dict[str, Any]) -> bool:
+    version = raw["metadata"].get("resourceVersion")
+    return (bool(version) and version == kept["metadata"].get("resourceVersion")
+            and raw["metadata"].get("uid") == kept["metadata"].get("uid"))
 
 
 def _older(obj: dict[str, Any], than: dict[str, Any]) -> bool:
