@@ -63,11 +63,12 @@ apiserver_ready() {
     "https://127.0.0.1:$APISERVER_PORT/readyz" >/dev/null 2>&1
 }
 
-running() {
+components_alive() {
   local c
   for c in "${COMPONENTS[@]}"; do pid_alive "$c" || return 1; done
-  apiserver_ready
 }
+
+running() { components_alive && apiserver_ready; }
 
 # One CA for everything; the admin client is in system:masters. A second CA signs the front proxy
 # client the aggregation layer uses to reach aggregated APIs (custom.metrics.k8s.io).
@@ -218,7 +219,10 @@ nodes_manifest() {
 }
 
 up() {
-  if running; then
+  if components_alive; then
+    # A live API server that answers slowly (a loaded machine, other test workers) is waited for, never restarted:
+    # a restart would stop the real node and every test using the cluster.
+    wait_for "the running kube-apiserver" 120 apiserver_ready
     log "reusing the running cluster (kubeconfig: $KUBECONFIG_FILE)"
     real_node_up
     return

@@ -467,6 +467,9 @@ node_gpus_allocatable() {
 }
 
 real_node_up() {
+  # QWEN_REAL_NODE=0 means "start none": a node another caller started (tests/realnode) is left running, and its
+  # state (no skip file) is left as it is.
+  if [[ $(real_node_mode) =~ ^(0|off|false)$ ]] && real_node_running; then return 0; fi
   real_node_wanted || return 0
   if real_node_running && node_ready; then
     log "reusing the running real node $NODE_NAME"
