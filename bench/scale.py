@@ -410,6 +410,12 @@ def main() -> int:
         print(f"N={row['count']}: reconciles per resource by what queued them: {by_trigger}; "
               f"of the {row['operator']['reconciles_per_resource']:.2f}, {row['operator']['status_only_reconciles_per_resource']:.2f} only judged the status "
               "(every child as a previous run left it: nothing built or compared)")
+        if row["floor"] is not None:
+            # A steadier figure than ms per resource across machines and runs: the floor's client made the same objects
+            # and watched them become ready, on the same machine, minutes before.
+            operator_cpu, client_cpu = row["operator"]["cpu_seconds_by_process"]["operator"], row["floor"]["cpu_seconds_by_process"]["bench"]
+            print(f"N={row['count']}: operator CPU {operator_cpu:.1f} s, the floor's plain client {client_cpu:.1f} s "
+                  f"({operator_cpu / client_cpu:.2f}x; the client makes the same objects and watches their Deployments)")
         if "rss_mib_peak" in row["operator"]:
             print(f"N={row['count']}: operator RSS {row['operator']['rss_mib']:.0f} MiB converged, {row['operator']['rss_mib_after_steady']:.0f} MiB "
                   f"after the steady window, {row['operator']['rss_mib_peak']:.0f} MiB at its peak (VmHWM)")
