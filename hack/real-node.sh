@@ -85,12 +85,13 @@ real_node_missing() {
 real_node_wanted() {
   local mode missing
   mode=$(real_node_mode)
-  rm -f "$NODE_SKIP_FILE"
   case "$mode" in
-    0|off|false) echo "QWEN_REAL_NODE=0" >"$NODE_SKIP_FILE"; return 1 ;;
+    # "Start none": a node another caller started (tests/realnode) is left running, with its state (no skip file).
+    0|off|false) real_node_running || echo "QWEN_REAL_NODE=0" >"$NODE_SKIP_FILE"; return 1 ;;
     1|on|true|auto) ;;
     *) die "QWEN_REAL_NODE must be auto, 1 or 0, not '$mode'" ;;
   esac
+  rm -f "$NODE_SKIP_FILE"
   missing=$(real_node_missing)
   [[ -z $missing ]] && return 0
   [[ $mode == auto ]] || die "the real node $missing"
@@ -467,9 +468,6 @@ node_gpus_allocatable() {
 }
 
 real_node_up() {
-  # QWEN_REAL_NODE=0 means "start none": a node another caller started (tests/realnode) is left running, and its
-  # state (no skip file) is left as it is.
-  if [[ $(real_node_mode) =~ ^(0|off|false)$ ]] && real_node_running; then return 0; fi
   real_node_wanted || return 0
   if real_node_running && node_ready; then
     log "reusing the running real node $NODE_NAME"

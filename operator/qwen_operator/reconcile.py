@@ -501,10 +501,11 @@ def reconcile(body: dict[str, Any], api: KubeApi, config: OperatorConfig, capabi
             result.retry_after = APPLY_RETRY_SECONDS
             if manifest["kind"] in MONITORING_KIND_NAMES:
                 observation.monitoring_failures.append(problem)
-                capabilities.forget()  # the Prometheus Operator CRDs may have gone: discover again
-                caps = capabilities.get()
             else:
                 observation.apply_failures.append(problem)
+        if observation.monitoring_failures:
+            capabilities.forget()  # the Prometheus Operator CRDs may have gone: discover again, once per run
+            caps = capabilities.get()
         for manifest in actions.delete:
             log.info("%s/%s: deleting %s %s: %s", owner.namespace, owner.name, manifest["kind"], manifest["metadata"]["name"], actions.reasons[key(manifest)])
             api.delete(kind_of(manifest), owner.namespace, manifest["metadata"]["name"], manifest["metadata"].get("uid"))
